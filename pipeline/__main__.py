@@ -1,0 +1,126 @@
+"""The one entry point: `python -m pipeline [stage=NAME] [group=option ...] [key=value ...]`.
+
+Also installed as `safecompress`, which accepts the stage as a bare first word
+(`safecompress compress compress=dst` == `python -m pipeline stage=compress compress=dst`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import tracking
+from pipeline.config import STAGES, validate
+
+log = logging.getLogger("pipeline")
+
+
+def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Run a single stage inside its own MLflow run (the search makes its own runs)."""
+
+    def wrapped(cfg: DictConfig) -> Any:
+        exp_id = tracking.setup(cfg)
+        if exp_id is None:
+            return fn(cfg)
+        import mlflow
+
+        with mlflow.start_run(experiment_id=exp_id, run_name=stage_name):
+            tracking.set_tags({"stage": stage_name, "git_commit": tracking.git_commit()})
+            tracking.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            return fn(cfg)
+
+    return wrapped
+
+
+def _run_teacher(cfg: DictConfig) -> Any:
+    from pipeline.stages import teacher
+
+    return teacher.run(cfg)
+
+
+def _run_shadows(cfg: DictConfig) -> Any:
+    from pipeline.stages import shadows
+
+    return shadows.run(cfg)
+
+
+def _run_compress(cfg: DictConfig) -> Any:
+    from pipeline.stages import compress
+
+    result = compress.run(cfg)
+    tracking.log_metrics(result.metrics)
+    return result
+
+
+def _run_attack(cfg: DictConfig) -> Any:
+    from pipeline.stages import attack, compress
+
+    comp = compress.run(cfg)
+    tracking.log_metrics(comp.metrics)
+    return attack.run(cfg, comp)
+
+
+def _run_search(cfg: DictConfig) -> Any:
+    from pipeline.stages import search
+
+    result = search.run(cfg)
+    _print_pareto(result)
+    return result
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
+    "teacher": _standalone("teacher", _run_teacher),
+    "shadows": _standalone("shadows", _run_shadows),
+    "compress": _standalone("compress", _run_compress),
+    "attack": _standalone("attack", _run_attack),
+    "search": _run_search,
+}
+assert set(STAGE_FUNCTIONS) == set(STAGES)
+
+
+def run_stage(cfg: DictConfig) -> Any:
+    """Validate the config, set threads and logging, and run `cfg.stage`."""
+    name = str(cfg.stage)
+    if name not in STAGE_FUNCTIONS:
+        raise ValueError(f"unknown stage {name!r}; valid: {sorted(STAGE_FUNCTIONS)}")
+    validate(cfg)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if cfg.runtime.get("n_threads"):
+        torch.set_num_threads(int(cfg.runtime.n_threads))
+    logging.getLogger().setLevel(str(cfg.runtime.get("log_level", "INFO")))
+    return STAGE_FUNCTIONS[name](cfg)
+
+
+def _print_pareto(result: Any) -> None:
+    table = result.pareto
+    cols = [c for c in ("trial", "accuracy", "attack_auc", "attack_tpr_at_0.1pct_fpr", "density",
+                        "model_size_bytes", "test_accuracy", "audit_auc") if c in table.columns]
+    print(f"\nPareto front of study {result.study_name!r} ({result.n_complete} complete trials):")
+    print(table[cols].to_string(index=False, float_format=lambda v: "n/a" if math.isnan(v) else f"{v:.4f}"))
+    if result.pareto_csv is not None:
+        print(f"written: {result.pareto_csv}")
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg)
+
+
+def cli() -> None:
+    """Console script: a bare first word is the stage (`safecompress search ...`)."""
+    if len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
+        sys.argv[1] = f"stage={sys.argv[1]}"
+    main()
+
+
+if __name__ == "__main__":
+    main()

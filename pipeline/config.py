@@ -1,0 +1,208 @@
+"""Typed schemas for the plain-data config groups and the checks run before any training.
+
+Hydra composes YAML; at each stage boundary the group is merged into its
+dataclass schema (`to_schema`), so a misspelled key or a wrong type fails with
+the key's name. `validate(cfg)` checks value ranges up front, so bad input is
+reported before a single epoch runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+T = TypeVar("T")
+
+DATASETS = ("digits", "synthetic", "purchase_synth")
+STAGES = ("teacher", "shadows", "compress", "attack", "search")
+COMPRESS_METHODS = ("dense", "dst", "safecompress")
+SELECTION_RULES = ("weighted",)
+SAFETY_ATTACKS = ("loss",)
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine", "multistep")
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe shared by the teacher, the shadows and the compressed model."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
+    gamma: float = 0.1
+
+
+@dataclass
+class ShadowsConfig:
+    n_models: int = 8
+    member_fraction: float = 0.5  # each shadow trains on this fraction of `population`
+    recipe: str = "dense"  # dense: the teacher's recipe
+
+
+@dataclass
+class DensityScheduleConfig:
+    kind: str = "constant"  # constant | linear | cubic | cosine
+    start: float = 0.5  # density at the start of the window (ignored by `constant`)
+    begin: float = 0.0  # window, as fractions of training
+    end: float = 0.5
+
+
+@dataclass
+class RegrowthConfig:
+    kind: str = "cosine"  # cosine | linear | constant
+    start: float = 0.5
+    end: float = 0.005
+
+
+@dataclass
+class StrategyConfig:
+    prune: str = "magnitude"
+    grow: str = "random"
+
+
+@dataclass
+class SafetyConfig:
+    attack: str = "loss"  # the in-loop simulated attacker
+    holdout_fraction: float = 0.5  # of known members and val non-members, kept for the safety test
+
+
+@dataclass
+class SelectionConfig:
+    rule: str = "weighted"  # score = accuracy - lam * (auc - 0.5)
+    lam: float = 1.0
+
+
+@dataclass
+class CompressConfig:
+    method: str = "safecompress"
+    density: float = 0.05
+    init: str = "erk"  # erk | uniform
+    epochs: Optional[int] = None  # default: train.epochs
+    update_every: int = 20  # optimizer steps between mask updates
+    stop_fraction: float = 0.75  # no mask updates after this fraction of training (RigL's T_end)
+    density_schedule: DensityScheduleConfig = field(default_factory=DensityScheduleConfig)
+    regrowth: RegrowthConfig = field(default_factory=RegrowthConfig)
+    strategies: list[StrategyConfig] = field(default_factory=lambda: [StrategyConfig()])
+    n_candidates: int = 4
+    probe_steps: int = 5
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+
+@dataclass
+class AttackConfig:
+    audit: dict[str, Any] = field(default_factory=lambda: {"loss": {}, "lira_offline": {}})
+    primary: str = "max"  # attack whose numbers become attack_*; "max" = strongest per metric
+    n_audit: Optional[int] = None  # audit members = audit non-members; default: all of `test`
+    n_bootstrap: int = 0
+
+
+@dataclass
+class SearchParam:
+    key: str = "???"
+    type: str = "float"  # float | int | categorical
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[list[Any]] = None
+
+
+@dataclass
+class SearchConfig:
+    n_trials: int = 8
+    study_name: str = "default"
+    storage: str = "sqlite:///mlruns/optuna.db"
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "attack_auc"])
+    population_size: int = 4
+    space: list[SearchParam] = field(default_factory=list)
+
+
+OBJECTIVE_DIRECTIONS = {
+    "accuracy": "maximize",
+    "attack_auc": "minimize",
+    "attack_tpr_at_0.1pct_fpr": "minimize",
+    "model_size_bytes": "minimize",
+    "density": "minimize",
+}
+
+
+def to_schema(schema: type[T], node: Any) -> T:
+    """Merge a config node into its dataclass schema and return the typed object."""
+    merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {list(valid)}")
+
+
+def _check_count(what: str, value: int, minimum: int = 1) -> None:
+    if int(value) < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config before any training; raises ValueError naming the bad value."""
+    _check_choice("stage", str(cfg.stage), STAGES)
+    _check_choice("dataset", str(cfg.dataset.name), DATASETS)
+    train = to_schema(TrainConfig, cfg.train)
+    _check_count("train.epochs", train.epochs)
+    _check_count("train.batch_size", train.batch_size)
+    _check_choice("train.optimizer", train.optimizer, OPTIMIZERS)
+    _check_choice("train.lr_schedule", train.lr_schedule, LR_SCHEDULES)
+    if not train.lr > 0:
+        raise ValueError(f"train.lr must be > 0, got {train.lr}")
+    shadows = to_schema(ShadowsConfig, cfg.shadows)
+    _check_count("shadows.n_models", shadows.n_models, 0)
+    if not 0 < shadows.member_fraction < 1:
+        raise ValueError(f"shadows.member_fraction must be in (0, 1), got {shadows.member_fraction}")
+    compress = to_schema(CompressConfig, cfg.compress)
+    validate_compress(compress)
+    attack = to_schema(AttackConfig, cfg.attack)
+    if attack.n_bootstrap and attack.n_bootstrap < 100:
+        raise ValueError(f"attack.n_bootstrap must be 0 (off) or >= 100, got {attack.n_bootstrap}")
+    search = to_schema(SearchConfig, cfg.search)
+    _check_count("search.n_trials", search.n_trials)
+    for name in search.objectives:
+        _check_choice("search objective", name, tuple(OBJECTIVE_DIRECTIONS))
+
+
+def validate_compress(c: CompressConfig) -> None:
+    _check_choice("compress.method", c.method, COMPRESS_METHODS)
+    if not 0.0 < c.density <= 1.0:
+        raise ValueError(f"compress.density must be in (0, 1], got {c.density}")
+    if c.epochs is not None:
+        _check_count("compress.epochs", c.epochs)
+    _check_count("compress.update_every", c.update_every)
+    _check_count("compress.n_candidates", c.n_candidates)
+    _check_count("compress.probe_steps", c.probe_steps)
+    if not 0.0 <= c.stop_fraction <= 1.0:
+        raise ValueError(f"compress.stop_fraction must be in [0, 1], got {c.stop_fraction}")
+    _check_choice("compress.init", c.init, ("erk", "uniform"))
+    _check_choice("compress.selection.rule", c.selection.rule, SELECTION_RULES)
+    _check_choice("compress.safety.attack", c.safety.attack, SAFETY_ATTACKS)
+    if not 0.0 < c.safety.holdout_fraction < 1.0:
+        raise ValueError(
+            f"compress.safety.holdout_fraction must be in (0, 1), got {c.safety.holdout_fraction}"
+        )
+    if not c.strategies:
+        raise ValueError("compress.strategies must list at least one {prune, grow} strategy")
+    ds = c.density_schedule
+    if not 0.0 < ds.start <= 1.0:
+        raise ValueError(f"compress.density_schedule.start must be in (0, 1], got {ds.start}")
+    if not 0.0 <= ds.begin < ds.end <= 1.0:
+        raise ValueError(
+            f"compress.density_schedule window [{ds.begin}, {ds.end}] must satisfy 0 <= begin < end <= 1"
+        )
+    r = c.regrowth
+    if not (0.0 <= r.end < 1.0 and 0.0 <= r.start < 1.0):
+        raise ValueError(f"compress.regrowth start/end must be in [0, 1), got {r.start}/{r.end}")

@@ -1,0 +1,220 @@
+"""Data sets and the membership data protocol (SPEC "Data protocol").
+
+Every data set is a labelled pool `(x, y)` held in memory as tensors. The pool is
+split, deterministically from the root seed, into disjoint parts:
+
+- `train`      the target's members (teacher and compressed model train on it);
+- `val`        non-members for the performance test, the search objectives and
+               the in-loop attacker's reference non-members;
+- `test`       non-members for the reported accuracy and the final audit;
+- `population` the attacker's own data; shadow/reference models train on it.
+
+Audit members are a subset of `train` the same size as the audit non-members,
+disjoint from `known_members`, the members the in-loop attacker may see.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.seeds import derive_seed
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test", "population")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled pool: `x` (n, *input_shape) float32, `y` (n,) int64."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    n_classes: int
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(
+                f"data set {self.name!r}: x has {self.x.shape[0]} rows but y has {self.y.shape[0]}"
+            )
+        if not torch.isfinite(self.x).all():
+            raise ValueError(f"data set {self.name!r}: x contains NaN or infinite values")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Index arrays into a `Dataset` for each part of the protocol."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    population: np.ndarray
+    audit_members: np.ndarray
+    known_members: np.ndarray
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    mean = x.mean(axis=0, keepdims=True)
+    std = x.std(axis=0, keepdims=True)
+    return (x - mean) / np.where(std > 0, std, 1.0)
+
+
+def load_digits(name: str = "digits", image: bool = True, **_: Any) -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1797 images, 10 classes), standardised per pixel.
+
+    `image=True` keeps the (1, 8, 8) shape so a CNN can use it; MLPs flatten.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = _standardise(bunch.data.astype(np.float64)).astype(np.float32)
+    if image:
+        x = x.reshape(-1, 1, 8, 8)
+    return Dataset(name, torch.from_numpy(x), torch.from_numpy(bunch.target.astype(np.int64)), 10)
+
+
+def load_synthetic(
+    name: str = "synthetic",
+    n_samples: int = 4000,
+    n_features: int = 40,
+    n_informative: int = 20,
+    n_classes: int = 10,
+    class_sep: float = 1.0,
+    label_noise: float = 0.05,
+    generator_seed: int = 0,
+    **_: Any,
+) -> Dataset:
+    """Seeded Gaussian-cluster classification data (scikit-learn `make_classification`).
+
+    Many classes and features relative to the train size, so an MLP overfits it.
+    The data itself depends only on `generator_seed`; the split depends on the root seed.
+    """
+    from sklearn.datasets import make_classification
+
+    for key, value in {"n_samples": n_samples, "n_features": n_features, "n_classes": n_classes}.items():
+        if value < 1:
+            raise ValueError(f"synthetic data set: {key} must be >= 1, got {value}")
+    x, y = make_classification(
+        n_samples=n_samples,
+        n_features=n_features,
+        n_informative=n_informative,
+        n_redundant=0,
+        n_classes=n_classes,
+        n_clusters_per_class=2,
+        class_sep=class_sep,
+        flip_y=label_noise,
+        random_state=generator_seed,
+    )
+    x = _standardise(x).astype(np.float32)
+    return Dataset(name, torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), n_classes)
+
+
+def load_purchase_synth(
+    name: str = "purchase_synth",
+    n_samples: int = 20000,
+    n_features: int = 600,
+    n_classes: int = 100,
+    n_prototypes_per_class: int = 3,
+    prototype_density: float = 0.15,
+    flip_prob: float = 0.12,
+    label_noise: float = 0.0,
+    generator_seed: int = 0,
+    **_: Any,
+) -> Dataset:
+    """A file-free Purchase100-like set: binary "bought this item" vectors in 100 classes.
+
+    Generator (seeded by `generator_seed` only): each class has a few prototype
+    shopping baskets, binary vectors with `prototype_density` ones; a sample is a
+    random prototype of its class with every bit flipped with probability
+    `flip_prob`. Classes overlap through shared items, so with a few thousand
+    members an MLP fits its training set exactly and generalises only partly,
+    the regime in which the real Purchase100 leaks membership.
+    """
+    if not 0.0 <= flip_prob < 0.5:
+        raise ValueError(f"purchase_synth: flip_prob must be in [0, 0.5), got {flip_prob}")
+    if not 0.0 < prototype_density < 1.0:
+        raise ValueError(f"purchase_synth: prototype_density must be in (0, 1), got {prototype_density}")
+    rng = np.random.default_rng(generator_seed)
+    protos = rng.random((n_classes, n_prototypes_per_class, n_features)) < prototype_density
+    y = rng.integers(0, n_classes, size=n_samples)
+    which = rng.integers(0, n_prototypes_per_class, size=n_samples)
+    base = protos[y, which]
+    flips = rng.random((n_samples, n_features)) < flip_prob
+    x = np.logical_xor(base, flips).astype(np.float32)
+    if label_noise > 0:
+        noisy = rng.random(n_samples) < label_noise
+        y = np.where(noisy, rng.integers(0, n_classes, size=n_samples), y)
+    return Dataset(name, torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), n_classes)
+
+
+def make_splits(
+    n: int, fractions: dict[str, float], seed: int, n_audit: int | None = None
+) -> Splits:
+    """Disjoint train/val/test/population index arrays, deterministic in `seed`.
+
+    `fractions` maps each of SPLIT_NAMES to a fraction of the pool; they must be
+    non-negative and sum to at most 1. `n_audit` (default: the size of `test`) is
+    the number of audit members drawn from `train`; the rest of `train` are the
+    in-loop attacker's known members.
+    """
+    unknown = set(fractions) - set(SPLIT_NAMES)
+    missing = set(SPLIT_NAMES) - set(fractions)
+    if unknown or missing:
+        raise ValueError(
+            f"split fractions must name exactly {list(SPLIT_NAMES)}; "
+            f"unknown {sorted(unknown)}, missing {sorted(missing)}"
+        )
+    for k, f in fractions.items():
+        if not (0.0 <= float(f) <= 1.0):
+            raise ValueError(f"split fraction {k}={f} must be in [0, 1]")
+    total = sum(float(f) for f in fractions.values())
+    if total > 1.0 + 1e-9:
+        raise ValueError(f"split fractions must sum to at most 1, got {total:.4f} ({dict(fractions)})")
+    rng = np.random.default_rng(derive_seed(seed, "splits"))
+    perm = rng.permutation(n)
+    parts: dict[str, np.ndarray] = {}
+    start = 0
+    for name in SPLIT_NAMES:
+        size = int(round(float(fractions[name]) * n))
+        parts[name] = np.sort(perm[start : start + size])
+        start += size
+    for name in ("train", "val", "test"):
+        if len(parts[name]) < 2:
+            raise ValueError(f"split {name!r} has {len(parts[name])} examples; raise its fraction")
+    n_test = len(parts["test"])
+    n_audit = n_test if n_audit is None else int(n_audit)
+    if n_audit < 1 or n_audit > n_test:
+        raise ValueError(f"n_audit={n_audit} must be in [1, {n_test}] (the size of test)")
+    if n_audit >= len(parts["train"]):
+        raise ValueError(
+            f"n_audit={n_audit} leaves no known members in train ({len(parts['train'])} examples); "
+            "lower n_audit or raise the train fraction"
+        )
+    arng = np.random.default_rng(derive_seed(seed, "audit_members"))
+    train_perm = arng.permutation(parts["train"])
+    audit = np.sort(train_perm[:n_audit])
+    known = np.sort(train_perm[n_audit:])
+    return Splits(
+        train=parts["train"],
+        val=parts["val"],
+        test=parts["test"],
+        population=parts["population"],
+        audit_members=audit,
+        known_members=known,
+    )

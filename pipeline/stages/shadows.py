@@ -1,0 +1,114 @@
+"""Stage 2 — shadows: K reference models, each on a random half of the attacker's `population`.
+
+Each shadow trains with the teacher's recipe (Shokri et al. S&P'17; the reference
+models of LiRA and RMIA). Shadows are cached one model at a time, so raising K
+reuses the first ones; the membership matrix (K, n_population) is derived from
+the root seed and saved beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from pipeline import tracking
+from pipeline.cache import cache_key
+from pipeline.config import ShadowsConfig, to_schema
+from pipeline.context import (
+    DataBundle,
+    build_model,
+    get_cache,
+    load_data,
+    load_model,
+    model_spec,
+    save_model,
+    train_recipe,
+)
+from pipeline.seeds import derive_seed, generator
+from pipeline.training import evaluate, train
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShadowsResult:
+    keys: tuple[str, ...]
+    paths: tuple[Path, ...]  # one cache entry per shadow; weights in model.pt
+    membership: np.ndarray  # (K, n_population) bool: population point j in shadow k's training set
+    n_cache_hits: int
+
+    @property
+    def n_models(self) -> int:
+        return len(self.keys)
+
+
+def membership_row(seed: int, index: int, n_population: int, member_fraction: float) -> np.ndarray:
+    """Shadow `index`'s members: a seeded random subset of `population` of the given fraction."""
+    rng = np.random.default_rng(derive_seed(seed, "shadow", index, "members"))
+    row = np.zeros(n_population, dtype=bool)
+    row[rng.permutation(n_population)[: int(round(member_fraction * n_population))]] = True
+    return row
+
+
+def shadow_spec(cfg: DictConfig, index: int) -> dict[str, Any]:
+    shadows = to_schema(ShadowsConfig, cfg.shadows)
+    return {
+        "model": model_spec(cfg),
+        "train": asdict(train_recipe(cfg)),
+        "member_fraction": shadows.member_fraction,
+        "recipe": shadows.recipe,
+        "index": index,
+    }
+
+
+def run(cfg: DictConfig) -> ShadowsResult:
+    shadows = to_schema(ShadowsConfig, cfg.shadows)
+    if shadows.recipe != "dense":
+        raise ValueError(f"unknown shadows.recipe {shadows.recipe!r}; valid: ['dense']")
+    data = load_data(cfg)
+    cache = get_cache(cfg)
+    n_pop = len(data.splits.population)
+    keys, paths, rows, hits = [], [], [], 0
+    bar = tqdm(range(shadows.n_models), desc="shadows", disable=not cfg.runtime.progress)
+    for k in bar:
+        s = shadow_spec(cfg, k)
+        key = cache_key("shadow", VERSION, s, {"data": data.key})
+        row = membership_row(int(cfg.seed), k, n_pop, shadows.member_fraction)
+        entry = cache.get_or_create(
+            "shadow", key, {**s, "data": data.key}, lambda out, k=k, row=row: _train_one(cfg, data, k, row, out)
+        )
+        hits += int(entry.hit)
+        keys.append(key)
+        paths.append(entry.path)
+        rows.append(row)
+    membership = np.stack(rows) if rows else np.zeros((0, n_pop), dtype=bool)
+    tracking.log_metrics({"shadows_n_models": len(keys), "shadows_cache_hits": hits})
+    log.info("shadows: %d models (%d from cache)", len(keys), hits)
+    return ShadowsResult(tuple(keys), tuple(paths), membership, hits)
+
+
+def _train_one(cfg: DictConfig, data: DataBundle, index: int, row: np.ndarray, out: Path) -> None:
+    recipe = train_recipe(cfg)
+    idx = torch.from_numpy(data.splits.population[row])
+    x, y = data.dataset.x[idx], data.dataset.y[idx]
+    model = build_model(cfg, data, "shadow", index)
+    train(model, x, y, recipe, generator(int(cfg.seed), "shadow", index, "batches"))
+    save_model(model, out / "model.pt")
+    np.save(out / "members.npy", row)
+    _, acc = evaluate(model, *data.part("test"))
+    (out / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "n_members": int(row.sum())}))
+
+
+def load_models(cfg: DictConfig, result: ShadowsResult) -> list[torch.nn.Module]:
+    data = load_data(cfg)
+    return [load_model(cfg, data, p / "model.pt") for p in result.paths]

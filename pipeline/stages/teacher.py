@@ -1,0 +1,102 @@
+"""Stage 1 — teacher: train the dense "big" model on the target's `train` split."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline import tracking
+from pipeline.cache import cache_key
+from pipeline.context import (
+    build_model,
+    data_spec,
+    get_cache,
+    load_data,
+    load_model,
+    model_spec,
+    save_model,
+    train_recipe,
+)
+from pipeline.seeds import generator
+from pipeline.training import evaluate, train
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class TeacherResult:
+    key: str
+    path: Path  # the cache entry's directory; weights in model.pt
+    cache_hit: bool
+    metrics: dict[str, float]  # train/val/test accuracy and loss
+    history: list[dict[str, float]]  # per epoch: loss, train_accuracy
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.pt"
+
+
+def spec(cfg: DictConfig) -> dict[str, Any]:
+    return {"model": model_spec(cfg), "train": asdict(train_recipe(cfg))}
+
+
+def key(cfg: DictConfig) -> str:
+    data = load_data(cfg)
+    return cache_key("teacher", VERSION, spec(cfg), {"data": data.key})
+
+
+def run(cfg: DictConfig) -> TeacherResult:
+    data = load_data(cfg)
+    recipe = train_recipe(cfg)
+    the_spec = {**spec(cfg), "data": data_spec(cfg)}
+    k = key(cfg)
+
+    def build(out: Path) -> None:
+        log.info("training the teacher (%d epochs on %d members)", recipe.epochs, len(data.splits.train))
+        model = build_model(cfg, data, "teacher")
+        x, y = data.part("train")
+        history = train(model, x, y, recipe, generator(int(cfg.seed), "teacher", "batches"))
+        save_model(model, out / "model.pt")
+        metrics = _evaluate_all(model, data)
+        (out / "metrics.json").write_text(
+            json.dumps({"metrics": metrics, "history": [asdict(h) for h in history]}, indent=1)
+        )
+
+    entry = get_cache(cfg).get_or_create("teacher", k, the_spec, build)
+    stored = json.loads((entry.path / "metrics.json").read_text())
+    result = TeacherResult(k, entry.path, entry.hit, stored["metrics"], stored["history"])
+    for h in result.history:
+        tracking.log_metrics(
+            {"loss": h["loss"], "train_accuracy": h["train_accuracy"]}, step=int(h["epoch"]), prefix="teacher_"
+        )
+    tracking.log_metrics(result.metrics, prefix="teacher_")
+    log.info(
+        "teacher %s (%s): train acc %.3f, val acc %.3f, test acc %.3f",
+        k,
+        "cached" if entry.hit else "trained",
+        result.metrics["train_accuracy"],
+        result.metrics["val_accuracy"],
+        result.metrics["test_accuracy"],
+    )
+    return result
+
+
+def _evaluate_all(model, data) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in ("train", "val", "test"):
+        loss, acc = evaluate(model, *data.part(part))
+        out[f"{part}_loss"], out[f"{part}_accuracy"] = loss, acc
+    return out
+
+
+def load(cfg: DictConfig, result: TeacherResult):
+    return load_model(cfg, load_data(cfg), result.model_path)
+
+

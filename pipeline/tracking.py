@@ -1,0 +1,121 @@
+"""MLflow plumbing: the tracking URI and experiment from config, and logging that is a no-op
+when no run is active (stages called from tests or scripts need no MLflow run)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def setup(cfg: DictConfig) -> str | None:
+    """Point MLflow at `tracking.uri` and make sure the experiment exists; returns its id.
+
+    Always sets the URI from config: without it MLflow writes `mlflow.db` into the
+    working folder.
+    """
+    if not bool(cfg.tracking.get("enabled", True)):
+        return None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = str(cfg.tracking.uri)
+    if uri.startswith("sqlite:///"):
+        db_path = Path(uri[len("sqlite:///") :])
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    name = str(cfg.tracking.experiment)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        artifact_dir = Path(str(cfg.tracking.artifact_dir)).resolve()
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        if uri.startswith(("http://", "https://")):
+            exp_id = mlflow.create_experiment(name)
+        else:
+            exp_id = mlflow.create_experiment(name, artifact_location=artifact_dir.as_uri())
+    else:
+        exp_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def active() -> bool:
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover
+        return False
+    return mlflow.active_run() is not None
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
+    """Log finite numeric metrics to the active run (NaN values are skipped, not logged as 0)."""
+    if not active():
+        return
+    import mlflow
+
+    clean = {
+        f"{prefix}{k}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and math.isfinite(float(v))
+    }
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    if not active():
+        return
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    if not active():
+        return
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    if not active():
+        return
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def git_commit() -> str:
+    """The current git commit of the code, or "unknown" outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, for logging nested configs as params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

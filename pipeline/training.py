@@ -1,0 +1,135 @@
+"""Training loops shared by the teacher, the shadows and the compress stage.
+
+Plain mini-batch SGD/Adam with a per-step learning-rate schedule. Batches are
+drawn from an explicit generator, so a run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import TrainConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss becomes NaN or infinite."""
+
+
+def make_optimizer(params, recipe: TrainConfig) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov and recipe.momentum > 0,
+            weight_decay=recipe.weight_decay,
+        )
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: ['sgd', 'adam']")
+
+
+def lr_factor(recipe: TrainConfig, step: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate after `step` of `total_steps` optimizer steps."""
+    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    if recipe.lr_schedule == "constant":
+        return 1.0
+    if recipe.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if recipe.lr_schedule == "multistep":
+        return recipe.gamma ** sum(progress >= m for m in recipe.milestones)
+    raise ValueError(
+        f"unknown lr_schedule {recipe.lr_schedule!r}; valid: ['constant', 'cosine', 'multistep']"
+    )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, recipe: TrainConfig, step: int, total_steps: int) -> None:
+    lr = recipe.lr * lr_factor(recipe, step, total_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch of shuffled index batches (the last, smaller batch is kept)."""
+    perm = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield perm[start : start + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    before_step: Callable[[], None] | None = None,
+) -> float:
+    """One optimizer step on a batch; `before_step` runs between backward and step (e.g. masking grads)."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"training loss is {loss.item()}; lower the learning rate")
+    loss.backward()
+    if before_step is not None:
+        before_step()
+    optimizer.step()
+    return float(loss.item())
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    loss: float
+    train_accuracy: float
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: TrainConfig,
+    generator: torch.Generator,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> list[EpochStats]:
+    """Train a dense model for `recipe.epochs` epochs; returns per-epoch loss and train accuracy."""
+    optimizer = make_optimizer(model.parameters(), recipe)
+    total = recipe.epochs * steps_per_epoch(len(y), recipe.batch_size)
+    history: list[EpochStats] = []
+    step = 0
+    for epoch in range(recipe.epochs):
+        losses = []
+        for idx in batch_indices(len(y), recipe.batch_size, generator):
+            set_lr(optimizer, recipe, step, total)
+            losses.append(train_step(model, optimizer, x[idx], y[idx]))
+            step += 1
+        _, acc = evaluate(model, x, y)
+        stats = EpochStats(epoch, float(sum(losses) / len(losses)), acc)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    return history
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on (x, y)."""
+    logits = predict_logits(model, x)
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return float(loss), float(acc)
