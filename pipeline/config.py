@@ -136,6 +136,8 @@ OBJECTIVE_DIRECTIONS = {
 
 def to_schema(schema: type[T], node: Any) -> T:
     """Merge a config node into its dataclass schema and return the typed object."""
+    if OmegaConf.is_config(node):  # resolve interpolations against the full config first
+        node = OmegaConf.to_container(node, resolve=True)
     merged = OmegaConf.merge(OmegaConf.structured(schema), node)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 

@@ -1,0 +1,29 @@
+"""Shared fixtures: compose the real Hydra config (the same `conf/` the CLI uses) into tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def make_cfg(overrides: list[str], root: Path | None = None) -> DictConfig:
+    """The composed config with `overrides`; paths under `root` (never the repository)."""
+    extra = [f"paths.root={root}"] if root is not None else []
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=[*overrides, *extra])
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    def factory(*overrides: str, root: Path | None = None) -> DictConfig:
+        return make_cfg(list(overrides), root or tmp_path)
+
+    return factory

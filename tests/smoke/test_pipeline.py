@@ -1,0 +1,104 @@
+"""End to end on tiny data: compose experiment=smoke into tmp_path and run the real stages in process."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.__main__ import run_stage
+from pipeline.context import build_model, load_data
+from pipeline.stages import search, teacher
+from pipeline.stages.compress import loss_attack_risk
+from pipeline.training import train
+
+pytestmark = pytest.mark.smoke
+
+FIVE = ("accuracy", "attack_auc", "attack_tpr_at_0.1pct_fpr", "model_size_bytes", "density")
+
+
+def _runs(cfg):
+    client = MlflowClient(tracking_uri=str(cfg.tracking.uri))
+    exp = client.get_experiment_by_name(str(cfg.tracking.experiment))
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_search_tracks_every_trial_and_resumes_from_cache(cfg_factory, monkeypatch):
+    cfg = cfg_factory("experiment=smoke")
+    result = run_stage(cfg)
+    assert result.n_complete == 2
+
+    client, parents, children = _runs(cfg)
+    assert len(parents) == 1 and len(children) == 2
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        missing = [m for m in FIVE if m not in child.data.metrics and m != "attack_tpr_at_0.1pct_fpr"]
+        assert not missing, f"trial run lacks {missing}"
+        assert 0.0 < child.data.metrics["density"] <= 0.2 + 1e-9
+        assert child.data.metrics["model_size_bytes"] > 0
+        assert "config.yaml" in {a.path for a in client.list_artifacts(child.info.run_id)}
+
+    storage = str(cfg.search.storage)
+    study = optuna.load_study(study_name=str(cfg.search.study_name), storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    assert {t.user_attrs["mlflow_run_id"] for t in done} == {c.info.run_id for c in children}
+    assert study.metric_names == ["accuracy", "attack_auc"]
+
+    # The reported Pareto set equals the nondominated set of all trials.
+    values = np.array([t.values for t in done])
+    ranks = search.nondominated_ranks(values, ["maximize", "minimize"])
+    expected = {t.number for t, r in zip(done, ranks) if r == 0}
+    assert set(pd.read_csv(result.pareto_csv)["trial"]) == expected
+    assert {t.number for t in study.best_trials} == expected
+
+    # Second run, one more trial: teacher and shadows come from the cache (training them would raise).
+    def no_training(*args, **kwargs):
+        raise AssertionError("teacher or shadow was retrained instead of read from the cache")
+
+    monkeypatch.setattr(teacher, "train", no_training)
+    monkeypatch.setattr("pipeline.stages.shadows.train", no_training)
+    cfg3 = cfg_factory("experiment=smoke", "search.n_trials=3")
+    again = run_stage(cfg3)
+    assert again.n_complete == 3
+    _, parents2, children2 = _runs(cfg)
+    assert len(parents2) == 1 and len(children2) == 3  # the same parent run, one new trial
+
+
+def test_every_stage_runs_from_the_cli_entry(cfg_factory):
+    for stage in ("teacher", "shadows", "compress", "attack"):
+        out = run_stage(cfg_factory("experiment=smoke", f"stage={stage}"))
+        assert out is not None
+    att = run_stage(cfg_factory("experiment=smoke", "stage=attack"))
+    assert att.cache_hit
+    assert 0.0 <= att.metrics["audit_auc"] <= 1.0
+
+
+def test_teacher_on_digits_is_accurate_and_leaks_a_little(cfg_factory):
+    cfg = cfg_factory("dataset=digits", "runtime.progress=false")
+    res = teacher.run(cfg)
+    assert res.metrics["test_accuracy"] >= 0.93
+    data = load_data(cfg)
+    model = teacher.load(cfg, res)
+    am, t = data.splits.audit_members, data.splits.test
+    slices = {
+        "xm": data.dataset.x[am], "ym": data.dataset.y[am],
+        "xn": data.dataset.x[t], "yn": data.dataset.y[t],
+    }
+    assert loss_attack_risk(model, slices) > 0.5
+
+    # A model that never saw the audit members: the loss attack is at chance.
+    unseen = build_model(cfg, data, "unseen")
+    known = torch.from_numpy(data.splits.known_members)
+    from pipeline.context import train_recipe
+    from pipeline.seeds import generator
+
+    train(unseen, data.dataset.x[known], data.dataset.y[known], train_recipe(cfg), generator(0, "unseen"))
+    auc = loss_attack_risk(unseen, slices)
+    assert abs(auc - 0.5) <= 0.05, auc

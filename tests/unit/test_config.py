@@ -1,0 +1,60 @@
+"""Bad options fail before any training, naming the value and the valid ones."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from pipeline.__main__ import run_stage
+from pipeline.config import validate
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stage=bogus", "unknown stage 'bogus'; valid"),
+        ("compress.density=0", "compress.density must be in \\(0, 1\\]"),
+        ("compress.density=1.5", "compress.density must be in \\(0, 1\\]"),
+        ("shadows.n_models=-1", "shadows.n_models must be >= 0"),
+        ("compress.n_candidates=0", "compress.n_candidates must be >= 1"),
+        ("compress.probe_steps=0", "compress.probe_steps must be >= 1"),
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("compress.method=magic", "unknown compress.method 'magic'; valid"),
+        ("train.optimizer=lbfgs", "unknown train.optimizer 'lbfgs'; valid"),
+        ("search.objectives=[accuracy,speed]", "unknown search objective 'speed'; valid"),
+        ("attack.n_bootstrap=10", "n_bootstrap must be 0 \\(off\\) or >= 100"),
+        ("compress.density_schedule.begin=0.9", "window"),
+    ],
+)
+def test_bad_values_raise_before_training(cfg_factory, override, message):
+    cfg = cfg_factory("experiment=smoke", override)
+    with pytest.raises(ValueError, match=message):
+        run_stage(cfg)
+
+
+def test_unknown_group_option_lists_the_valid_ones(cfg_factory):
+    with pytest.raises(ConfigCompositionException, match="digits"):
+        cfg_factory("dataset=imagenet")
+
+
+def test_split_fractions_over_one_raise(cfg_factory):
+    from pipeline.context import load_data
+
+    cfg = cfg_factory("experiment=smoke", "dataset.split.train=0.9")
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        load_data(cfg)
+
+
+def test_unknown_model_and_attack_names(cfg_factory):
+    from pipeline.context import build_model, load_data
+    from pipeline.stages.attack import attack_config
+
+    cfg = cfg_factory("experiment=smoke", "model._target_=pipeline.models.Transformer")
+    with pytest.raises(ValueError, match="unknown model .* valid"):
+        build_model(cfg, load_data(cfg))
+    cfg = cfg_factory("experiment=smoke", "+attack.audit.telepathy={}")
+    with pytest.raises(ValueError, match="unknown attack.*telepathy.*valid"):
+        attack_config(cfg)
+
+
+def test_the_default_config_validates(cfg_factory):
+    validate(cfg_factory())
+    validate(cfg_factory("experiment=smoke"))
