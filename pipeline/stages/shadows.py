@@ -32,6 +32,7 @@ from pipeline.context import (
     save_model,
     train_recipe,
 )
+from pipeline.batched import can_batch, train_grouped
 from pipeline.seeds import derive_seed, generator
 from pipeline.training import evaluate, train
 
@@ -78,14 +79,21 @@ def run(cfg: DictConfig) -> ShadowsResult:
     data = load_data(cfg)
     cache = get_cache(cfg)
     n_pop = len(data.splits.population)
+    specs = [shadow_spec(cfg, k) for k in range(shadows.n_models)]
+    keys_all = [cache_key("shadow", VERSION, s, {"data": data.key}) for s in specs]
+    rows_all = [membership_row(int(cfg.seed), k, n_pop, shadows.member_fraction) for k in range(shadows.n_models)]
+    missing = [
+        k for k in range(shadows.n_models)
+        if cache.lookup("shadow", keys_all[k], {**specs[k], "data": data.key}) is None
+    ]
+    trained = _train_missing(cfg, data, missing, rows_all) if missing else {}
     keys, paths, rows, hits = [], [], [], 0
     bar = tqdm(range(shadows.n_models), desc="shadows", disable=not cfg.runtime.progress)
     for k in bar:
-        s = shadow_spec(cfg, k)
-        key = cache_key("shadow", VERSION, s, {"data": data.key})
-        row = membership_row(int(cfg.seed), k, n_pop, shadows.member_fraction)
+        s, key, row = specs[k], keys_all[k], rows_all[k]
         entry = cache.get_or_create(
-            "shadow", key, {**s, "data": data.key}, lambda out, k=k, row=row: _train_one(cfg, data, k, row, out)
+            "shadow", key, {**s, "data": data.key},
+            lambda out, k=k, row=row: _save_one(data, trained.get(k) or _train(cfg, data, [k], rows_all)[k], row, out),
         )
         hits += int(entry.hit)
         keys.append(key)
@@ -97,12 +105,34 @@ def run(cfg: DictConfig) -> ShadowsResult:
     return ShadowsResult(tuple(keys), tuple(paths), membership, hits)
 
 
-def _train_one(cfg: DictConfig, data: DataBundle, index: int, row: np.ndarray, out: Path) -> None:
+def _train_missing(
+    cfg: DictConfig, data: DataBundle, indices: list[int], rows: list[np.ndarray]
+) -> dict[int, torch.nn.Module]:
+    log.info("training %d shadow model(s)%s", len(indices), " (grouped)" if _batched(cfg) else "")
+    return _train(cfg, data, indices, rows)
+
+
+def _batched(cfg: DictConfig) -> bool:
+    return bool(cfg.runtime.get("batched_shadows", True))
+
+
+def _train(
+    cfg: DictConfig, data: DataBundle, indices: list[int], rows: list[np.ndarray]
+) -> dict[int, torch.nn.Module]:
+    """Train the shadows `indices`: grouped when the architecture allows, else one by one."""
     recipe = train_recipe(cfg)
-    idx = torch.from_numpy(data.splits.population[row])
-    x, y = data.dataset.x[idx], data.dataset.y[idx]
-    model = build_model(cfg, data, "shadow", index)
-    train(model, x, y, recipe, generator(int(cfg.seed), "shadow", index, "batches"))
+    models = [build_model(cfg, data, "shadow", k) for k in indices]
+    parts = [torch.from_numpy(data.splits.population[rows[k]]) for k in indices]
+    gens = [generator(int(cfg.seed), "shadow", k, "batches") for k in indices]
+    if _batched(cfg) and len(indices) > 1 and can_batch(models):
+        train_grouped(models, [data.dataset.x[i] for i in parts], [data.dataset.y[i] for i in parts], recipe, gens)
+    else:
+        for model, idx, g in zip(models, parts, gens):
+            train(model, data.dataset.x[idx], data.dataset.y[idx], recipe, g)
+    return dict(zip(indices, models))
+
+
+def _save_one(data: DataBundle, model: torch.nn.Module, row: np.ndarray, out: Path) -> None:
     save_model(model, out / "model.pt")
     np.save(out / "members.npy", row)
     _, acc = evaluate(model, *data.part("test"))

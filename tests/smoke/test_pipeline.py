@@ -64,6 +64,7 @@ def test_search_tracks_every_trial_and_resumes_from_cache(cfg_factory, monkeypat
 
     monkeypatch.setattr(teacher, "train", no_training)
     monkeypatch.setattr("pipeline.stages.shadows.train", no_training)
+    monkeypatch.setattr("pipeline.stages.shadows.train_grouped", no_training)
     cfg3 = cfg_factory("experiment=smoke", "search.n_trials=3")
     again = run_stage(cfg3)
     assert again.n_complete == 3
