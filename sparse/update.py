@@ -1,0 +1,304 @@
+"""Mask updates with exact counts: prune-and-grow at fixed density, and resize to a new density.
+
+One job: change which weights are active. ``prune_and_grow`` is the drop/regrow step of dynamic
+sparse training (SET, Mocanu et al. 2018; RigL, Evci et al. 2020; ITOP, Liu et al. 2021) used by
+SafeCompress (Zhu et al., TSE 2024) at every mask update. Unlike the official ITOP code (Bernoulli
+regrowth, so density drifts), every layer drops and regrows exactly the same number of weights;
+a weight dropped in an update cannot be regrown in that same update; regrown weights start at zero
+with zeroed optimizer state; ties are broken by a permutation drawn from the given generator.
+``resize`` moves the mask to another global density (sparsity schedules, gradual magnitude
+pruning of Zhu & Gupta 2017).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparse.init import check_density, default_generator, layer_target_counts
+from sparse.masks import MaskSet
+from sparse.scores import (
+    GROW_NEEDS,
+    PRUNE_NEEDS,
+    LayerInputs,
+    check_criteria,
+    grow_scores,
+    prune_scores,
+)
+
+MOMENTUM_STATE_KEYS = ("momentum_buffer", "exp_avg")
+
+
+def check_drop_fraction(drop_fraction: float) -> float:
+    f = float(drop_fraction)
+    if math.isnan(f) or not (0.0 <= f < 1.0):
+        raise ValueError(f"drop_fraction (regrowth ratio) must be in [0, 1), got {drop_fraction!r}")
+    return f
+
+
+def _select(
+    scores: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    g: torch.Generator,
+    lowest: bool,
+    layer: str,
+) -> torch.Tensor:
+    """Flat indices of the ``k`` lowest (or highest) scores among ``candidates``.
+
+    Candidates are shuffled by a generator permutation before a stable sort, so equal scores are
+    ordered at random but reproducibly under ``g``; distinct scores keep their exact order.
+    """
+    idx = candidates.reshape(-1).nonzero().squeeze(1)  # (m,)
+    if k > idx.numel():
+        raise ValueError(f"layer {layer!r}: asked for {k} of {idx.numel()} candidates")
+    perm = torch.randperm(idx.numel(), generator=g).to(idx.device)
+    idx = idx[perm]
+    s = scores.reshape(-1)[idx]
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"layer {layer!r}: scores contain NaN/inf (check weights and gradients)")
+    order = torch.sort(s, descending=not lowest, stable=True).indices[:k]
+    return idx[order]
+
+
+def _momentum_from(
+    name: str,
+    p: nn.Parameter,
+    optimizer: torch.optim.Optimizer | None,
+    momenta: Mapping[str, torch.Tensor] | None,
+) -> torch.Tensor | None:
+    if momenta is not None and name in momenta:
+        return momenta[name]
+    if optimizer is not None:
+        state = optimizer.state.get(p, {})
+        for key in MOMENTUM_STATE_KEYS:
+            v = state.get(key)
+            if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape):
+                return v
+    return None
+
+
+def _inputs(
+    masks: MaskSet,
+    model: nn.Module,
+    needs: set[str],
+    generator: torch.Generator,
+    grads: Mapping[str, torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer | None,
+    fired: Mapping[str, torch.Tensor] | None,
+    momenta: Mapping[str, torch.Tensor] | None,
+    criteria: str,
+) -> dict[str, LayerInputs]:
+    """Per-layer criterion inputs; raises before anything changes if one is missing or misshaped."""
+    out = {}
+    for name, p, m in masks._pairs(model):
+        g = grads.get(name) if grads is not None else None
+        mom = _momentum_from(name, p, optimizer, momenta)
+        f = fired.get(name) if fired is not None else masks.fired.get(name)
+        for what, t in (("grads", g), ("momentum", mom), ("fired", f)):
+            if what not in needs:
+                continue
+            if t is None:
+                hint = {
+                    "grads": "pass grads={name: dense gradient} (taken before masks.apply_to_grads)",
+                    "momentum": "pass an optimizer with momentum (SGD momentum>0, Adam) after a step, "
+                    "or momenta={name: tensor}",
+                    "fired": "pass fired={name: bool tensor}",
+                }[what]
+                raise ValueError(f"{criteria} needs {what} for layer {name!r}: {hint}")
+            if tuple(t.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"{what} for layer {name!r} has shape {tuple(t.shape)}, weight has {tuple(p.shape)}"
+                )
+        out[name] = LayerInputs(
+            name=name,
+            weight=p,
+            mask=m,
+            generator=generator,
+            grad=g.to(p.device) if g is not None else None,
+            momentum=mom.to(p.device) if mom is not None else None,
+            fired=f.to(p.device) if f is not None else None,
+        )
+    return out
+
+
+@torch.no_grad()
+def _zero_state(
+    optimizer: torch.optim.Optimizer | None, p: nn.Parameter, where: torch.Tensor
+) -> None:
+    if optimizer is None:
+        return
+    for v in optimizer.state.get(p, {}).values():
+        if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape):
+            v.masked_fill_(where.to(v.device), 0)
+
+
+@torch.no_grad()
+def _commit(
+    masks: MaskSet,
+    name: str,
+    p: nn.Parameter,
+    drop_idx: torch.Tensor | None,
+    grow_idx: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer | None,
+    fired: Mapping[str, torch.Tensor] | None,
+) -> None:
+    """Write the new mask in place; regrown weights and all inactive state are zeroed."""
+    m = masks.masks[name]
+    flat = m.reshape(-1).clone()
+    if drop_idx is not None:
+        flat[drop_idx] = False
+    grown = torch.zeros_like(flat)
+    if grow_idx is not None:
+        flat[grow_idx] = True
+        grown[grow_idx] = True
+    m.copy_(flat.view(m.shape))
+    grown = grown.view(m.shape)
+    p.masked_fill_(grown | ~m, 0)
+    _zero_state(optimizer, p, grown | ~m)
+    for record in (masks.fired.get(name), fired.get(name) if fired is not None else None):
+        if record is not None:
+            record |= m.to(record.device)
+
+
+def _needs(prune: str | None, grow: str | None) -> set[str]:
+    out = set()
+    if prune is not None and prune in PRUNE_NEEDS:
+        out.add(PRUNE_NEEDS[prune])
+    if grow is not None and grow in GROW_NEEDS:
+        out.add(GROW_NEEDS[grow])
+    return out
+
+
+def prune_and_grow(
+    model: nn.Module,
+    masks: MaskSet,
+    drop_fraction: float,
+    prune: str = "magnitude",
+    grow: str = "random",
+    generator: torch.Generator | None = None,
+    grads: Mapping[str, torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    fired: Mapping[str, torch.Tensor] | None = None,
+    momenta: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Drop ``round(drop_fraction * n_active)`` active weights per layer and grow as many.
+
+    Drop: the lowest ``prune`` scores among active weights. Grow: the highest ``grow`` scores among
+    weights inactive *before* this update (so drop and grow sets are disjoint). A layer with fewer
+    inactive weights than ``n_drop`` (e.g. a dense ERK layer) swaps only as many as it can. Masks
+    change in place, ``masks.apply(model)`` is done, regrown weights are 0 with zeroed optimizer
+    state, and ``fired`` (plus ``masks.fired``) records every position ever active. ``momenta``
+    overrides the optimizer's momentum for ``grow="momentum"`` (see ``GradientMomentum``).
+
+    Returns ``{"n_dropped", "n_grown", "per_layer": {name: {"n_active", "n_dropped", "n_grown"}}}``.
+    """
+    f = check_drop_fraction(drop_fraction)
+    check_criteria(prune, grow)
+    g = default_generator(generator)
+    inputs = _inputs(
+        masks,
+        model,
+        _needs(prune, grow),
+        g,
+        grads,
+        optimizer,
+        fired,
+        momenta,
+        f"prune={prune!r}/grow={grow!r}",
+    )
+    params = dict(model.named_parameters())
+    per_layer: dict[str, dict[str, int]] = {}
+    for name, li in inputs.items():
+        m = li.mask
+        n_active = int(m.sum())
+        n_drop = min(int(round(f * n_active)), m.numel() - n_active)
+        if fired is not None and name in fired:
+            fired[name] |= m.to(fired[name].device)
+        masks.fired[name] |= m.to(masks.fired[name].device)
+        if li.fired is not None:  # the history seen by "unfired" includes the current mask
+            li.fired = li.fired | m
+        drop_idx = grow_idx = None
+        if n_drop > 0:
+            p_scores = prune_scores(prune, li)
+            g_scores = grow_scores(grow, li)
+            drop_idx = _select(p_scores, m, n_drop, g, lowest=True, layer=name)
+            grow_idx = _select(g_scores, ~m, n_drop, g, lowest=False, layer=name)
+        _commit(masks, name, params[name], drop_idx, grow_idx, optimizer, fired)
+        per_layer[name] = {"n_active": n_active, "n_dropped": n_drop, "n_grown": n_drop}
+    masks.apply(model)
+    n = sum(v["n_dropped"] for v in per_layer.values())
+    return {"n_dropped": n, "n_grown": n, "per_layer": per_layer}
+
+
+def resize(
+    model: nn.Module,
+    masks: MaskSet,
+    density: float,
+    prune: str = "magnitude",
+    grow: str = "random",
+    distribution: str = "erk",
+    generator: torch.Generator | None = None,
+    grads: Mapping[str, torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    fired: Mapping[str, torch.Tensor] | None = None,
+    momenta: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Move the masks to global ``density`` exactly (``round(density * n_total)`` active weights).
+
+    Per-layer targets come from ``distribution`` ("erk" | "uniform") at the new density; layers above
+    their target drop their lowest ``prune`` scores, layers below grow their highest ``grow`` scores
+    (zero-initialised, optimizer state zeroed). Returns the same stats shape as ``prune_and_grow``.
+    """
+    check_density(density)
+    check_criteria(prune, grow)
+    g = default_generator(generator)
+    shapes = masks.shapes()
+    targets = layer_target_counts(shapes, density, distribution)
+    current = masks.layer_n_active()
+    any_drop = any(current[k] > targets[k] for k in shapes)
+    any_grow = any(current[k] < targets[k] for k in shapes)
+    needs = _needs(prune if any_drop else None, grow if any_grow else None)
+    inputs = _inputs(
+        masks,
+        model,
+        needs,
+        g,
+        grads,
+        optimizer,
+        fired,
+        momenta,
+        f"resize prune={prune!r}/grow={grow!r}",
+    )
+    params = dict(model.named_parameters())
+    per_layer: dict[str, dict[str, int]] = {}
+    for name, li in inputs.items():
+        m = li.mask
+        n_active, target = current[name], targets[name]
+        drop_idx = grow_idx = None
+        if n_active > target:
+            drop_idx = _select(
+                prune_scores(prune, li), m, n_active - target, g, lowest=True, layer=name
+            )
+        elif n_active < target:
+            if li.fired is not None:
+                li.fired = li.fired | m
+            grow_idx = _select(
+                grow_scores(grow, li), ~m, target - n_active, g, lowest=False, layer=name
+            )
+        _commit(masks, name, params[name], drop_idx, grow_idx, optimizer, fired)
+        per_layer[name] = {
+            "n_active": n_active,
+            "n_dropped": max(n_active - target, 0),
+            "n_grown": max(target - n_active, 0),
+        }
+    masks.apply(model)
+    return {
+        "n_dropped": sum(v["n_dropped"] for v in per_layer.values()),
+        "n_grown": sum(v["n_grown"] for v in per_layer.values()),
+        "per_layer": per_layer,
+    }

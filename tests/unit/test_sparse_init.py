@@ -1,0 +1,170 @@
+"""Initialisation: ERK/uniform densities, exact global counts, magnitude masks, bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sparse import (
+    allocate_counts,
+    erk_densities,
+    layer_target_counts,
+    magnitude_masks,
+    random_masks,
+    uniform_densities,
+)
+
+SHAPE_SETS = {
+    "mlp_digits": {"a": (256, 64), "b": (256, 256), "c": (10, 256)},
+    "conv": {"c1": (16, 3, 3, 3), "c2": (32, 16, 3, 3), "c3": (64, 32, 3, 3), "fc": (10, 64)},
+    "odd": {"x": (7,), "y": (13, 11), "z": (3, 5, 2), "w": (101, 97)},
+}
+DENSITIES = [0.01, 0.05, 0.1, 0.2, 0.5]
+
+
+def mlp(sizes=(64, 96, 48, 10)) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3),
+        nn.Flatten(),
+        nn.LazyLinear(10),
+    )
+
+
+def numel(shapes):
+    return {k: math.prod(v) for k, v in shapes.items()}
+
+
+@pytest.mark.parametrize("shapes", list(SHAPE_SETS.values()), ids=list(SHAPE_SETS))
+@pytest.mark.parametrize("density", DENSITIES)
+def test_erk_matches_target_globally_and_counts_are_exact(shapes, density):
+    d = erk_densities(shapes, density)
+    n = numel(shapes)
+    total = sum(n.values())
+    assert all(0 < v <= 1 for v in d.values())
+    assert sum(d[k] * n[k] for k in n) == pytest.approx(density * total, rel=1e-9)
+    counts = layer_target_counts(shapes, density, "erk")
+    assert sum(counts.values()) == round(density * total)
+    assert all(1 <= counts[k] <= n[k] for k in n)
+
+
+def test_erk_is_proportional_to_sum_over_product_for_sparse_layers():
+    shapes = SHAPE_SETS["mlp_digits"]
+    d = erk_densities(shapes, 0.05)
+    raw = {k: sum(v) / math.prod(v) for k, v in shapes.items()}
+    assert d["a"] / d["b"] == pytest.approx(raw["a"] / raw["b"])
+    assert d["c"] > d["a"] > d["b"]  # the small head gets the highest density
+
+
+def test_erk_dense_layer_correction():
+    shapes = {"tiny": (4, 3), "big": (500, 400)}
+    d = erk_densities(shapes, 0.3)
+    assert d["tiny"] == 1.0  # its share would exceed 1
+    total = 12 + 200_000
+    assert d["big"] == pytest.approx((0.3 * total - 12) / 200_000)
+
+
+def test_uniform_densities():
+    assert uniform_densities(SHAPE_SETS["odd"], 0.2) == {k: 0.2 for k in SHAPE_SETS["odd"]}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_allocate_counts_sums_exactly(seed):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {f"l{i}": (int(torch.randint(1, 60, (1,), generator=g)), 7) for i in range(6)}
+    dens = {k: float(torch.rand(1, generator=g)) for k in shapes}
+    n = numel(shapes)
+    target = round(sum(dens[k] * n[k] for k in n))
+    counts = allocate_counts(shapes, dens, target)
+    assert sum(counts.values()) == target
+    assert all(abs(counts[k] - dens[k] * n[k]) < 2 for k in n)
+
+
+@pytest.mark.parametrize("model_fn", [mlp, cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("distribution", ["erk", "uniform"])
+@pytest.mark.parametrize("density", DENSITIES)
+def test_random_masks_exact_global_count(model_fn, distribution, density):
+    model = model_fn()
+    model(
+        torch.randn(2, 3, 8, 8) if model_fn is cnn else torch.randn(2, 64)
+    )  # materialise LazyLinear
+    masks = random_masks(model, density, distribution, torch.Generator().manual_seed(0))
+    assert masks.n_active() == round(density * masks.n_total())
+    per_layer = layer_target_counts(masks.shapes(), density, distribution)
+    assert masks.layer_n_active() == per_layer
+    assert list(masks.masks) == [
+        n for n, _ in model.named_parameters() if n.endswith("weight") and "1." not in n
+    ]
+
+
+def test_random_masks_deterministic_under_generator():
+    model = mlp()
+    a = random_masks(model, 0.1, "erk", torch.Generator().manual_seed(3))
+    b = random_masks(model, 0.1, "erk", torch.Generator().manual_seed(3))
+    c = random_masks(model, 0.1, "erk", torch.Generator().manual_seed(4))
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert not all(torch.equal(a.masks[k], c.masks[k]) for k in a.masks)
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+def test_magnitude_masks_global_keeps_the_largest(density):
+    torch.manual_seed(0)
+    model = mlp()
+    masks = magnitude_masks(model, density, "global")
+    assert masks.n_active() == round(density * masks.n_total())
+    params = dict(model.named_parameters())
+    kept = torch.cat([params[k].detach().abs()[m] for k, m in masks.masks.items()])
+    dropped = torch.cat([params[k].detach().abs()[~m] for k, m in masks.masks.items()])
+    assert kept.min() >= dropped.max()
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+def test_magnitude_masks_per_layer(density):
+    torch.manual_seed(0)
+    model = mlp()
+    masks = magnitude_masks(model, density, "layer")
+    assert masks.n_active() == round(density * masks.n_total())
+    params = dict(model.named_parameters())
+    for k, m in masks.masks.items():
+        assert abs(int(m.sum()) - density * m.numel()) < 2
+        w = params[k].detach().abs()
+        assert w[m].min() >= w[~m].max()
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan"), "x"])
+def test_bad_density_raises(bad):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        random_masks(mlp(), bad)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        erk_densities(SHAPE_SETS["odd"], bad)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        magnitude_masks(mlp(), bad)
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown distribution 'gauss'.*'erk', 'uniform'"):
+        random_masks(mlp(), 0.1, "gauss")
+    with pytest.raises(ValueError, match=r"unknown magnitude scope 'row'.*'global', 'layer'"):
+        magnitude_masks(mlp(), 0.1, "row")
+
+
+def test_density_too_small_to_keep_anything_raises():
+    with pytest.raises(ValueError, match="keeps 0"):
+        random_masks(mlp(), 1e-7)
+
+
+def test_model_without_prunable_weights_raises():
+    with pytest.raises(ValueError, match="no prunable"):
+        random_masks(nn.Sequential(nn.LayerNorm(4)), 0.5)
