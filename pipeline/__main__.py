@@ -7,7 +7,6 @@ Also installed as `safecompress`, which accepts the stage as a bare first word
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -105,7 +104,7 @@ def _print_pareto(result: Any) -> None:
     cols = [c for c in ("trial", "accuracy", "attack_auc", "attack_tpr_at_0.1pct_fpr", "density",
                         "model_size_bytes", "test_accuracy", "audit_auc") if c in table.columns]
     print(f"\nPareto front of study {result.study_name!r} ({result.n_complete} complete trials):")
-    print(table[cols].to_string(index=False, float_format=lambda v: "n/a" if math.isnan(v) else f"{v:.4f}"))
+    print(table[cols].to_string(index=False, na_rep="n/a", float_format=lambda v: f"{v:.4f}"))
     if result.pareto_csv is not None:
         print(f"written: {result.pareto_csv}")
 

@@ -123,6 +123,10 @@ class SearchConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "attack_auc"])
     population_size: int = 4
     space: list[SearchParam] = field(default_factory=list)
+    n_workers: int = 1  # worker processes on this machine sharing the study
+    heartbeat_interval: int = 5  # seconds; RDB storages only
+    grace_period: int = 30  # seconds without a heartbeat before a RUNNING trial is failed and retried
+    constraints: dict[str, float] = field(default_factory=dict)  # e.g. {accuracy_min: 0.9}
 
 
 OBJECTIVE_DIRECTIONS = {
@@ -174,6 +178,20 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"attack.n_bootstrap must be 0 (off) or >= 100, got {attack.n_bootstrap}")
     search = to_schema(SearchConfig, cfg.search)
     _check_count("search.n_trials", search.n_trials)
+    _check_count("search.n_workers", search.n_workers)
+    _check_count("search.population_size", search.population_size, 2)
+    if search.grace_period <= search.heartbeat_interval:
+        raise ValueError(
+            f"search.grace_period ({search.grace_period}) must exceed search.heartbeat_interval "
+            f"({search.heartbeat_interval})"
+        )
+    for name in search.constraints:
+        metric, _, bound = name.rpartition("_")
+        if bound not in ("min", "max") or metric not in OBJECTIVE_DIRECTIONS:
+            raise ValueError(
+                f"unknown search constraint {name!r}; write <metric>_min or <metric>_max with a metric in "
+                f"{list(OBJECTIVE_DIRECTIONS)}"
+            )
     for name in search.objectives:
         _check_choice("search objective", name, tuple(OBJECTIVE_DIRECTIONS))
 

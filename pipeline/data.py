@@ -16,8 +16,9 @@ disjoint from `known_members`, the members the in-loop attacker may see.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -31,19 +32,25 @@ SPLIT_NAMES = ("train", "val", "test", "population")
 
 @dataclass(frozen=True)
 class Dataset:
-    """A labelled pool: `x` (n, *input_shape) float32, `y` (n,) int64."""
+    """A labelled pool: `x` (n, *input_shape) float32 (or int64 token ids), `y` (n,) int64.
+
+    `augment`, when set, is a training-time augmentation `augment(x_batch, generator) -> x_batch`
+    (e.g. `pipeline.datasets.augment_cifar`); it is not part of equality.
+    """
 
     name: str
     x: torch.Tensor
     y: torch.Tensor
     n_classes: int
+    augment: Optional[Callable[..., torch.Tensor]] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(
                 f"data set {self.name!r}: x has {self.x.shape[0]} rows but y has {self.y.shape[0]}"
             )
-        if not torch.isfinite(self.x).all():
+        # integer inputs (token ids) are always finite
+        if self.x.is_floating_point() and not torch.isfinite(self.x).all():
             raise ValueError(f"data set {self.name!r}: x contains NaN or infinite values")
 
     @property
@@ -132,7 +139,7 @@ def load_purchase_synth(
     n_classes: int = 100,
     n_prototypes_per_class: int = 3,
     prototype_density: float = 0.15,
-    flip_prob: float = 0.12,
+    flip_prob: float = 0.24,
     label_noise: float = 0.0,
     generator_seed: int = 0,
     **_: Any,

@@ -81,3 +81,172 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+# VGG configurations: ints are 3x3 conv widths, ("1x1", c) a 1x1 conv, "M" a 2x2 max-pool.
+# "C" is the VGG-16 variant with 1x1 convs in the last three stages (Simonyan & Zisserman's
+# configuration C) used by the sparse-training code the SafeCompress authors build on
+# (Sparse Momentum / RigL / ITOP "vgg-C"): four pools, so a 32x32 input ends at 2x2x512.
+# "D" is the usual VGG-16 (all 3x3, five pools).
+VGG_CONFIGS: dict[str, list] = {
+    "C": [64, 64, "M", 128, 128, "M", 256, 256, ("1x1", 256), "M",
+          512, 512, ("1x1", 512), "M", 512, 512, ("1x1", 512), "M"],  # fmt: skip
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+          512, 512, 512, "M", 512, 512, 512, "M"],  # fmt: skip
+}
+
+
+class VGG(nn.Module):
+    """VGG-16 for small images with BatchNorm (default `cfg="C"`, the SafeCompress VGG-C).
+
+    Body: [conv, BatchNorm2d, ReLU] per entry of `VGG_CONFIGS[cfg]`, max-pools at "M";
+    then flatten (2x2x512 = 2048 for "C" on 32x32) and a classifier
+    Linear(flat, 512), ReLU, BatchNorm1d, Linear(512, 512), ReLU, BatchNorm1d
+    (the classifier of the sparse-training VGG-16 code), then `head` Linear(512, n_classes).
+    About 15.3M parameters for cfg "C" with 100 classes.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        cfg: str = "C",
+        hidden_size: int = 512,
+    ):
+        super().__init__()
+        if cfg not in VGG_CONFIGS:
+            raise ValueError(f"unknown VGG cfg {cfg!r}; valid: {sorted(VGG_CONFIGS)}")
+        if len(input_shape) != 3:
+            raise ValueError(f"VGG needs image inputs (C, H, W), got input shape {tuple(input_shape)}")
+        c_in, h, w = (int(s) for s in input_shape)
+        layers: list[nn.Module] = []
+        for entry in VGG_CONFIGS[cfg]:
+            if entry == "M":
+                if h < 2 or w < 2:
+                    raise ValueError(f"VGG cfg {cfg!r}: input {tuple(input_shape)} is too small for its pools")
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+                continue
+            kernel, c_out = (1, entry[1]) if isinstance(entry, tuple) else (3, entry)
+            layers += [
+                nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.classifier = nn.Sequential(
+            nn.Linear(c_in * h * w, hidden_size),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(hidden_size),
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(hidden_size),
+        )
+        self.head = nn.Linear(hidden_size, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.conv(x))  # (n, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN) shortcut, He et al. 2016."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 images: 3x3 stem (no max-pool), BasicBlocks [2, 2, 2, 2].
+
+    Stage widths `width * (1, 2, 4, 8)` with strides (1, 2, 2, 2), global average
+    pooling, `head` Linear(8 * width, n_classes). About 11.2M parameters (width 64).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        width: int = 64,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+    ):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"ResNet18 needs image inputs (C, H, W), got input shape {tuple(input_shape)}")
+        if len(blocks) != 4 or any(int(b) < 1 for b in blocks):
+            raise ValueError(f"blocks must be 4 counts >= 1, got {list(blocks)}")
+        layers: list[nn.Module] = [
+            nn.Conv2d(int(input_shape[0]), width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
+        c_in = width
+        for stage, n_blocks in enumerate(blocks):
+            c_out = width * 2**stage
+            for i in range(int(n_blocks)):
+                layers.append(BasicBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
+                c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (n, 8 * width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class TextBagOfEmbeddings(nn.Module):
+    """Bag of word embeddings for token-id inputs (n, L): mean embedding, Linear+ReLU, head.
+
+    Id 0 is padding and is left out of the mean (an all-padding row gives zeros).
+    `vocab_size` must exceed the largest id; `conf/model/text_bag.yaml` takes it from
+    `dataset.vocab_size`. The embedding is not a conv/linear weight, so the sparse
+    engine leaves it dense; the hidden and head layers are masked.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        vocab_size: int,
+        embed_dim: int = 64,
+        hidden_size: int = 128,
+    ):
+        super().__init__()
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"TextBagOfEmbeddings needs token-id inputs of shape (L,), got {tuple(input_shape)}"
+            )
+        if int(vocab_size) < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        self.vocab_size = int(vocab_size)
+        self.embedding = nn.EmbeddingBag(self.vocab_size, embed_dim, mode="mean", padding_idx=0)
+        self.hidden = nn.Sequential(nn.Linear(embed_dim, hidden_size), nn.ReLU())
+        self.head = nn.Linear(hidden_size, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        # ids may arrive as floats from generic batching code; they are exact small integers
+        ids = x if not x.is_floating_point() else x.round().long()
+        return self.hidden(self.embedding(ids))  # (n, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,16 @@ from pipeline.stages import shadows as shadows_stage
 from pipeline.stages import teacher as teacher_stage
 
 log = logging.getLogger(__name__)
+
+# Optuna marks heartbeats, set_metric_names and fail_stale_trials experimental, and warns that
+# heartbeats are "supposed to be used with Study.optimize": we drive them ourselves (ask/tell).
+warnings.filterwarnings("ignore", category=UserWarning, message="Heartbeat of storage")
+try:
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+except ImportError:  # pragma: no cover
+    pass
 
 PARENT_TAG = "safecompress.study"
 TRACKED_METRICS = ("accuracy", "attack_auc", "attack_tpr_at_0.1pct_fpr", "model_size_bytes", "density")
@@ -87,9 +98,14 @@ def apply_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     return trial_cfg
 
 
-def open_storage(url: str):
-    """An Optuna storage from a URL: RDB (sqlite:///, postgresql://...) or `journal:<file>`."""
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
+    """An Optuna storage from a URL: RDB (sqlite:///, postgresql://, ...) or `journal:<file>`.
+
+    RDB storages get heartbeats: a RUNNING trial whose process died (SIGKILL, a lost
+    machine) is failed after `grace_period` seconds and retried with the same params.
+    """
     import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     try:
         if url.startswith("journal:"):
@@ -100,43 +116,115 @@ def open_storage(url: str):
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url)
+        kwargs: dict[str, Any] = {}
+        if heartbeat_interval:
+            kwargs = {
+                "heartbeat_interval": heartbeat_interval,
+                "grace_period": grace_period,
+                "heartbeat_stale_trial_callback": _RetryAndCloseRun(RetryHeartbeatStaleTrialCallback()),
+            }
+        return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
         raise ValueError(f"cannot open Optuna storage {url!r}: {err}") from err
 
 
-def nondominated_ranks(values: np.ndarray, directions: list[str]) -> np.ndarray:
-    """Pareto rank per row (0 = nondominated) by repeated nondominated sorting."""
+class _RetryAndCloseRun:
+    """Stale-trial callback: re-enqueue the trial's params and mark its MLflow run KILLED."""
+
+    def __init__(self, retry):
+        self.retry = retry
+
+    def __call__(self, study, trial) -> None:
+        log.warning("trial %d lost its worker (no heartbeat): failed, retrying its params", trial.number)
+        self.retry(study, trial)
+        _close_mlflow_run(trial.user_attrs.get("mlflow_run_id"), "KILLED")
+
+
+def _close_mlflow_run(run_id: str | None, status: str) -> None:
+    if not run_id:
+        return
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().set_terminated(run_id, status=status)
+    except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, err)
+
+
+def nondominated_ranks(values: np.ndarray, directions: list[str], feasible: np.ndarray | None = None) -> np.ndarray:
+    """Pareto rank per row (0 = nondominated) by repeated nondominated sorting.
+
+    Infeasible rows (constraints violated) rank after every feasible one.
+    """
     signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
     v = values * signs  # minimise everything
     n = len(v)
     ranks = np.full(n, -1)
-    remaining = np.arange(n)
+    feasible = np.ones(n, dtype=bool) if feasible is None else feasible
     r = 0
-    while len(remaining):
-        sub = v[remaining]
-        dominated = np.zeros(len(sub), dtype=bool)
-        for i in range(len(sub)):
-            dominated[i] = bool(np.any(np.all(sub <= sub[i], axis=1) & np.any(sub < sub[i], axis=1)))
-        front = remaining[~dominated]
-        ranks[front] = r
-        remaining = remaining[dominated]
-        r += 1
+    for group in (np.flatnonzero(feasible), np.flatnonzero(~feasible)):
+        remaining = group
+        while len(remaining):
+            sub = v[remaining]
+            dominated = np.array(
+                [bool(np.any(np.all(sub <= sub[i], axis=1) & np.any(sub < sub[i], axis=1))) for i in range(len(sub))]
+            )
+            ranks[remaining[~dominated]] = r
+            remaining = remaining[dominated]
+            r += 1
     return ranks
 
 
-def run(cfg: DictConfig) -> SearchResult:
-    import mlflow
-    import optuna
-    from optuna.trial import TrialState
+def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume dominated by `points` (minimisation) up to `reference`; exact for 1-3 objectives."""
+    pts = points[np.all(points < reference, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    d = pts.shape[1]
+    if d == 1:
+        return float(reference[0] - pts[:, 0].min())
+    if d == 2:
+        pts = pts[np.argsort(pts[:, 0])]
+        hv, best_y = 0.0, reference[1]
+        for x, y in pts:
+            if y < best_y:
+                hv += (reference[0] - x) * (best_y - y)
+                best_y = y
+        return float(hv)
+    if d == 3:  # slice along the last objective
+        order = np.argsort(pts[:, 2])
+        pts = pts[order]
+        hv = 0.0
+        for i in range(len(pts)):
+            z_next = pts[i + 1, 2] if i + 1 < len(pts) else reference[2]
+            hv += hypervolume(pts[: i + 1, :2], reference[:2]) * (z_next - pts[i, 2])
+        return float(hv)
+    raise ValueError(f"hypervolume supports 1-3 objectives, got {d}")
 
-    s = to_schema(SearchConfig, cfg.search)
-    validate_space(cfg, s.space)
-    for name in s.objectives:
-        if name not in OBJECTIVE_DIRECTIONS:
-            raise ValueError(f"unknown objective {name!r}; valid: {list(OBJECTIVE_DIRECTIONS)}")
+
+def normalised_objectives(table: pd.DataFrame, objectives: list[str], dense_bytes: float) -> np.ndarray:
+    """Objectives mapped to minimisation in [0, 1] with reference point (1, ..., 1)."""
+    cols = []
+    for o in objectives:
+        v = table[o].to_numpy(float)
+        if o == "accuracy":
+            v = 1.0 - v
+        elif o == "model_size_bytes":
+            v = v / dense_bytes
+        cols.append(v)
+    return np.stack(cols, axis=1)
+
+
+def _storage_has_heartbeat(storage) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+def _create_study(cfg: DictConfig, s: SearchConfig, storage):
+    import optuna
+
     directions = [OBJECTIVE_DIRECTIONS[o] for o in s.objectives]
-    storage = open_storage(s.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A reloaded study keeps its trials but not its sampler: pass NSGA-II every time.
     sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=int(cfg.seed))
@@ -148,53 +236,161 @@ def run(cfg: DictConfig) -> SearchResult:
             f"study {s.study_name!r} exists with other objectives; use a new search.study_name"
         )
     study.set_metric_names(list(s.objectives))
-    exp_id = tracking.setup(cfg)
-    _recover_stale(study, TrialState)
+    return study
 
-    parent_id = _parent_run(s.study_name, exp_id) if exp_id is not None else None
-    with _maybe_run(parent_id, exp_id, s.study_name) as parent:
-        parent_id = parent.info.run_id if parent else None
-        tracking.set_tags({PARENT_TAG: s.study_name, "git_commit": tracking.git_commit()})
-        tracking.log_params({"n_trials": s.n_trials, "objectives": ",".join(s.objectives)})
+
+def run(cfg: DictConfig) -> SearchResult:
+    """Run (or resume) the study until `search.n_trials` trials are complete."""
+    import mlflow
+
+    s = to_schema(SearchConfig, cfg.search)
+    validate_space(cfg, s.space)
+    for name in s.objectives:
+        if name not in OBJECTIVE_DIRECTIONS:
+            raise ValueError(f"unknown objective {name!r}; valid: {list(OBJECTIVE_DIRECTIONS)}")
+    storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
+    study = _create_study(cfg, s, storage)
+    if not _storage_has_heartbeat(storage):
+        _recover_running_without_heartbeat(study)
+    exp_id = tracking.setup(cfg)
+    parent_id = (_parent_run(s.study_name, exp_id) or _new_parent(s, exp_id)) if exp_id else None
+
+    with _maybe_run(parent_id):
         teacher = teacher_stage.run(cfg)
         shadows = shadows_stage.run(cfg)
-        n_failed = 0
-        while _n_complete(study, TrialState) < s.n_trials:
-            trial = study.ask()
-            params = suggest(trial, s.space)
-            ok = _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id)
-            if not ok:
-                n_failed += 1
-                if n_failed >= s.n_trials:
-                    raise RuntimeError(
-                        f"{n_failed} trials failed in a row; see the failed MLflow runs for the errors"
-                    )
-            else:
-                n_failed = 0
-        out_dir = Path(str(cfg.paths.output_dir)) / "studies" / s.study_name
-        pareto, csv = _pareto(study, s, TrialState, out_dir)
-    return SearchResult(s.study_name, s.storage, _n_complete(study, TrialState), pareto, parent_id, csv)
+    workers = _spawn_workers(cfg, s.n_workers - 1, parent_id)
+    try:
+        work(cfg, study, s, parent_id, teacher, shadows, exp_id)
+    finally:
+        for w in workers:
+            w.join()
+    bad = [w.exitcode for w in workers if w.exitcode != 0]
+    if bad:
+        raise RuntimeError(f"{len(bad)} search worker process(es) failed (exit codes {bad})")
+    out_dir = Path(str(cfg.paths.output_dir)) / "studies" / s.study_name
+    with _maybe_run(parent_id):
+        pareto, csv = _pareto(study, s, out_dir, float(teacher_dense_bytes(cfg, teacher)))
+    return SearchResult(s.study_name, s.storage, _counts(study)[0], pareto, parent_id, csv)
 
 
-def _n_complete(study, TrialState) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+def teacher_dense_bytes(cfg: DictConfig, teacher) -> int:
+    import sparse
+
+    return sparse.dense_size_bytes(teacher_stage.load(cfg, teacher))
 
 
-def _recover_stale(study, TrialState) -> None:
-    """Trials left RUNNING by a crashed process are failed and re-enqueued (single worker)."""
-    import mlflow
+def _spawn_workers(cfg: DictConfig, n: int, parent_id: str | None) -> list:
+    if n <= 0:
+        return []
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    procs = [ctx.Process(target=_worker_main, args=(text, parent_id, i + 1), daemon=False) for i in range(n)]
+    for p in procs:
+        p.start()
+    log.info("started %d extra search worker process(es)", n)
+    return procs
+
+
+def _worker_main(cfg_yaml: str, parent_id: str | None, index: int) -> None:
+    """Entry point of a spawned worker: the same loop against the shared storage."""
+    import logging as _logging
+
+    _logging.basicConfig(level=_logging.INFO, format=f"[worker {index}] %(levelname)s %(name)s: %(message)s")
+    cfg = OmegaConf.create(cfg_yaml)
+    s = to_schema(SearchConfig, cfg.search)
+    storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
+    study = _create_study(cfg, s, storage)
+    exp_id = tracking.setup(cfg)
+    teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
+    shadows = shadows_stage.run(cfg)
+    work(cfg, study, s, parent_id, teacher, shadows, exp_id)
+
+
+def _counts(study) -> tuple[int, int]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    return complete, len(trials) - complete
+
+
+def work(cfg, study, s: SearchConfig, parent_id, teacher, shadows, exp_id) -> None:
+    """Ask, run and tell trials until `n_trials` are complete (several processes may share this)."""
+    import time
+
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    heartbeat = _storage_has_heartbeat(study._storage)
+    n_failed = 0
+    while True:
+        if heartbeat:
+            fail_stale_trials(study)
+        complete, running = _counts(study)
+        if complete >= s.n_trials:
+            return
+        if heartbeat and complete + running >= s.n_trials:
+            time.sleep(min(2.0, s.heartbeat_interval))  # others are finishing the last trials
+            continue
+        trial = study.ask()
+        params = suggest(trial, s.space)
+        beat = _Heartbeat(study._storage, trial._trial_id, s.heartbeat_interval) if heartbeat else None
+        try:
+            ok = _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id)
+        except KeyboardInterrupt:
+            # Interrupted by the user: fail the trial now and queue its params again,
+            # so the next run retries it instead of waiting for the heartbeat to go stale.
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(params)
+            _close_mlflow_run(trial.user_attrs.get("mlflow_run_id"), "KILLED")
+            raise
+        finally:
+            if beat is not None:
+                beat.stop()
+        n_failed = 0 if ok else n_failed + 1
+        if n_failed >= max(3, s.n_trials):
+            raise RuntimeError(f"{n_failed} trials failed in a row; see the failed MLflow runs for the errors")
+
+
+class _Heartbeat:
+    """Records a trial's heartbeat every `interval` seconds in a background thread."""
+
+    def __init__(self, storage, trial_id: int, interval: int):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(storage, trial_id, interval), daemon=True)
+        self._thread.start()
+
+    def _beat(self, storage, trial_id: int, interval: int) -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as err:  # noqa: BLE001 - a missed beat is retried next interval
+                log.debug("heartbeat failed: %s", err)
+            if self._stop.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _recover_running_without_heartbeat(study) -> None:
+    """Storages without heartbeats (journal): RUNNING trials at start are failed and re-enqueued.
+
+    Correct for one worker at a time; with several journal workers, start them together.
+    """
+    from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         log.warning("trial %d was left running by an interrupted run: failing and retrying it", t.number)
         study.tell(t.number, state=TrialState.FAIL)
         if t.params:
             study.enqueue_trial(t.params)
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id and tracking.active() is False:
-            try:
-                mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
-            except Exception:  # noqa: BLE001 - tracking must not stop the recovery
-                pass
+        _close_mlflow_run(t.user_attrs.get("mlflow_run_id"), "KILLED")
 
 
 def _parent_run(study_name: str, exp_id: str) -> str | None:
@@ -209,6 +405,18 @@ def _parent_run(study_name: str, exp_id: str) -> str | None:
     return parents[0].info.run_id if parents else None
 
 
+def _new_parent(s: SearchConfig, exp_id: str) -> str:
+    import mlflow
+
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"study-{s.study_name}") as run:
+        tracking.set_tags({PARENT_TAG: s.study_name, "git_commit": tracking.git_commit()})
+        tracking.log_params(
+            {"n_trials": s.n_trials, "objectives": ",".join(s.objectives), "storage": s.storage,
+             "space": ",".join(p.key for p in s.space)}
+        )
+        return run.info.run_id
+
+
 class _NullRun:
     def __enter__(self):
         return None
@@ -217,23 +425,19 @@ class _NullRun:
         return False
 
 
-def _maybe_run(run_id, exp_id, name):
+def _maybe_run(run_id):
     import mlflow
 
-    if exp_id is None:
-        return _NullRun()
-    if run_id is not None:
-        return mlflow.start_run(run_id=run_id)
-    return mlflow.start_run(experiment_id=exp_id, run_name=f"study-{name}")
+    return _NullRun() if run_id is None else mlflow.start_run(run_id=run_id)
 
 
-def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id) -> bool:
+def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id) -> bool:
     import mlflow
     from optuna.trial import TrialState
 
     trial_cfg = apply_params(cfg, params)
     run_ctx = (
-        mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{trial.number}", nested=True)
+        mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{trial.number}", parent_run_id=parent_id)
         if exp_id is not None
         else _NullRun()
     )
@@ -250,6 +454,10 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id) -> bool:
         try:
             comp = compress_stage.run(trial_cfg, teacher)
             att = attack_stage.run(trial_cfg, comp, shadows)
+            values = {**comp.metrics, **att.metrics}
+            objective = [float(values[o]) for o in s.objectives]
+            if not all(math.isfinite(v) for v in objective):
+                raise FloatingPointError(f"non-finite objective values {dict(zip(s.objectives, objective))}")
         except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the study goes on
             log.exception("trial %d failed", trial.number)
             tracking.set_tags({"error": f"{type(err).__name__}: {err}"[:4000]})
@@ -257,18 +465,15 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id) -> bool:
                 mlflow.end_run(status="FAILED")
             study.tell(trial, state=TrialState.FAIL)
             return False
-        values = {**comp.metrics, **att.metrics}
         tracking.set_tags({"compress_key": comp.key, "attack_key": att.key})
         tracking.log_metrics({k: values[k] for k in TRACKED_METRICS if k in values})
-        objective = [float(values[o]) for o in s.objectives]
-        for k in TRACKED_METRICS:
+        for k in (*TRACKED_METRICS, "test_accuracy", "audit_auc"):
             if k in values:
                 trial.set_user_attr(k, float(values[k]))
-        trial.set_user_attr("test_accuracy", float(values.get("test_accuracy", math.nan)))
-        trial.set_user_attr("audit_auc", float(values.get("audit_auc", math.nan)))
-    if not all(math.isfinite(v) for v in objective):
-        study.tell(trial, state=TrialState.FAIL)
-        return False
+        for name, bound in s.constraints.items():
+            metric, _, kind = name.rpartition("_")
+            # feasible when <= 0
+            trial.set_constraint(name, float(bound - values[metric]) if kind == "min" else float(values[metric] - bound))
     study.tell(trial, objective)
     log.info(
         "trial %d: %s", trial.number, ", ".join(f"{o}={v:.4f}" for o, v in zip(s.objectives, objective))
@@ -276,8 +481,9 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id) -> bool:
     return True
 
 
-def _pareto(study, s: SearchConfig, TrialState, out: Path) -> tuple[pd.DataFrame, Path | None]:
+def _pareto(study, s: SearchConfig, out: Path, dense_bytes: float) -> tuple[pd.DataFrame, Path | None]:
     import mlflow
+    from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     rows = []
@@ -292,14 +498,25 @@ def _pareto(study, s: SearchConfig, TrialState, out: Path) -> tuple[pd.DataFrame
     table = pd.DataFrame(rows)
     if table.empty:
         return table, None
-    ranks = nondominated_ranks(table[list(s.objectives)].to_numpy(float), [OBJECTIVE_DIRECTIONS[o] for o in s.objectives])
+    feasible = np.array([all(v <= 0 for v in t.constraints.values()) for t in done])
+    table["feasible"] = feasible
+    ranks = nondominated_ranks(
+        table[list(s.objectives)].to_numpy(float), [OBJECTIVE_DIRECTIONS[o] for o in s.objectives], feasible
+    )
     table["pareto_rank"] = ranks
+    # Hypervolume of the feasible front after each completed trial (normalised objectives, reference 1).
+    norm = normalised_objectives(table, list(s.objectives), dense_bytes)
+    order = np.argsort(table["trial"].to_numpy())
+    for i in range(len(order)):
+        seen = order[: i + 1]
+        hv = hypervolume(norm[seen][feasible[seen]], np.ones(len(s.objectives)))
+        tracking.log_metrics({"hypervolume": hv}, step=i + 1)
     client = mlflow.MlflowClient() if tracking.active() else None
     if client is not None:
         for run_id, rank in zip(table["mlflow_run_id"], ranks):
             if run_id:
                 client.set_tag(run_id, "pareto_rank", int(rank))
-    pareto = table[table["pareto_rank"] == 0].sort_values(s.objectives[0]).reset_index(drop=True)
+    pareto = table[(table["pareto_rank"] == 0) & table["feasible"]].sort_values(s.objectives[0]).reset_index(drop=True)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "pareto.csv"
     pareto.to_csv(csv, index=False)
