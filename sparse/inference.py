@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -24,7 +25,9 @@ class SparseLinear(nn.Module):
             raise ValueError(f"SparseLinear wraps an nn.Linear, got {type(linear).__name__}")
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        self.weight = linear.weight.detach().to_sparse_csr()  # (out, in), CSR
+        with warnings.catch_warnings():  # torch notes that CSR support is "beta" on every call
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.weight = linear.weight.detach().to_sparse_csr()  # (out, in), CSR
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
