@@ -19,6 +19,15 @@ import sparse
 EPOCHS, BATCH, LR, UPDATE_EVERY = 30, 64, 3e-3, 25
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: one intra-op thread is as fast, and robust when other jobs load the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def digits():
     x, y = load_digits(return_X_y=True)

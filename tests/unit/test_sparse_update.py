@@ -67,8 +67,8 @@ def data(model_fn):
 
 @pytest.mark.parametrize(
     "model_fn,density",
-    [(mlp, d) for d in DENSITIES] + [(cnn, 0.05), (cnn, 0.5)],
-    ids=[f"mlp-{d}" for d in DENSITIES] + ["cnn-0.05", "cnn-0.5"],
+    [(mlp, d) for d in DENSITIES] + [(cnn, 0.1)],
+    ids=[f"mlp-{d}" for d in DENSITIES] + ["cnn-0.1"],
 )
 @pytest.mark.parametrize("prune", PRUNE_CRITERIA)
 @pytest.mark.parametrize("grow", GROW_CRITERIA)
@@ -310,3 +310,14 @@ def test_resize_bad_inputs():
         resize(model, masks, 0.2, distribution="normal")
     with pytest.raises(ValueError, match="needs grads"):
         resize(model, masks, 0.05, prune="taylor")
+
+
+def test_library_never_touches_the_global_rng():
+    model = mlp()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    masks = random_masks(model, 0.1, "erk", torch.Generator().manual_seed(0))
+    prune_and_grow(model, masks, 0.3, "set", "unfired", torch.Generator().manual_seed(1))
+    prune_and_grow(model, masks, 0.3, "magnitude", "random")  # generator=None: fixed seed 0
+    resize(model, masks, 0.3, grow="random")
+    assert torch.equal(torch.get_rng_state(), before)
