@@ -15,7 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 
 T = TypeVar("T")
 
-DATASETS = ("digits", "synthetic", "purchase_synth")
+DATASETS = (
+    "digits",
+    "synthetic",
+    "purchase_synth",
+    "cifar10",
+    "cifar100",
+    "purchase100",
+    "texas100",
+    "ag_news",
+)
 STAGES = ("teacher", "shadows", "compress", "attack", "search")
 COMPRESS_METHODS = ("dense", "dst", "safecompress")
 SELECTION_RULES = ("weighted",)

@@ -26,7 +26,13 @@ from pipeline.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-MODELS = ("pipeline.models.MLP", "pipeline.models.SmallCNN")
+MODELS = (
+    "pipeline.models.MLP",
+    "pipeline.models.SmallCNN",
+    "pipeline.models.VGG",
+    "pipeline.models.ResNet18",
+    "pipeline.models.TextBagOfEmbeddings",
+)
 
 
 def plain(node: Any) -> Any:

@@ -145,6 +145,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.split(".")[0] == "numpy" and name in self._ALLOWED:
             return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 protocol-2 pickles store bytes
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
 
 
@@ -174,9 +176,7 @@ def _read_tar_members(path: Path, names: Sequence[str]) -> dict[str, bytes]:
                 assert handle is not None  # isfile() checked above
                 out[name] = handle.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise ValueError(
-            f"cannot read archive {path} (truncated or not a tar.gz?): {err}"
-        ) from err
+        raise ValueError(f"cannot read archive {path} (truncated or not a tar.gz?): {err}") from err
     return out
 
 
@@ -184,7 +184,10 @@ def _read_tar_members(path: Path, names: Sequence[str]) -> dict[str, bytes]:
 
 
 def augment_cifar(
-    x: torch.Tensor, generator: Optional[torch.Generator] = None, pad: int = 4, flip_prob: float = 0.5
+    x: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    pad: int = 4,
+    flip_prob: float = 0.5,
 ) -> torch.Tensor:
     """Random crop after zero padding by `pad`, then random horizontal flip, per image.
 
@@ -245,7 +248,9 @@ def load_cifar(
                 f"(extract {spec['archive']} from {CIFAR_SOURCE} into {root})"
             )
         if verify_checksum:
-            log.info("%s: reading extracted folder %s; the archive MD5 cannot be checked", name, folder)
+            log.info(
+                "%s: reading extracted folder %s; the archive MD5 cannot be checked", name, folder
+            )
         blobs = [(str(folder / f), (folder / f).read_bytes()) for f in files]
     else:
         raise FileNotFoundError(
@@ -347,8 +352,10 @@ def _read_from_tree_or_archive(
             if len(paths) == 1:
                 _check_md5(paths[0], expected_md5, verify=True)
             elif expected_md5 is not None:
-                log.info("%s: expected_md5 applies to %s; extracted files not checked", ds, archive_name)
-            return {r: (str(p), p.read_bytes()) for r, p in zip(relative, paths)}
+                log.info(
+                    "%s: expected_md5 applies to %s; extracted files not checked", ds, archive_name
+                )
+            return {r: (str(p), p.read_bytes()) for r, p in zip(relative, paths, strict=True)}
     archive = _first_existing([root / archive_name, *(root / s / archive_name for s in subfolders)])
     if archive is not None:
         _check_md5(archive, expected_md5, verify=True)
@@ -388,7 +395,9 @@ def load_purchase100(
         expected_md5,
     )
     where, blob = files["dataset_purchase"]
-    rows = _parse_binary_rows(blob, where, PURCHASE_FEATURES + 1, f"a label then {PURCHASE_FEATURES} features")
+    rows = _parse_binary_rows(
+        blob, where, PURCHASE_FEATURES + 1, f"a label then {PURCHASE_FEATURES} features"
+    )
     y = _labels_1_based(rows[:, 0], where, 100)
     x, y = _subsample(name, rows[:, 1:], y, n_samples, subsample_seed)
     return Dataset(name, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), 100)
@@ -436,13 +445,15 @@ def load_texas100(
 # --------------------------------------------------------------------------- AG News
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# HTML entities as they appear in the AG News CSV (" #39;s", "&amp;", " quot;")
+_ENTITY = re.compile(r"&?#\d+;|&?\b(?:quot|amp|lt|gt|nbsp);")
 PAD_ID = 0
 UNK_ID = 1
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercase words and numbers; the CSV's `\\`-escapes and `#39;`-style entities become separators."""
-    return _TOKEN.findall(text.lower().replace("\\n", " ").replace("#39;", "'"))
+    """Lowercase words and numbers; HTML entities and the CSV's backslashes are separators."""
+    return _TOKEN.findall(_ENTITY.sub(" ", text.lower()).replace("\\", " "))
 
 
 def build_vocab(docs: Sequence[Sequence[str]], vocab_size: int) -> dict[str, int]:
@@ -509,7 +520,9 @@ def load_ag_news(
         raise ValueError(f"ag_news: max_len must be >= 1, got {max_len}")
     root = Path(data_dir)
     folders = [root / "ag_news_csv", root / "ag_news"]
-    folder = next((d for d in folders if (d / "train.csv").is_file() and (d / "test.csv").is_file()), None)
+    folder = next(
+        (d for d in folders if (d / "train.csv").is_file() and (d / "test.csv").is_file()), None
+    )
     if folder is None:
         raise FileNotFoundError(
             f"AG News not found: expected {folders[0] / 'train.csv'} and {folders[0] / 'test.csv'} "

@@ -84,26 +84,33 @@ class SmallCNN(nn.Module):
 
 
 # VGG configurations: ints are 3x3 conv widths, ("1x1", c) a 1x1 conv, "M" a 2x2 max-pool.
-# "C" is the VGG-16 variant with 1x1 convs in the last three stages (Simonyan & Zisserman's
-# configuration C) used by the sparse-training code the SafeCompress authors build on
-# (Sparse Momentum / RigL / ITOP "vgg-C"): four pools, so a 32x32 input ends at 2x2x512.
-# "D" is the usual VGG-16 (all 3x3, five pools).
+# "C" is Simonyan & Zisserman's configuration C (VGG-16 with 1x1 convs in the last three
+# stages), the "vgg-C" of the sparse-training code SafeCompress builds on (SNIP, Sparse
+# Momentum, RigL and ITOP re-implementations). "D" is the usual all-3x3 VGG-16.
+# fmt: off
 VGG_CONFIGS: dict[str, list] = {
     "C": [64, 64, "M", 128, 128, "M", 256, 256, ("1x1", 256), "M",
-          512, 512, ("1x1", 512), "M", 512, 512, ("1x1", 512), "M"],  # fmt: skip
+          512, 512, ("1x1", 512), "M", 512, 512, ("1x1", 512), "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-          512, 512, 512, "M", 512, 512, 512, "M"],  # fmt: skip
+          512, 512, 512, "M", 512, 512, 512, "M"],
 }
+# fmt: on
 
 
 class VGG(nn.Module):
     """VGG-16 for small images with BatchNorm (default `cfg="C"`, the SafeCompress VGG-C).
 
-    Body: [conv, BatchNorm2d, ReLU] per entry of `VGG_CONFIGS[cfg]`, max-pools at "M";
-    then flatten (2x2x512 = 2048 for "C" on 32x32) and a classifier
-    Linear(flat, 512), ReLU, BatchNorm1d, Linear(512, 512), ReLU, BatchNorm1d
-    (the classifier of the sparse-training VGG-16 code), then `head` Linear(512, n_classes).
-    About 15.3M parameters for cfg "C" with 100 classes.
+    Body: [conv, BatchNorm2d, ReLU] per entry of `VGG_CONFIGS[cfg]`, max-pools at "M",
+    flatten; then Linear(flat, 512), ReLU, BatchNorm1d, Linear(512, 512), ReLU,
+    BatchNorm1d (BatchNorm instead of dropout, FC layers cut to 512), then `head`
+    Linear(512, n_classes).
+
+    `pad_1x1=True` (default) reproduces a quirk of the sparse-training code the
+    authors used: every conv, the 1x1 ones included, pads by 1, so each 1x1 conv
+    grows the map by 2 and a 32x32 input leaves the body at 2x2x512 = 2048 features
+    (32>16>8>10>5>7>3>5>2), which is why that code's first FC layer takes 2048
+    inputs. About 11.3M parameters for cfg "C" (11.32M with 10 classes, 11.37M with
+    100). `pad_1x1=False` gives the textbook layer (512 flat features, about 10.5M).
     """
 
     def __init__(
@@ -112,27 +119,34 @@ class VGG(nn.Module):
         n_classes: int,
         cfg: str = "C",
         hidden_size: int = 512,
+        pad_1x1: bool = True,
     ):
         super().__init__()
         if cfg not in VGG_CONFIGS:
             raise ValueError(f"unknown VGG cfg {cfg!r}; valid: {sorted(VGG_CONFIGS)}")
         if len(input_shape) != 3:
-            raise ValueError(f"VGG needs image inputs (C, H, W), got input shape {tuple(input_shape)}")
+            raise ValueError(
+                f"VGG needs image inputs (C, H, W), got input shape {tuple(input_shape)}"
+            )
         c_in, h, w = (int(s) for s in input_shape)
         layers: list[nn.Module] = []
         for entry in VGG_CONFIGS[cfg]:
             if entry == "M":
                 if h < 2 or w < 2:
-                    raise ValueError(f"VGG cfg {cfg!r}: input {tuple(input_shape)} is too small for its pools")
+                    raise ValueError(
+                        f"VGG cfg {cfg!r}: input {tuple(input_shape)} is too small for its pools"
+                    )
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
                 continue
             kernel, c_out = (1, entry[1]) if isinstance(entry, tuple) else (3, entry)
+            padding = 1 if (kernel == 3 or pad_1x1) else 0
             layers += [
-                nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2),
+                nn.Conv2d(c_in, c_out, kernel, padding=padding),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
             ]
+            h, w = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
             c_in = c_out
         self.conv = nn.Sequential(*layers, nn.Flatten())
         self.classifier = nn.Sequential(
@@ -189,7 +203,9 @@ class ResNet18(nn.Module):
     ):
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(f"ResNet18 needs image inputs (C, H, W), got input shape {tuple(input_shape)}")
+            raise ValueError(
+                f"ResNet18 needs image inputs (C, H, W), got input shape {tuple(input_shape)}"
+            )
         if len(blocks) != 4 or any(int(b) < 1 for b in blocks):
             raise ValueError(f"blocks must be 4 counts >= 1, got {list(blocks)}")
         layers: list[nn.Module] = [
