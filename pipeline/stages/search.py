@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,13 @@ except ImportError:  # pragma: no cover
     pass
 
 PARENT_TAG = "safecompress.study"
-TRACKED_METRICS = ("accuracy", "attack_auc", "attack_tpr_at_0.1pct_fpr", "model_size_bytes", "density")
+TRACKED_METRICS = (
+    "accuracy",
+    "attack_auc",
+    "attack_tpr_at_0.1pct_fpr",
+    "model_size_bytes",
+    "density",
+)
 _MISSING = object()
 
 
@@ -69,10 +74,14 @@ def validate_space(cfg: DictConfig, space: list[SearchParam]) -> None:
             if p.low > p.high:
                 raise ValueError(f"search space key {p.key!r}: low={p.low} > high={p.high}")
             if p.log and p.low <= 0:
-                raise ValueError(f"search space key {p.key!r}: a log range must have low > 0, got {p.low}")
+                raise ValueError(
+                    f"search space key {p.key!r}: a log range must have low > 0, got {p.low}"
+                )
         elif p.type == "categorical":
             if not p.choices:
-                raise ValueError(f"search space key {p.key!r}: categorical needs a non-empty choices list")
+                raise ValueError(
+                    f"search space key {p.key!r}: categorical needs a non-empty choices list"
+                )
         else:
             raise ValueError(
                 f"search space key {p.key!r}: unknown type {p.type!r}; valid: ['float', 'int', 'categorical']"
@@ -121,7 +130,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             kwargs = {
                 "heartbeat_interval": heartbeat_interval,
                 "grace_period": grace_period,
-                "heartbeat_stale_trial_callback": _RetryAndCloseRun(RetryHeartbeatStaleTrialCallback()),
+                "heartbeat_stale_trial_callback": _RetryAndCloseRun(
+                    RetryHeartbeatStaleTrialCallback()
+                ),
             }
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
@@ -135,7 +146,9 @@ class _RetryAndCloseRun:
         self.retry = retry
 
     def __call__(self, study, trial) -> None:
-        log.warning("trial %d lost its worker (no heartbeat): failed, retrying its params", trial.number)
+        log.warning(
+            "trial %d lost its worker (no heartbeat): failed, retrying its params", trial.number
+        )
         self.retry(study, trial)
         _close_mlflow_run(trial.user_attrs.get("mlflow_run_id"), "KILLED")
 
@@ -151,7 +164,9 @@ def _close_mlflow_run(run_id: str | None, status: str) -> None:
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, err)
 
 
-def nondominated_ranks(values: np.ndarray, directions: list[str], feasible: np.ndarray | None = None) -> np.ndarray:
+def nondominated_ranks(
+    values: np.ndarray, directions: list[str], feasible: np.ndarray | None = None
+) -> np.ndarray:
     """Pareto rank per row (0 = nondominated) by repeated nondominated sorting.
 
     Infeasible rows (constraints violated) rank after every feasible one.
@@ -167,7 +182,10 @@ def nondominated_ranks(values: np.ndarray, directions: list[str], feasible: np.n
         while len(remaining):
             sub = v[remaining]
             dominated = np.array(
-                [bool(np.any(np.all(sub <= sub[i], axis=1) & np.any(sub < sub[i], axis=1))) for i in range(len(sub))]
+                [
+                    bool(np.any(np.all(sub <= sub[i], axis=1) & np.any(sub < sub[i], axis=1)))
+                    for i in range(len(sub))
+                ]
             )
             ranks[remaining[~dominated]] = r
             remaining = remaining[dominated]
@@ -202,7 +220,9 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     raise ValueError(f"hypervolume supports 1-3 objectives, got {d}")
 
 
-def normalised_objectives(table: pd.DataFrame, objectives: list[str], dense_bytes: float) -> np.ndarray:
+def normalised_objectives(
+    table: pd.DataFrame, objectives: list[str], dense_bytes: float
+) -> np.ndarray:
     """Objectives mapped to minimisation in [0, 1] with reference point (1, ..., 1)."""
     cols = []
     for o in objectives:
@@ -221,33 +241,57 @@ def _storage_has_heartbeat(storage) -> bool:
     return is_heartbeat_enabled(storage)
 
 
-def _create_study(cfg: DictConfig, s: SearchConfig, storage):
+def _create_study(cfg: DictConfig, s: SearchConfig, storage, worker: int = 0):
     import optuna
+
+    from pipeline.seeds import derive_seed
 
     directions = [OBJECTIVE_DIRECTIONS[o] for o in s.objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # A reloaded study keeps its trials but not its sampler: pass NSGA-II every time.
-    sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=int(cfg.seed))
     study = optuna.create_study(
-        study_name=s.study_name, storage=storage, directions=directions, sampler=sampler, load_if_exists=True
+        study_name=s.study_name, storage=storage, directions=directions, load_if_exists=True
     )
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
         raise ValueError(
-            f"study {s.study_name!r} exists with other objectives; use a new search.study_name"
+            f"study {s.study_name!r} exists with objectives {study.metric_names} "
+            f"({[d.name.lower() for d in study.directions]}); use a new search.study_name for {list(s.objectives)}"
         )
+    # A reloaded study keeps its trials but not its sampler: pass NSGA-II every time. Its seed
+    # depends on the trials so far and the worker, so a resumed run or a second worker does
+    # not replay the first run's random generation (same params twice); a fresh study with
+    # one worker is reproducible.
+    n_existing = len(study.get_trials(deepcopy=False))
+    seed = derive_seed(int(cfg.seed), "search", s.study_name, n_existing, worker) % (2**32)
+    study.sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
     study.set_metric_names(list(s.objectives))
     return study
 
 
-def run(cfg: DictConfig) -> SearchResult:
-    """Run (or resume) the study until `search.n_trials` trials are complete."""
-    import mlflow
-
-    s = to_schema(SearchConfig, cfg.search)
+def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
+    """Space, objectives and constraints are checked before any storage, run or trial exists."""
     validate_space(cfg, s.space)
     for name in s.objectives:
         if name not in OBJECTIVE_DIRECTIONS:
             raise ValueError(f"unknown objective {name!r}; valid: {list(OBJECTIVE_DIRECTIONS)}")
+    if len(set(s.objectives)) != len(s.objectives):
+        raise ValueError(f"search.objectives lists an objective twice: {list(s.objectives)}")
+    for name in s.constraints:
+        metric, _, bound = name.rpartition("_")
+        if bound not in ("min", "max") or metric not in OBJECTIVE_DIRECTIONS:
+            raise ValueError(
+                f"unknown search constraint {name!r}; write <metric>_min or <metric>_max with a metric in "
+                f"{list(OBJECTIVE_DIRECTIONS)}"
+            )
+    if s.n_trials < 1 or s.n_workers < 1:
+        raise ValueError(
+            f"search.n_trials and search.n_workers must be >= 1, got {s.n_trials}, {s.n_workers}"
+        )
+
+
+def run(cfg: DictConfig) -> SearchResult:
+    """Run (or resume) the study until `search.n_trials` trials are complete."""
+    s = to_schema(SearchConfig, cfg.search)
+    validate_search(cfg, s)
     storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
     study = _create_study(cfg, s, storage)
     if not _storage_has_heartbeat(storage):
@@ -261,9 +305,16 @@ def run(cfg: DictConfig) -> SearchResult:
     workers = _spawn_workers(cfg, s.n_workers - 1, parent_id)
     try:
         work(cfg, study, s, parent_id, teacher, shadows, exp_id)
+    except KeyboardInterrupt:
+        _interrupt(
+            workers
+        )  # a terminal's Ctrl-C reaches them anyway; a `kill -INT` of this process does not
+        raise
     finally:
         for w in workers:
             w.join()
+        if parent_id is not None:
+            _reconcile_runs(study, parent_id)
     bad = [w.exitcode for w in workers if w.exitcode != 0]
     if bad:
         raise RuntimeError(f"{len(bad)} search worker process(es) failed (exit codes {bad})")
@@ -286,26 +337,52 @@ def _spawn_workers(cfg: DictConfig, n: int, parent_id: str | None) -> list:
 
     ctx = mp.get_context("spawn")
     text = OmegaConf.to_yaml(cfg, resolve=True)
-    procs = [ctx.Process(target=_worker_main, args=(text, parent_id, i + 1), daemon=False) for i in range(n)]
+    level = logging.getLogger().getEffectiveLevel()
+    procs = [
+        ctx.Process(target=_worker_main, args=(text, parent_id, i + 1, level), daemon=False)
+        for i in range(n)
+    ]
     for p in procs:
         p.start()
     log.info("started %d extra search worker process(es)", n)
     return procs
 
 
-def _worker_main(cfg_yaml: str, parent_id: str | None, index: int) -> None:
-    """Entry point of a spawned worker: the same loop against the shared storage."""
-    import logging as _logging
+def _interrupt(workers: list) -> None:
+    import os
+    import signal
 
-    _logging.basicConfig(level=_logging.INFO, format=f"[worker {index}] %(levelname)s %(name)s: %(message)s")
+    for w in workers:
+        if w.is_alive() and w.pid is not None:
+            try:
+                os.kill(w.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+
+def _worker_main(
+    cfg_yaml: str, parent_id: str | None, index: int, level: int = logging.INFO
+) -> None:
+    """Entry point of a spawned worker: the same loop against the shared storage."""
+    import sys
+
+    logging.basicConfig(level=level, format=f"[worker {index}] %(levelname)s %(name)s: %(message)s")
     cfg = OmegaConf.create(cfg_yaml)
+    if cfg.runtime.get("n_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.runtime.n_threads))
     s = to_schema(SearchConfig, cfg.search)
-    storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
-    study = _create_study(cfg, s, storage)
-    exp_id = tracking.setup(cfg)
-    teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
-    shadows = shadows_stage.run(cfg)
-    work(cfg, study, s, parent_id, teacher, shadows, exp_id)
+    try:
+        storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
+        study = _create_study(cfg, s, storage, worker=index)
+        exp_id = tracking.setup(cfg)
+        teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
+        shadows = shadows_stage.run(cfg)
+        work(cfg, study, s, parent_id, teacher, shadows, exp_id)
+    except KeyboardInterrupt:
+        log.warning("worker %d interrupted", index)
+        sys.exit(130)
 
 
 def _counts(study) -> tuple[int, int]:
@@ -317,11 +394,15 @@ def _counts(study) -> tuple[int, int]:
 
 
 def work(cfg, study, s: SearchConfig, parent_id, teacher, shadows, exp_id) -> None:
-    """Ask, run and tell trials until `n_trials` are complete (several processes may share this)."""
+    """Ask, run and tell trials until `n_trials` are complete (several processes may share this).
+
+    A process asks for a new trial only while fewer than `n_trials` are complete or
+    running, so parallel workers stop at exactly `n_trials`; with heartbeats it then
+    waits for the others, so that a trial whose worker died is retried here.
+    """
     import time
 
     from optuna.storages import fail_stale_trials
-    from optuna.trial import TrialState
 
     heartbeat = _storage_has_heartbeat(study._storage)
     n_failed = 0
@@ -331,27 +412,75 @@ def work(cfg, study, s: SearchConfig, parent_id, teacher, shadows, exp_id) -> No
         complete, running = _counts(study)
         if complete >= s.n_trials:
             return
-        if heartbeat and complete + running >= s.n_trials:
-            time.sleep(min(2.0, s.heartbeat_interval))  # others are finishing the last trials
+        if complete + running >= s.n_trials:
+            if not heartbeat:
+                return  # nothing left to ask; the other workers finish theirs
+            time.sleep(min(2.0, s.heartbeat_interval))
             continue
         trial = study.ask()
-        params = suggest(trial, s.space)
-        beat = _Heartbeat(study._storage, trial._trial_id, s.heartbeat_interval) if heartbeat else None
+        beat = (
+            _Heartbeat(study._storage, trial._trial_id, s.heartbeat_interval) if heartbeat else None
+        )
         try:
+            if _is_surplus(study, trial, s.n_trials):
+                continue
+            params = suggest(trial, s.space)
             ok = _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id)
         except KeyboardInterrupt:
-            # Interrupted by the user: fail the trial now and queue its params again,
-            # so the next run retries it instead of waiting for the heartbeat to go stale.
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(params)
-            _close_mlflow_run(trial.user_attrs.get("mlflow_run_id"), "KILLED")
+            _give_back(study, trial)
             raise
         finally:
             if beat is not None:
                 beat.stop()
         n_failed = 0 if ok else n_failed + 1
         if n_failed >= max(3, s.n_trials):
-            raise RuntimeError(f"{n_failed} trials failed in a row; see the failed MLflow runs for the errors")
+            raise RuntimeError(
+                f"{n_failed} trials failed in a row; see the failed MLflow runs for the errors"
+            )
+
+
+def _is_surplus(study, trial, n_trials: int) -> bool:
+    """Two workers that asked at the same moment may overshoot `n_trials`; the later trial yields.
+
+    Trial numbers are given out in creation order, so the later of two racing
+    asks always sees the earlier one here. A surplus trial is failed unrun (its
+    params, if queued, are queued again) and marked with the user attr `surplus`.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    earlier = sum(t.number < trial.number for t in trials)
+    if earlier < n_trials:
+        return False
+    frozen = study._storage.get_trial(trial._trial_id)
+    fixed = (
+        frozen.system_attrs.get("fixed_params") or frozen.params
+    )  # queued, or a stale trial's retry
+    retry_of = frozen.user_attrs.get("retry_of", frozen.system_attrs.get("failed_trial"))
+    trial.set_user_attr("surplus", True)
+    study.tell(trial, state=TrialState.FAIL)
+    if fixed:
+        study.enqueue_trial(fixed, user_attrs={} if retry_of is None else {"retry_of": retry_of})
+    log.info("trial %d not run: %d trials are already complete or running", trial.number, earlier)
+    return True
+
+
+def _give_back(study, trial) -> None:
+    """Interrupted by the user: fail the trial now and queue its params again, so the next run
+    retries it at once instead of waiting for its heartbeat to go stale."""
+    from optuna.trial import TrialState
+
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state != TrialState.RUNNING:
+        return  # told already (complete or failed): nothing to give back
+    study.tell(trial, state=TrialState.FAIL)
+    params = frozen.params or study._storage.get_trial_system_attrs(trial._trial_id).get(
+        "fixed_params"
+    )
+    if params:
+        study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+    log.warning("trial %d interrupted: failed, its params queued to be retried", trial.number)
+    _close_mlflow_run(frozen.user_attrs.get("mlflow_run_id"), "KILLED")
 
 
 class _Heartbeat:
@@ -361,7 +490,9 @@ class _Heartbeat:
         import threading
 
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(storage, trial_id, interval), daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, args=(storage, trial_id, interval), daemon=True
+        )
         self._thread.start()
 
     def _beat(self, storage, trial_id: int, interval: int) -> None:
@@ -381,16 +512,53 @@ class _Heartbeat:
 def _recover_running_without_heartbeat(study) -> None:
     """Storages without heartbeats (journal): RUNNING trials at start are failed and re-enqueued.
 
-    Correct for one worker at a time; with several journal workers, start them together.
+    Correct for one command at a time (its spawned workers start after this); a second
+    command on a journal storage already in use would fail the first one's trials.
     """
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        log.warning("trial %d was left running by an interrupted run: failing and retrying it", t.number)
+        log.warning(
+            "trial %d was left running by an interrupted run: failing and retrying it", t.number
+        )
         study.tell(t.number, state=TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params)
+        params = t.params or t.system_attrs.get("fixed_params")
+        if params:
+            study.enqueue_trial(params, user_attrs={"retry_of": t.number})
         _close_mlflow_run(t.user_attrs.get("mlflow_run_id"), "KILLED")
+
+
+def _reconcile_runs(study, parent_id: str) -> None:
+    """Make the nested MLflow runs agree with the study: Optuna's storage is the record.
+
+    A process killed between starting a trial's run and telling Optuna leaves the run
+    RUNNING; once its trial is finished (told, or failed as stale) the run is marked
+    FINISHED (trial COMPLETE) or KILLED (trial FAIL). Runs of trials still running are
+    left alone: another worker may own them.
+    """
+    import mlflow
+    from optuna.trial import TrialState
+
+    try:
+        runs = mlflow.search_runs(
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
+            search_all_experiments=True,
+            output_format="list",
+        )
+    except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
+        log.warning("could not list the study's MLflow runs: %s", err)
+        return
+    if not runs:
+        return
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for r in runs:
+        number = r.data.tags.get("trial_number")
+        t = by_number.get(int(number)) if number is not None and number.isdigit() else None
+        if t is None or t.state == TrialState.RUNNING:
+            continue
+        status = "FINISHED" if t.state == TrialState.COMPLETE else "KILLED"
+        log.info("MLflow run of trial %d was left RUNNING: marking it %s", t.number, status)
+        _close_mlflow_run(r.info.run_id, status)
 
 
 def _parent_run(study_name: str, exp_id: str) -> str | None:
@@ -411,8 +579,12 @@ def _new_parent(s: SearchConfig, exp_id: str) -> str:
     with mlflow.start_run(experiment_id=exp_id, run_name=f"study-{s.study_name}") as run:
         tracking.set_tags({PARENT_TAG: s.study_name, "git_commit": tracking.git_commit()})
         tracking.log_params(
-            {"n_trials": s.n_trials, "objectives": ",".join(s.objectives), "storage": s.storage,
-             "space": ",".join(p.key for p in s.space)}
+            {
+                "n_trials": s.n_trials,
+                "objectives": ",".join(s.objectives),
+                "storage": s.storage,
+                "space": ",".join(p.key for p in s.space),
+            }
         )
         return run.info.run_id
 
@@ -431,25 +603,67 @@ def _maybe_run(run_id):
     return _NullRun() if run_id is None else mlflow.start_run(run_id=run_id)
 
 
+def _end_run(run, status: str) -> None:
+    if run is None:
+        return
+    import mlflow
+
+    try:
+        mlflow.end_run(status=status)
+    except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
+        log.warning("could not end MLflow run %s: %s", run.info.run_id, err)
+
+
+def _worker_name() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _short(key: str) -> str:
+    return key.split(".", 1)[1] if key.startswith("compress.") else key
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id) -> bool:
+    """Run one trial inside its nested MLflow run; the run ends only after Optuna was told."""
+    import time
+
     import mlflow
     from optuna.trial import TrialState
 
+    t0 = time.perf_counter()
     trial_cfg = apply_params(cfg, params)
-    run_ctx = (
-        mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{trial.number}", parent_run_id=parent_id)
-        if exp_id is not None
-        else _NullRun()
-    )
-    with run_ctx as run:
+    run = None
+    if exp_id is not None:
+        # Tags given at creation, so a run whose process dies at once still names its trial.
+        run = mlflow.start_run(
+            experiment_id=exp_id,
+            run_name=f"trial-{trial.number}",
+            parent_run_id=parent_id,
+            tags={
+                "study_name": s.study_name,
+                "trial_number": str(trial.number),
+                "optuna_trial_id": str(trial._trial_id),
+                "worker": _worker_name(),
+            },
+        )
+    told = False
+    try:
         if run is not None:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        tracking.log_params(params)
-        tracking.set_tags(
-            {"study_name": s.study_name, "trial_number": trial.number, "git_commit": tracking.git_commit(),
-             "teacher_key": teacher.key, "shadow_keys": ",".join(shadows.keys)}
-        )
-        if run is not None:
+            tracking.log_params(params)
+            tracking.set_tags(
+                {
+                    "git_commit": tracking.git_commit(),
+                    "teacher_key": teacher.key,
+                    "shadow_keys": ",".join(shadows.keys),
+                }
+            )
             mlflow.log_text(OmegaConf.to_yaml(trial_cfg), "config.yaml")
         try:
             comp = compress_stage.run(trial_cfg, teacher)
@@ -457,13 +671,17 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
             values = {**comp.metrics, **att.metrics}
             objective = [float(values[o]) for o in s.objectives]
             if not all(math.isfinite(v) for v in objective):
-                raise FloatingPointError(f"non-finite objective values {dict(zip(s.objectives, objective))}")
+                raise FloatingPointError(
+                    f"non-finite objective values {dict(zip(s.objectives, objective, strict=True))}"
+                )
         except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the study goes on
-            log.exception("trial %d failed", trial.number)
+            log.warning(
+                "trial %d failed: %s: %s", trial.number, type(err).__name__, err, exc_info=True
+            )
             tracking.set_tags({"error": f"{type(err).__name__}: {err}"[:4000]})
-            if run is not None:
-                mlflow.end_run(status="FAILED")
             study.tell(trial, state=TrialState.FAIL)
+            told = True
+            _end_run(run, "FAILED")
             return False
         tracking.set_tags({"compress_key": comp.key, "attack_key": att.key})
         tracking.log_metrics({k: values[k] for k in TRACKED_METRICS if k in values})
@@ -473,24 +691,57 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
         for name, bound in s.constraints.items():
             metric, _, kind = name.rpartition("_")
             # feasible when <= 0
-            trial.set_constraint(name, float(bound - values[metric]) if kind == "min" else float(values[metric] - bound))
-    study.tell(trial, objective)
+            trial.set_constraint(
+                name,
+                float(bound - values[metric]) if kind == "min" else float(values[metric] - bound),
+            )
+        try:
+            study.tell(trial, objective)
+            told = True
+        except Exception as err:  # noqa: BLE001 - e.g. failed as stale by another worker meanwhile
+            log.warning(
+                "trial %d could not be told complete (%s); its run is marked KILLED",
+                trial.number,
+                err,
+            )
+            _end_run(run, "KILLED")
+            return False
+    except KeyboardInterrupt:
+        _end_run(run, "FINISHED" if told else "KILLED")
+        raise
+    _end_run(run, "FINISHED")
+    complete = _counts(study)[0]
     log.info(
-        "trial %d: %s", trial.number, ", ".join(f"{o}={v:.4f}" for o, v in zip(s.objectives, objective))
+        "trial %d done in %.1f s [%d/%d complete]: %s | %s",
+        trial.number,
+        time.perf_counter() - t0,
+        complete,
+        s.n_trials,
+        " ".join(f"{o}={v:.4f}" for o, v in zip(s.objectives, objective, strict=True)),
+        " ".join(f"{_short(k)}={_fmt(v)}" for k, v in params.items()),
     )
     return True
 
 
-def _pareto(study, s: SearchConfig, out: Path, dense_bytes: float) -> tuple[pd.DataFrame, Path | None]:
+def _pareto(
+    study, s: SearchConfig, out: Path, dense_bytes: float
+) -> tuple[pd.DataFrame, Path | None]:
     import mlflow
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     rows = []
     for t in done:
-        row = {"trial": t.number, **{o: v for o, v in zip(s.objectives, t.values)}}
-        for k in ("accuracy", "attack_auc", "attack_tpr_at_0.1pct_fpr", "model_size_bytes", "density",
-                  "test_accuracy", "audit_auc"):
+        row = {"trial": t.number, **{o: v for o, v in zip(s.objectives, t.values, strict=True)}}
+        for k in (
+            "accuracy",
+            "attack_auc",
+            "attack_tpr_at_0.1pct_fpr",
+            "model_size_bytes",
+            "density",
+            "test_accuracy",
+            "audit_auc",
+        ):
             row.setdefault(k, t.user_attrs.get(k, math.nan))
         row.update(t.params)
         row["mlflow_run_id"] = t.user_attrs.get("mlflow_run_id", "")
@@ -501,7 +752,9 @@ def _pareto(study, s: SearchConfig, out: Path, dense_bytes: float) -> tuple[pd.D
     feasible = np.array([all(v <= 0 for v in t.constraints.values()) for t in done])
     table["feasible"] = feasible
     ranks = nondominated_ranks(
-        table[list(s.objectives)].to_numpy(float), [OBJECTIVE_DIRECTIONS[o] for o in s.objectives], feasible
+        table[list(s.objectives)].to_numpy(float),
+        [OBJECTIVE_DIRECTIONS[o] for o in s.objectives],
+        feasible,
     )
     table["pareto_rank"] = ranks
     # Hypervolume of the feasible front after each completed trial (normalised objectives, reference 1).
@@ -513,10 +766,14 @@ def _pareto(study, s: SearchConfig, out: Path, dense_bytes: float) -> tuple[pd.D
         tracking.log_metrics({"hypervolume": hv}, step=i + 1)
     client = mlflow.MlflowClient() if tracking.active() else None
     if client is not None:
-        for run_id, rank in zip(table["mlflow_run_id"], ranks):
+        for run_id, rank in zip(table["mlflow_run_id"], ranks, strict=True):
             if run_id:
                 client.set_tag(run_id, "pareto_rank", int(rank))
-    pareto = table[(table["pareto_rank"] == 0) & table["feasible"]].sort_values(s.objectives[0]).reset_index(drop=True)
+    pareto = (
+        table[(table["pareto_rank"] == 0) & table["feasible"]]
+        .sort_values(s.objectives[0])
+        .reset_index(drop=True)
+    )
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "pareto.csv"
     pareto.to_csv(csv, index=False)
@@ -536,8 +793,13 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     sc = ax.scatter(
-        table["attack_auc"], table["accuracy"], c=table["model_size_bytes"], cmap="viridis", s=40,
-        edgecolors=np.where(table["pareto_rank"] == 0, "red", "none"), linewidths=1.5,
+        table["attack_auc"],
+        table["accuracy"],
+        c=table["model_size_bytes"],
+        cmap="viridis",
+        s=40,
+        edgecolors=np.where(table["pareto_rank"] == 0, "red", "none"),
+        linewidths=1.5,
     )
     front = table[table["pareto_rank"] == 0].sort_values("attack_auc")
     ax.plot(front["attack_auc"], front["accuracy"], "r--", lw=1, label="Pareto front")
@@ -549,5 +811,3 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
