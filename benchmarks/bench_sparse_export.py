@@ -12,6 +12,7 @@ Run by hand: ``.venv/bin/python benchmarks/bench_sparse_export.py`` (about a min
 from __future__ import annotations
 
 import csv
+import os
 import platform
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
 
 
 def main() -> None:
+    load_before = os.getloadavg()[0]
     rows: list[dict[str, object]] = []
     for name, sizes in MODELS.items():
         for density in DENSITIES:
@@ -99,6 +101,8 @@ def main() -> None:
         "",
         f"Latency of {LATENCY_MODEL}: dense nn.Linear vs torch sparse CSR (`sparse.to_sparse_linear`),",
         "median of 15 runs, best of 3 interleaved rounds; ideal speed-up = 1/density.",
+        f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after the run "
+        f"({os.cpu_count()} cores); other jobs on the machine distort latency.",
         "",
         "| density | batch | dense ms | CSR ms | dense/CSR | ideal |",
         "|---|---|---|---|---|---|",
