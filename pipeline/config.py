@@ -26,9 +26,10 @@ DATASETS = (
     "ag_news",
 )
 STAGES = ("teacher", "shadows", "compress", "attack", "search")
-COMPRESS_METHODS = ("dense", "dst", "safecompress")
-SELECTION_RULES = ("weighted",)
-SAFETY_ATTACKS = ("loss",)
+COMPRESS_METHODS = ("dense", "oneshot", "gmp", "dst", "dst_adv", "safecompress", "dpsgd")
+SELECTION_RULES = ("weighted", "ratio", "lexicographic", "pareto_knee")
+VARIANTS = ("metric", "bmia", "wmia", "mmia")
+INITS = ("erk", "uniform", "teacher")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "multistep")
 
@@ -79,21 +80,58 @@ class StrategyConfig:
 
 @dataclass
 class SafetyConfig:
-    attack: str = "loss"  # the in-loop simulated attacker
-    holdout_fraction: float = 0.5  # of known members and val non-members, kept for the safety test
+    # the in-loop attacker trains on one part of the known members / val non-members and
+    # is tested on the rest (holdout_fraction of each)
+    holdout_fraction: float = 0.5
+    attacker_epochs: int = 15  # NN attackers, first mask update (official: 100 at every epoch)
+    attacker_refresh_epochs: int = 3  # later updates warm-start the attacker and train this many
+    attacker_lr: float = 1e-3
+    width_scale: float = 0.25  # NN attacker widths relative to Nasr et al.'s
+    mmia_members: list[str] = field(default_factory=lambda: ["metric", "bmia", "wmia"])
+    mmia_combine: str = "max"  # the risk is the strongest attacker's AUC
 
 
 @dataclass
 class SelectionConfig:
-    rule: str = "weighted"  # score = accuracy - lam * (auc - 0.5)
-    lam: float = 1.0
+    rule: str = "lexicographic"
+    lam: float = 1.0  # weighted: accuracy - lam * (risk - 0.5)
+    delta: float = 0.005  # lexicographic: accuracy tolerance
+    noise_floor: bool = True  # risk differences below their standard error are ties
+    z: float = 1.0  # lexicographic tolerance is at least z accuracy standard errors
+
+
+@dataclass
+class AdversarialConfig:
+    enabled: bool = False
+    kind: str = "bmia"  # bmia | wmia | both
+    lam: float = 0.1  # official SafeCompress/Nasr code: 0.1
+    warmup_fraction: float = 0.667  # official: 200 of 300 epochs
+    attacker_steps: int = 1  # attacker steps per classifier step
+    lr: float = 1e-3
+    width_scale: float = 0.25
+
+
+@dataclass
+class DistillConfig:
+    enabled: bool = False
+    temperature: float = 4.0
+    weight: float = 0.5  # loss = (1 - weight) * CE + weight * T^2 * KL(teacher || student)
+
+
+@dataclass
+class DPConfig:
+    epsilon: float = 8.0
+    delta: Optional[float] = None  # default: 1 / n_train
+    max_grad_norm: float = 1.0
+    sparse: bool = False  # keep an ERK mask at compress.density during DP-SGD
 
 
 @dataclass
 class CompressConfig:
     method: str = "safecompress"
     density: float = 0.05
-    init: str = "erk"  # erk | uniform
+    init: str = "erk"  # erk | uniform | teacher (magnitude-pruned teacher weights)
+    variant: str = "bmia"  # safety-test attacker: metric | bmia | wmia | mmia
     epochs: Optional[int] = None  # default: train.epochs
     update_every: int = 20  # optimizer steps between mask updates
     stop_fraction: float = 0.75  # no mask updates after this fraction of training (RigL's T_end)
@@ -104,6 +142,9 @@ class CompressConfig:
     probe_steps: int = 5
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
 
 @dataclass
@@ -216,9 +257,28 @@ def validate_compress(c: CompressConfig) -> None:
     _check_count("compress.probe_steps", c.probe_steps)
     if not 0.0 <= c.stop_fraction <= 1.0:
         raise ValueError(f"compress.stop_fraction must be in [0, 1], got {c.stop_fraction}")
-    _check_choice("compress.init", c.init, ("erk", "uniform"))
+    _check_choice("compress.init", c.init, INITS)
+    _check_choice("compress.variant", c.variant, VARIANTS)
     _check_choice("compress.selection.rule", c.selection.rule, SELECTION_RULES)
-    _check_choice("compress.safety.attack", c.safety.attack, SAFETY_ATTACKS)
+    for m in c.safety.mmia_members:
+        _check_choice("compress.safety.mmia_members entry", m, ("metric", "bmia", "wmia"))
+    _check_choice("compress.safety.mmia_combine", c.safety.mmia_combine, ("max", "mean"))
+    _check_count("compress.safety.attacker_epochs", c.safety.attacker_epochs)
+    _check_count("compress.safety.attacker_refresh_epochs", c.safety.attacker_refresh_epochs, 0)
+    _check_choice("compress.adversarial.kind", c.adversarial.kind, ("bmia", "wmia", "both"))
+    if c.adversarial.lam < 0:
+        raise ValueError(f"compress.adversarial.lam must be >= 0, got {c.adversarial.lam}")
+    if not 0.0 <= c.adversarial.warmup_fraction < 1.0:
+        raise ValueError(
+            f"compress.adversarial.warmup_fraction must be in [0, 1), got {c.adversarial.warmup_fraction}"
+        )
+    if c.distill.temperature <= 0 or not 0.0 <= c.distill.weight <= 1.0:
+        raise ValueError(
+            f"compress.distill needs temperature > 0 and weight in [0, 1], got "
+            f"{c.distill.temperature} and {c.distill.weight}"
+        )
+    if c.dp.epsilon <= 0 or c.dp.max_grad_norm <= 0:
+        raise ValueError(f"compress.dp needs epsilon > 0 and max_grad_norm > 0, got {c.dp.epsilon}, {c.dp.max_grad_norm}")
     if not 0.0 < c.safety.holdout_fraction < 1.0:
         raise ValueError(
             f"compress.safety.holdout_fraction must be in (0, 1), got {c.safety.holdout_fraction}"

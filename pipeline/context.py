@@ -53,22 +53,28 @@ class DataBundle:
         return self.dataset.x[idx], self.dataset.y[idx]
 
 
+# dataset keys that locate files rather than define the data: never part of a cache key
+PATH_KEYS = ("data_dir",)
+
+
 def data_spec(cfg: DictConfig) -> dict[str, Any]:
     attack = to_schema(AttackConfig, cfg.attack)
-    return {"dataset": plain(cfg.dataset), "seed": int(cfg.seed), "n_audit": attack.n_audit}
+    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in PATH_KEYS}
+    return {"dataset": dataset, "seed": int(cfg.seed), "n_audit": attack.n_audit}
 
 
 def load_data(cfg: DictConfig) -> DataBundle:
     name = str(cfg.dataset.name)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {list(DATASETS)}")
-    return _load_data(canonical_json(data_spec(cfg)))
+    paths = {k: str(cfg.dataset[k]) for k in PATH_KEYS if k in cfg.dataset}
+    return _load_data(canonical_json(data_spec(cfg)), canonical_json(paths))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_data(spec_json: str) -> DataBundle:
+def _load_data(spec_json: str, paths_json: str) -> DataBundle:
     spec = json.loads(spec_json)
-    ds_cfg = dict(spec["dataset"])
+    ds_cfg = {**spec["dataset"], **json.loads(paths_json)}
     split = ds_cfg.pop("split")
     target = ds_cfg.pop("_target_")
     dataset = _call(target, ds_cfg)
@@ -89,7 +95,7 @@ def build_model(cfg: DictConfig, data: DataBundle, *seed_path: object) -> nn.Mod
     """Instantiate `cfg.model` for the data's shape, initialised from `derive_seed(seed, *seed_path)`."""
     target = str(cfg.model.get("_target_", ""))
     if target not in MODELS:
-        raise ValueError(f"unknown model {target!r}; valid: {list(MODELS)} (model=mlp | model=cnn)")
+        raise ValueError(f"unknown model {target!r}; valid: {list(MODELS)} (model=mlp | cnn | mlp_purchase | vgg_c | resnet18 | text_bag)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(int(cfg.seed), "init", *seed_path))
         model = instantiate(

@@ -100,8 +100,13 @@ def train(
     recipe: TrainConfig,
     generator: torch.Generator,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    augment: Callable[..., torch.Tensor] | None = None,
 ) -> list[EpochStats]:
-    """Train a dense model for `recipe.epochs` epochs; returns per-epoch loss and train accuracy."""
+    """Train a dense model for `recipe.epochs` epochs; returns per-epoch loss and train accuracy.
+
+    `augment(x_batch, generator)`, when given, transforms every training batch
+    (e.g. CIFAR random crop + flip), drawing from the same generator as the batches.
+    """
     optimizer = make_optimizer(model.parameters(), recipe)
     total = recipe.epochs * steps_per_epoch(len(y), recipe.batch_size)
     history: list[EpochStats] = []
@@ -110,7 +115,8 @@ def train(
         losses = []
         for idx in batch_indices(len(y), recipe.batch_size, generator):
             set_lr(optimizer, recipe, step, total)
-            losses.append(train_step(model, optimizer, x[idx], y[idx]))
+            xb = augment(x[idx], generator) if augment is not None else x[idx]
+            losses.append(train_step(model, optimizer, xb, y[idx]))
             step += 1
         _, acc = evaluate(model, x, y)
         stats = EpochStats(epoch, float(sum(losses) / len(losses)), acc)

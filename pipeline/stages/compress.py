@@ -1,14 +1,20 @@
 """Stage 3 — compress: dynamic sparse training with SafeCompress's test-driven candidate selection.
 
-Follows Zhu et al. (TSE 2024 / ASE 2022). Plain DST (SET-style magnitude prune,
-random regrow; Mocanu et al. 2018, Evci et al. 2020) runs with one candidate and
-no safety test. SafeCompress makes N candidates at every mask update, each with
-its own prune/grow strategy and regrow seed, trains each for a short probe (so
-candidates that share a prune rule stop computing the same function), runs the
-performance test (validation accuracy) and the safety test (the simulated
-attacker's AUC on a held-out slice of known members vs validation non-members)
-and continues from the best by the selection rule. Every candidate's numbers are
-recorded, per update, in `candidates.csv`.
+Follows Zhu et al. (TSE 2024 / ASE 2022). At every mask update the SafeCompress
+loop (1) trains the simulated attacker(s) against the current model on known
+members vs reference non-members (Nasr et al. CCS'18 protocol), (2) makes N
+candidates from the same weights, each with its own prune/grow strategy and
+regrow seed, (3) trains each for a short probe (`probe_steps`; batched across
+candidates), (4) runs the performance test (validation accuracy) and the safety
+test (the attacker's AUC on a held-out slice of members vs non-members) and
+(5) continues from the candidate chosen by the selection rule
+(`pipeline.selection`). Every candidate's numbers are recorded per update in
+`candidates.csv`.
+
+Baselines run through the same stage and tracking: `dense` (the teacher),
+`oneshot` (magnitude prune the teacher + fine-tune), `gmp` (gradual magnitude
+pruning, Zhu & Gupta 2017), `dst` (SET/RigL, one candidate, no safety test),
+`dst_adv` (DST + adversarial regularization) and `dpsgd` (Opacus DP-SGD).
 """
 
 from __future__ import annotations
@@ -25,31 +31,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
 import sparse
+from attacks.inputs import AttackInputs
 from attacks.metrics import roc_auc
+from attacks.nn import NNBlackBoxAttack, NNWhiteBoxAttack, train_attack_model
+from attacks.signals import compute_signals
 from pipeline import tracking
+from pipeline.adversarial import Adversary, last_layer_inputs
+from pipeline.batched import GroupedMLP, can_batch
 from pipeline.cache import cache_key
 from pipeline.config import CompressConfig, TrainConfig, to_schema, validate_compress
 from pipeline.context import DataBundle, build_model, data_spec, get_cache, load_data, model_spec, train_recipe
-from pipeline.seeds import generator
+from pipeline.seeds import derive_seed, generator
+from pipeline.selection import CandidateTests, accuracy_standard_error, auc_standard_error, select
 from pipeline.stages import teacher as teacher_stage
-from pipeline.training import (
-    NonFiniteLossError,
-    batch_indices,
-    evaluate,
-    make_optimizer,
-    predict_logits,
-    set_lr,
-    steps_per_epoch,
-)
+from pipeline.training import NonFiniteLossError, batch_indices, evaluate, make_optimizer, set_lr, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 EXPORT_FILE = "model.sc"
 
 
@@ -93,13 +98,7 @@ def run(cfg: DictConfig, teacher: teacher_stage.TeacherResult | None = None) -> 
     key = cache_key("compress", VERSION, the_spec, {"data": data.key, "teacher": teacher.key})
 
     def build(out: Path) -> None:
-        if c.method == "dense":
-            model = teacher_stage.load(cfg, teacher)
-            history: list[dict[str, float]] = []
-            table = pd.DataFrame()
-            masks = None
-        else:
-            model, masks, history, table = train_sparse(cfg, c, data)
+        model, masks, history, table = METHODS[c.method](cfg, c, data, teacher)
         size = sparse.save_export(model, out / EXPORT_FILE, masks=masks)
         metrics = {
             **_final_metrics(model, data),
@@ -108,6 +107,10 @@ def run(cfg: DictConfig, teacher: teacher_stage.TeacherResult | None = None) -> 
             "dense_size_bytes": float(sparse.dense_size_bytes(model)),
             "n_updates": float(table["update"].nunique()) if len(table) else 0.0,
         }
+        if len(table) and "chosen" in table:
+            chosen = table[table["chosen"]]
+            for strategy, count in chosen["strategy"].value_counts().items():
+                metrics[f"wins_{strategy}"] = float(count)
         table.to_csv(out / "candidates.csv", index=False)
         (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": history}, indent=1))
 
@@ -155,37 +158,71 @@ def _log_tracking(result: CompressResult, history: list[dict[str, float]]) -> No
         tracking.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]), prefix="compress_")
     if result.candidates_path.exists() and result.candidates_path.stat().st_size > 1:
         table = pd.read_csv(result.candidates_path)
-        for (u, i), row in table.set_index(["update", "candidate"]).iterrows():
-            tracking.log_metrics(
-                {
-                    f"candidate_{i}_accuracy": row["accuracy"],
-                    f"candidate_{i}_risk": row["risk"],
-                    f"candidate_{i}_score": row["score"],
-                },
-                step=int(u),
-            )
-        chosen = table[table["chosen"]]
-        for _, row in chosen.iterrows():
-            tracking.log_metrics({"chosen_candidate": row["candidate"]}, step=int(row["update"]))
+        if "accuracy" in table and table["accuracy"].notna().any():
+            for (u, i), row in table.set_index(["update", "candidate"]).iterrows():
+                tracking.log_metrics(
+                    {f"candidate_{i}_accuracy": row["accuracy"], f"candidate_{i}_risk": row["risk"],
+                     f"candidate_{i}_score": row["score"]},
+                    step=int(u),
+                )
+            for _, row in table[table["chosen"]].iterrows():
+                tracking.log_metrics({"chosen_candidate": row["candidate"]}, step=int(row["update"]))
         tracking.log_artifact(result.candidates_path)
+    for k, v in result.metrics.items():
+        if k.startswith("wins_"):
+            tracking.log_metrics({k: v})
 
 
-# ----------------------------------------------------------------------------- the training loop
+# ----------------------------------------------------------------------------- state and steps
 
 
 @dataclass
 class _State:
-    """One trajectory: model, its optimizer and its masks."""
+    """One trajectory: model, its optimizer and its masks (None: dense)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    masks: sparse.MaskSet
+    masks: sparse.MaskSet | None
 
     def fork(self, recipe: TrainConfig) -> _State:
         model = copy.deepcopy(self.model)
         optimizer = make_optimizer(model.parameters(), recipe)
-        optimizer.load_state_dict(self.optimizer.state_dict())
-        return _State(model, optimizer, self.masks.clone())
+        # deep copy: load_state_dict keeps the very tensors it is given, and SGD/Adam update
+        # them in place, so a shallow copy would let candidates share momentum buffers
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
+        return _State(model, optimizer, self.masks.clone() if self.masks is not None else None)
+
+
+@dataclass
+class _Losses:
+    """The classifier's training loss: CE, optional distillation and adversarial penalty."""
+
+    teacher: nn.Module | None = None
+    temperature: float = 4.0
+    distill_weight: float = 0.0
+    adversary: Adversary | None = None
+    adversary_active: bool = False
+    attacker_steps: int = 1
+
+    def __call__(self, state: _State, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        model = state.model
+        if self.adversary is not None and self.adversary_active:
+            for _ in range(self.attacker_steps):
+                self.adversary.attacker_step(model, x, y)
+            model.train()
+            inputs = last_layer_inputs(model, x, y)
+            logits = inputs[0]
+            loss = F.cross_entropy(logits, y) + self.adversary.penalty(inputs)
+        else:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        if self.teacher is not None and self.distill_weight > 0:
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+            T = self.temperature
+            kd = F.kl_div(F.log_softmax(logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * kd
+        return loss
 
 
 def _batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tensor]:
@@ -194,92 +231,219 @@ def _batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tens
 
 
 def _masked_step(
-    state: _State, x: torch.Tensor, y: torch.Tensor, keep_grads: bool
+    state: _State, x: torch.Tensor, y: torch.Tensor, losses: _Losses, keep_grads: bool = False
 ) -> tuple[float, dict[str, torch.Tensor] | None]:
-    """One SGD step on the sparse model; returns the loss and (optionally) the dense gradients."""
+    """One optimizer step; masks applied to gradients, weights and optimizer state."""
     model, opt, masks = state.model, state.optimizer, state.masks
     model.train()
     opt.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(model(x), y)
+    loss = losses(state, x, y)
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"training loss is {loss.item()}; lower train.lr")
     loss.backward()
     grads = None
-    if keep_grads:  # dense gradients, before masking: gradient-based growth reads them
-        params = dict(model.named_parameters())
-        grads = {n: params[n].grad.detach().clone() for n in masks.masks}
-    masks.apply_to_grads(model)
+    if masks is not None:
+        if keep_grads:  # dense gradients, before masking: gradient-based growth reads them
+            params = dict(model.named_parameters())
+            grads = {n: params[n].grad.detach().clone() for n in masks.masks}
+        masks.apply_to_grads(model)
     opt.step()
-    masks.apply(model)
-    masks.apply_to_optimizer(opt, model)
+    if masks is not None:
+        masks.apply(model)
+        masks.apply_to_optimizer(opt, model)
     return float(loss.item()), grads
 
 
-def _safety_slices(data: DataBundle, c: CompressConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Held-out slices of known members and val non-members for the safety test (equal sizes)."""
-    rng = np.random.default_rng(generator(seed, "safety_slices").initial_seed())
-    known = rng.permutation(data.splits.known_members)
-    val = rng.permutation(data.splits.val)
-    n = max(2, int(round(c.safety.holdout_fraction * min(len(known), len(val)))))
-    m_idx, n_idx = torch.from_numpy(known[:n]), torch.from_numpy(val[:n])
-    return {
-        "xm": data.dataset.x[m_idx],
-        "ym": data.dataset.y[m_idx],
-        "xn": data.dataset.x[n_idx],
-        "yn": data.dataset.y[n_idx],
-    }
+# ----------------------------------------------------------------------------- safety test
 
 
-def loss_attack_risk(model: nn.Module, s: dict[str, torch.Tensor]) -> float:
-    """The loss attack's AUC (Yeom et al. 2018): lower loss -> member."""
-    with torch.no_grad():
-        lm = nn.functional.cross_entropy(predict_logits(model, s["xm"]), s["ym"], reduction="none")
-        ln = nn.functional.cross_entropy(predict_logits(model, s["xn"]), s["yn"], reduction="none")
-    scores = -torch.cat([lm, ln]).numpy()
-    labels = np.r_[np.ones(len(lm)), np.zeros(len(ln))]
-    if not np.isfinite(scores).all():
-        return float("nan")
-    return float(roc_auc(scores, labels))
+class SafetyTest:
+    """The simulated attacker(s) of one mask update and the risk they assign to a candidate.
+
+    Known members and val non-members are each split in two: the attacker is
+    fitted on the first parts against the current model, the risk is its AUC on
+    the held-out parts against each candidate (equal numbers of members and
+    non-members, so the AUC's standard error follows Hanley & McNeil).
+    """
+
+    def __init__(self, data: DataBundle, c: CompressConfig, seed: int):
+        rng = np.random.default_rng(derive_seed(seed, "safety_slices"))
+        known = rng.permutation(data.splits.known_members)
+        val = rng.permutation(data.splits.val)
+        n = min(len(known), len(val))
+        n_hold = max(2, int(round(c.safety.holdout_fraction * n)))
+        n_fit = max(2, n - n_hold)
+
+        def part(idx):
+            t = torch.from_numpy(np.sort(idx))
+            return data.dataset.x[t], data.dataset.y[t]
+
+        self.fit_m, self.fit_n = part(known[n_hold : n_hold + n_fit]), part(val[n_hold : n_hold + n_fit])
+        self.hold_m, self.hold_n = part(known[:n_hold]), part(val[:n_hold])
+        self.n_hold = n_hold
+        self.c = c
+        self.seed = seed
+        members = {"mmia": c.safety.mmia_members}.get(c.variant, [c.variant])
+        self.members = list(members)
+        self.attackers: dict[str, Any] = {}
+
+    @property
+    def needs_grads(self) -> bool:
+        return "wmia" in self.members
+
+    def fit(self, model: nn.Module, update: int) -> None:
+        """Train the NN attacker(s) against the current model (metric attacks need no fitting).
+
+        The first update trains each attacker from scratch for `attacker_epochs`; later
+        updates warm-start it and train `attacker_refresh_epochs` more against the
+        current model (the model moves little between two mask updates).
+        """
+        for name in self.members:
+            if name == "metric":
+                continue
+            wg = name == "wmia"
+            m = compute_signals(model, *self.fit_m, with_grads=wg)
+            n = compute_signals(model, *self.fit_n, with_grads=wg)
+            if name in self.attackers and self.c.safety.attacker_refresh_epochs > 0:
+                a = self.attackers[name]
+                train_attack_model(
+                    a.model_, a.tensors(m), a.tensors(n), epochs=self.c.safety.attacker_refresh_epochs,
+                    lr=self.c.safety.attacker_lr, batch_size=a.batch_size, weight_decay=a.weight_decay,
+                    generator=torch.Generator().manual_seed(derive_seed(self.seed, "attacker", name, update) % (2**31)),
+                )
+                continue
+            cls = NNWhiteBoxAttack if name == "wmia" else NNBlackBoxAttack
+            attack = cls(
+                epochs=self.c.safety.attacker_epochs,
+                lr=self.c.safety.attacker_lr,
+                width_scale=self.c.safety.width_scale,
+                batch_size=128,
+                seed=derive_seed(self.seed, "attacker", name, update) % (2**31),
+            )
+            self.attackers[name] = attack.fit(AttackInputs(target=m, known_members=m, known_nonmembers=n))
+
+    def risk(self, model: nn.Module) -> float:
+        """The attackers' AUC on the held-out slice (max or mean over MMIA members)."""
+        wg = self.needs_grads
+        m = compute_signals(model, *self.hold_m, with_grads=wg)
+        n = compute_signals(model, *self.hold_n, with_grads=wg)
+        labels = np.r_[np.ones(len(m), int), np.zeros(len(n), int)]
+        aucs = []
+        for name in self.members:
+            if name == "metric":
+                scores = np.r_[-m.loss, -n.loss]
+            else:
+                a = self.attackers[name]
+                scores = np.r_[a.score_signals(m), a.score_signals(n)]
+            if not np.isfinite(scores).all():
+                return math.nan
+            aucs.append(roc_auc(scores, labels))
+        return float(max(aucs) if self.c.safety.mmia_combine == "max" else np.mean(aucs))
 
 
-def select_weighted(accuracy: np.ndarray, risk: np.ndarray, lam: float) -> np.ndarray:
-    """SafeCompress's weighted test score: accuracy − λ·(AUC − 0.5); rejected candidates get −inf."""
-    score = accuracy - lam * (risk - 0.5)
-    return np.where(np.isfinite(score), score, -np.inf)
+# ----------------------------------------------------------------------------- methods
 
 
-def train_sparse(
-    cfg: DictConfig, c: CompressConfig, data: DataBundle
-) -> tuple[nn.Module, sparse.MaskSet, list[dict[str, float]], pd.DataFrame]:
+def _dense(cfg, c, data, teacher):
+    return teacher_stage.load(cfg, teacher), None, [], pd.DataFrame()
+
+
+def _strategy_name(prune: str, grow: str) -> str:
+    return f"{prune}/{grow}"
+
+
+def _initial_state(cfg, c: CompressConfig, data: DataBundle, teacher, recipe, d0: float) -> _State:
+    seed = int(cfg.seed)
+    if c.init == "teacher" or c.method in ("oneshot", "gmp"):
+        model = teacher_stage.load(cfg, teacher)
+        masks = sparse.magnitude_masks(model, d0, scope="layer") if d0 < 1.0 else _full_masks(model)
+    else:
+        model = build_model(cfg, data, "compress")
+        masks = sparse.random_masks(model, d0, c.init, generator(seed, "compress", "mask"))
+        rescale_to_sparse_fan_in(model, masks)
+    masks.apply(model)
+    return _State(model, make_optimizer(model.parameters(), recipe), masks)
+
+
+@torch.no_grad()
+def rescale_to_sparse_fan_in(model: nn.Module, masks: sparse.MaskSet) -> None:
+    """Scale each layer's kept initial weights by 1/sqrt(layer density).
+
+    A dense init drawn for fan-in n leaves a layer at density d with effective
+    fan-in d·n, shrinking activations by sqrt(d) per layer; without normalization
+    layers a 5%-dense MLP then starts near a constant output and trains slowly.
+    Rescaling restores the dense init's variance (sparsity-aware init, Evci et
+    al., "Gradient Flow in Sparse Neural Networks", AAAI 2022).
+    """
+    params = dict(model.named_parameters())
+    for name, mask in masks.masks.items():
+        d = float(mask.float().mean())
+        if d > 0:
+            params[name].mul_(1.0 / math.sqrt(d))
+
+
+def _full_masks(model: nn.Module) -> sparse.MaskSet:
+    params = dict(model.named_parameters())
+    return sparse.MaskSet({n: torch.ones_like(params[n], dtype=torch.bool) for n in sparse.MaskSet.prunable_names(model)})
+
+
+def _train_loop(cfg, c: CompressConfig, data: DataBundle, teacher):
+    """The sparse training loop shared by oneshot, gmp, dst, dst_adv and safecompress."""
     seed = int(cfg.seed)
     recipe = recipe_for(cfg, c)
     x, y = data.part("train")
     xv, yv = data.part("val")
     ds = c.density_schedule
-    d0 = sparse.density_at(ds.kind, 0.0, ds.start, c.density, ds.begin, ds.end)
-    model = build_model(cfg, data, "compress")
-    masks = sparse.random_masks(model, d0, c.init, generator(seed, "compress", "mask"))
-    masks.apply(model)
-    state = _State(model, make_optimizer(model.parameters(), recipe), masks)
+    if c.method == "oneshot":
+        d0, schedule_kind = c.density, "constant"
+    elif c.method == "gmp":
+        d0, schedule_kind = ds.start, ds.kind
+    else:
+        d0, schedule_kind = sparse.density_at(ds.kind, 0.0, ds.start, c.density, ds.begin, ds.end), ds.kind
+    state = _initial_state(cfg, c, data, teacher, recipe, d0)
     spe = steps_per_epoch(len(y), recipe.batch_size)
     total = recipe.epochs * spe
     last_update_step = int(c.stop_fraction * total)
     batches = _batches(len(y), recipe.batch_size, generator(seed, "compress", "batches"))
-    use_safety = c.method == "safecompress" and c.n_candidates > 1
-    slices = _safety_slices(data, c, seed) if use_safety else None
-    needs_grads = any(
-        s.grow in ("gradient",) or s.prune == "taylor" for s in c.strategies
-    )
+    regrow = c.method in ("dst", "dst_adv", "safecompress")
+    use_candidates = c.method == "safecompress" and c.n_candidates > 1
+    safety = SafetyTest(data, c, seed) if use_candidates else None
+    needs_grads = any(s.grow in ("gradient",) or s.prune == "taylor" for s in c.strategies)
+    losses = _Losses()
+    if c.distill.enabled:
+        losses.teacher = teacher_stage.load(cfg, teacher)
+        losses.temperature, losses.distill_weight = c.distill.temperature, c.distill.weight
+    use_adv = c.adversarial.enabled or c.method == "dst_adv"
+    if use_adv:
+        feats = state.model.features(x[:1]).shape[1]
+        rng = np.random.default_rng(derive_seed(seed, "adversary_reference"))
+        ref = torch.from_numpy(np.sort(rng.permutation(data.splits.val)[: max(2, len(data.splits.val) // 2)]))
+        losses.adversary = Adversary(
+            c.adversarial.kind, data.dataset.n_classes, feats, data.dataset.x[ref], data.dataset.y[ref],
+            lam=c.adversarial.lam, lr=c.adversarial.lr, width_scale=c.adversarial.width_scale,
+            seed=derive_seed(seed, "adversary") % (2**31),
+        )
+        losses.attacker_steps = c.adversarial.attacker_steps
+    warmup_step = int(c.adversarial.warmup_fraction * total)
+    batched_probes = bool(cfg.runtime.get("batched_probes", True))
+    aug_gen = generator(seed, "compress", "augment")  # probes train on un-augmented batches
     rows: list[dict[str, Any]] = []
     history: list[dict[str, float]] = []
     step, update, epoch_losses = 0, 0, []
-    bar = tqdm(total=total, desc=f"compress[{c.method}]", disable=not cfg.runtime.progress, leave=False)
     last_grads = None
+    bar = tqdm(total=total, desc=f"compress[{c.method}]", disable=not cfg.runtime.progress, leave=False)
     while step < total:
         idx = next(batches)
         set_lr(state.optimizer, recipe, step, total)
-        is_update = (step + 1) % c.update_every == 0 and (step + 1) <= last_update_step and (step + 1) < total
-        loss, grads = _masked_step(state, x[idx], y[idx], keep_grads=needs_grads and is_update)
+        losses.adversary_active = use_adv and step >= warmup_step
+        is_update = (
+            c.method != "oneshot"
+            and (step + 1) % c.update_every == 0
+            and (step + 1) <= last_update_step
+            and (step + 1) < total
+        )
+        xb = data.dataset.augment(x[idx], aug_gen) if data.dataset.augment is not None else x[idx]
+        loss, grads = _masked_step(state, xb, y[idx], losses, keep_grads=needs_grads and is_update)
         last_grads = grads if grads is not None else last_grads
         epoch_losses.append(loss)
         step += 1
@@ -287,20 +451,28 @@ def train_sparse(
         if is_update:
             update += 1
             progress = step / total
-            target = sparse.density_at(ds.kind, progress, ds.start, c.density, ds.begin, ds.end)
+            assert state.masks is not None
+            target = sparse.density_at(schedule_kind, progress, ds.start, c.density, ds.begin, ds.end)
             if abs(target - state.masks.density()) * state.masks.n_total() >= 1:
-                sparse.resize(state.model, state.masks, target, generator=generator(seed, "resize", update))
+                sparse.resize(
+                    state.model, state.masks, target, prune="magnitude", grow="random",
+                    generator=generator(seed, "resize", update),
+                )
+                state.masks.apply_to_optimizer(state.optimizer, state.model)
+            if not regrow:
+                continue
             ratio = sparse.regrowth_ratio_at(
                 c.regrowth.kind, min(step / max(last_update_step, 1), 1.0), c.regrowth.start, c.regrowth.end
             )
-            if use_safety:
-                assert slices is not None
-                state, new_rows, probe_used = _candidates(
-                    cfg, c, recipe, state, ratio, update, last_grads, batches, x, y, xv, yv, slices, step, total
+            if use_candidates:
+                assert safety is not None
+                state, new_rows, used = _candidates(
+                    cfg, c, recipe, state, ratio, update, last_grads, batches, x, y, xv, yv, safety, step, total,
+                    losses, batched_probes,
                 )
                 rows.extend(new_rows)
-                step += probe_used
-                bar.update(probe_used)
+                step += used
+                bar.update(used)
             else:
                 strat = c.strategies[0]
                 sparse.prune_and_grow(
@@ -309,60 +481,230 @@ def train_sparse(
                     grads=last_grads, optimizer=state.optimizer,
                 )
                 rows.append(
-                    {"update": update, "step": step, "candidate": 0, "prune": strat.prune, "grow": strat.grow,
+                    {"update": update, "step": step, "candidate": 0, "strategy": _strategy_name(strat.prune, strat.grow),
                      "regrowth_ratio": ratio, "accuracy": math.nan, "risk": math.nan, "score": math.nan,
-                     "status": "ok", "chosen": True}
+                     "status": "ok", "chosen": True, "reason": "single candidate (no safety test)"}
                 )
         if step % spe == 0 or step >= total:
             _, val_acc = evaluate(state.model, xv, yv)
+            assert state.masks is not None
             history.append(
                 {"epoch": len(history), "loss": float(np.mean(epoch_losses)), "val_accuracy": val_acc,
                  "density": state.masks.density()}
             )
             epoch_losses = []
     bar.close()
+    assert state.masks is not None
+    if abs(state.masks.density() - c.density) * state.masks.n_total() >= 1:
+        # a schedule whose window ends after the last mask update: finish it with a magnitude prune
+        sparse.resize(state.model, state.masks, c.density, prune="magnitude", grow="random",
+                      generator=generator(seed, "resize", "final"))
     state.masks.apply(state.model)
     return state.model, state.masks, history, pd.DataFrame(rows)
 
 
 def _candidates(
-    cfg, c, recipe, state, ratio, update, grads, batches, x, y, xv, yv, slices, step, total
+    cfg, c: CompressConfig, recipe, state: _State, ratio, update, grads, batches, x, y, xv, yv,
+    safety: SafetyTest, step, total, losses: _Losses, batched: bool,
 ) -> tuple[_State, list[dict[str, Any]], int]:
     """Make N candidates, probe, test and select one; returns the winner, the table rows, probe steps."""
     seed = int(cfg.seed)
+    safety.fit(state.model, update)
     probe_batches = [next(batches) for _ in range(c.probe_steps)]
     cands: list[_State] = []
-    acc = np.full(c.n_candidates, np.nan)
-    risk = np.full(c.n_candidates, np.nan)
-    status = ["ok"] * c.n_candidates
+    strategies = []
     for i in range(c.n_candidates):
         strat = c.strategies[i % len(c.strategies)]
+        strategies.append(_strategy_name(strat.prune, strat.grow))
         cand = state.fork(recipe)
         sparse.prune_and_grow(
             cand.model, cand.masks, ratio, strat.prune, strat.grow,
             generator=generator(seed, "update", update, "candidate", i),
             grads=grads, optimizer=cand.optimizer,
         )
-        try:
-            for j, idx in enumerate(probe_batches):
-                set_lr(cand.optimizer, recipe, step + j, total)
-                _masked_step(cand, x[idx], y[idx], keep_grads=False)
-            _, acc[i] = evaluate(cand.model, xv, yv)
-            risk[i] = loss_attack_risk(cand.model, slices)
-        except NonFiniteLossError:
-            status[i] = "rejected: non-finite loss"
         cands.append(cand)
-    score = select_weighted(acc, risk, c.selection.lam)
-    if not np.isfinite(score).any():
+    status = ["ok"] * c.n_candidates
+    plain_loss = losses.adversary is None or not losses.adversary_active
+    if batched and plain_loss and losses.teacher is None and _can_probe_batched(cands, recipe):
+        ok = _probe_grouped(cands, probe_batches, x, y, recipe, step, total)
+        status = ["ok" if o else "rejected: non-finite loss" for o in ok]
+    else:
+        for i, cand in enumerate(cands):
+            try:
+                for j, idx in enumerate(probe_batches):
+                    set_lr(cand.optimizer, recipe, step + j, total)
+                    _masked_step(cand, x[idx], y[idx], losses)
+            except NonFiniteLossError:
+                status[i] = "rejected: non-finite loss"
+    acc = np.full(c.n_candidates, np.nan)
+    risk = np.full(c.n_candidates, np.nan)
+    for i, cand in enumerate(cands):
+        if status[i] != "ok":
+            continue
+        _, acc[i] = evaluate(cand.model, xv, yv)
+        risk[i] = safety.risk(cand.model)
+        if not (math.isfinite(acc[i]) and math.isfinite(risk[i])):
+            status[i] = "rejected: non-finite test result"
+    tests = CandidateTests(
+        acc, risk,
+        np.array([accuracy_standard_error(a, len(yv)) for a in acc]),
+        np.array([auc_standard_error(r, safety.n_hold, safety.n_hold) for r in risk]),
+    )
+    if not tests.valid.any():
         raise NonFiniteLossError(
             f"all {c.n_candidates} candidates at mask update {update} were rejected "
-            "(non-finite loss or risk); lower train.lr"
+            "(non-finite loss or test result); lower train.lr"
         )
-    winner = int(np.argmax(score))
+    sel = c.selection
+    choice = select(sel.rule, tests, lam=sel.lam, delta=sel.delta, noise_floor=sel.noise_floor, z=sel.z)
     rows = [
-        {"update": update, "step": step, "candidate": i, "prune": c.strategies[i % len(c.strategies)].prune,
-         "grow": c.strategies[i % len(c.strategies)].grow, "regrowth_ratio": ratio,
-         "accuracy": acc[i], "risk": risk[i], "score": score[i], "status": status[i], "chosen": i == winner}
+        {"update": update, "step": step, "candidate": i, "strategy": strategies[i], "regrowth_ratio": ratio,
+         "accuracy": acc[i], "risk": risk[i], "accuracy_se": tests.accuracy_se[i], "risk_se": tests.risk_se[i],
+         "score": choice.scores[i], "status": status[i], "chosen": i == choice.index,
+         "reason": choice.reason if i == choice.index else ""}
         for i in range(c.n_candidates)
     ]
-    return cands[winner], rows, c.probe_steps
+    return cands[choice.index], rows, c.probe_steps
+
+
+# ----------------------------------------------------------------------------- batched probes
+
+
+def _can_probe_batched(cands: list[_State], recipe: TrainConfig) -> bool:
+    return recipe.optimizer in ("sgd", "adam") and can_batch([c.model for c in cands])
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _probe_grouped(cands: list[_State], batches, x, y, recipe: TrainConfig, step: int, total: int) -> list[bool]:
+    """Train every candidate for the probe at once: one GroupedMLP, stacked masks and optimizer state.
+
+    Equivalent to probing each candidate alone (summed loss, elementwise optimizer),
+    up to floating-point rounding; a unit test checks it.
+    """
+    models = [c.model for c in cands]
+    grouped = GroupedMLP(models)
+    names = _linear_names(models[0])
+    masks = [torch.stack([c.masks.masks[n].t() for c in cands]).float() for n in names]  # (K, in, out)
+    opt = make_optimizer(grouped.parameters(), recipe)
+    # copy each candidate's optimizer state into the grouped optimizer (weights transposed)
+    for li, name in enumerate(names):
+        bias = name[: -len("weight")] + "bias"
+        for gp, pname, transpose in ((grouped.weights[li], name, True), (grouped.biases[li], bias, False)):
+            states = []
+            for cand in cands:
+                p = dict(cand.model.named_parameters())[pname]
+                states.append(cand.optimizer.state.get(p, {}))
+            if not states[0]:
+                continue
+            merged = {}
+            for key, v in states[0].items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    merged[key] = torch.stack([(s[key].t() if transpose else s[key]) for s in states]).clone()
+                else:
+                    merged[key] = v.clone() if torch.is_tensor(v) else v
+            opt.state[gp] = merged
+    k_n = len(cands)
+    ok = torch.ones(k_n, dtype=torch.bool)
+    for j, idx in enumerate(batches):
+        set_lr(opt, recipe, step + j, total)
+        opt.zero_grad(set_to_none=True)
+        xb = x[idx].flatten(1).unsqueeze(0).expand(k_n, -1, -1)
+        logits = grouped(xb)  # (K, b, C)
+        per = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y[idx].repeat(k_n), reduction="none"
+        ).view(k_n, -1).mean(1)
+        ok &= torch.isfinite(per)
+        torch.where(ok, per, torch.zeros_like(per)).sum().backward()
+        for w, m in zip(grouped.weights, masks):
+            w.grad.mul_(m)
+        opt.step()
+        with torch.no_grad():
+            for w, m in zip(grouped.weights, masks):
+                w.mul_(m)
+                for v in opt.state.get(w, {}).values():
+                    if torch.is_tensor(v) and v.shape == w.shape:
+                        v.mul_(m)
+    grouped.write_back(models)
+    # write the probed optimizer state back into each candidate's optimizer
+    for li, name in enumerate(names):
+        bias = name[: -len("weight")] + "bias"
+        for gp, pname, transpose in ((grouped.weights[li], name, True), (grouped.biases[li], bias, False)):
+            gstate = opt.state.get(gp, {})
+            for k, cand in enumerate(cands):
+                p = dict(cand.model.named_parameters())[pname]
+                st = cand.optimizer.state.setdefault(p, {})
+                for key, v in gstate.items():
+                    if torch.is_tensor(v) and v.dim() > 0:
+                        st[key] = (v[k].t() if transpose else v[k]).clone().contiguous()
+                    else:
+                        st[key] = v.clone() if torch.is_tensor(v) else v
+    for cand in cands:
+        cand.masks.apply(cand.model)
+    return ok.tolist()
+
+
+# ----------------------------------------------------------------------------- DP-SGD
+
+
+def _dpsgd(cfg, c: CompressConfig, data: DataBundle, teacher):
+    """DP-SGD (Abadi et al. 2016) with Opacus at `compress.dp.epsilon`; optionally sparse (fixed ERK mask)."""
+    try:
+        from opacus import PrivacyEngine
+    except ImportError as err:  # pragma: no cover
+        raise ImportError("compress=dpsgd needs opacus: pip install 'safecompress[dp]'") from err
+    seed = int(cfg.seed)
+    recipe = recipe_for(cfg, c)
+    x, y = data.part("train")
+    model = build_model(cfg, data, "compress")
+    masks = sparse.random_masks(model, c.density, "erk", generator(seed, "compress", "mask")) if c.dp.sparse else None
+    if masks is not None:
+        masks.apply(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=recipe.batch_size, shuffle=True,
+        generator=generator(seed, "dpsgd", "batches"),
+    )
+    delta = c.dp.delta if c.dp.delta is not None else 1.0 / len(y)
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "dpsgd", "noise") % (2**31))
+        dp_model, dp_opt, dp_loader = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=c.dp.epsilon,
+            target_delta=delta, epochs=recipe.epochs, max_grad_norm=c.dp.max_grad_norm,
+        )
+        history = []
+        for epoch in range(recipe.epochs):
+            dp_model.train()
+            ls = []
+            for xb, yb in dp_loader:
+                if len(yb) == 0:
+                    continue
+                dp_opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(dp_model(xb), yb)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"DP-SGD loss is {loss.item()}; lower train.lr")
+                loss.backward()
+                dp_opt.step()
+                if masks is not None:
+                    masks.apply(model)  # post-processing: keeps the DP guarantee
+                ls.append(loss.item())
+            _, val_acc = evaluate(model, *data.part("val"))
+            history.append({"epoch": epoch, "loss": float(np.mean(ls)) if ls else math.nan, "val_accuracy": val_acc,
+                            "epsilon": float(engine.get_epsilon(delta))})
+    clean = build_model(cfg, data, "compress")
+    clean.load_state_dict({k.removeprefix("_module."): v for k, v in model.state_dict().items()})
+    return clean, masks, history, pd.DataFrame()
+
+
+METHODS = {
+    "dense": _dense,
+    "oneshot": _train_loop,
+    "gmp": _train_loop,
+    "dst": _train_loop,
+    "dst_adv": _train_loop,
+    "safecompress": _train_loop,
+    "dpsgd": _dpsgd,
+}

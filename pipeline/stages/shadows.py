@@ -124,11 +124,11 @@ def _train(
     models = [build_model(cfg, data, "shadow", k) for k in indices]
     parts = [torch.from_numpy(data.splits.population[rows[k]]) for k in indices]
     gens = [generator(int(cfg.seed), "shadow", k, "batches") for k in indices]
-    if _batched(cfg) and len(indices) > 1 and can_batch(models):
+    if _batched(cfg) and len(indices) > 1 and can_batch(models) and data.dataset.augment is None:
         train_grouped(models, [data.dataset.x[i] for i in parts], [data.dataset.y[i] for i in parts], recipe, gens)
     else:
         for model, idx, g in zip(models, parts, gens):
-            train(model, data.dataset.x[idx], data.dataset.y[idx], recipe, g)
+            train(model, data.dataset.x[idx], data.dataset.y[idx], recipe, g, augment=data.dataset.augment)
     return dict(zip(indices, models))
 
 

@@ -62,7 +62,9 @@ def run(cfg: DictConfig) -> TeacherResult:
         log.info("training the teacher (%d epochs on %d members)", recipe.epochs, len(data.splits.train))
         model = build_model(cfg, data, "teacher")
         x, y = data.part("train")
-        history = train(model, x, y, recipe, generator(int(cfg.seed), "teacher", "batches"))
+        history = train(
+            model, x, y, recipe, generator(int(cfg.seed), "teacher", "batches"), augment=data.dataset.augment
+        )
         save_model(model, out / "model.pt")
         metrics = _evaluate_all(model, data)
         (out / "metrics.json").write_text(

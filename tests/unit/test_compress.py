@@ -1,0 +1,78 @@
+"""The compress loop's pieces: batched probes equal sequential ones, sparse-aware init, NaN handling."""
+
+import copy
+
+import pytest
+import torch
+
+import sparse
+from pipeline.config import TrainConfig
+from pipeline.models import MLP
+from pipeline.stages.compress import _Losses, _masked_step, _probe_grouped, _State, rescale_to_sparse_fan_in
+from pipeline.training import NonFiniteLossError, make_optimizer
+
+
+def _state(seed, recipe, density=0.3):
+    torch.manual_seed(seed)
+    model = MLP((10,), 4, (16, 12))
+    masks = sparse.random_masks(model, density, "erk", torch.Generator().manual_seed(seed))
+    masks.apply(model)
+    return _State(model, make_optimizer(model.parameters(), recipe), masks)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_grouped_probe_equals_sequential_probe(optimizer):
+    recipe = TrainConfig(epochs=1, batch_size=8, optimizer=optimizer, lr=0.05, weight_decay=1e-3)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 10, generator=g), torch.randint(0, 4, (40,), generator=g)
+    base = _state(0, recipe)
+    _masked_step(base, x[:8], y[:8], _Losses())  # creates optimizer state (momentum / Adam moments)
+    cands = []
+    for i in range(3):
+        c = base.fork(recipe)
+        sparse.prune_and_grow(c.model, c.masks, 0.3, "magnitude", "random", generator=torch.Generator().manual_seed(i),
+                              optimizer=c.optimizer)
+        cands.append(c)
+    seq = [c.fork(recipe) for c in cands]
+    batches = [torch.arange(8 * j, 8 * j + 8) for j in range(1, 4)]
+    for c in seq:
+        for j, idx in enumerate(batches):
+            for group in c.optimizer.param_groups:
+                group["lr"] = recipe.lr
+            _masked_step(c, x[idx], y[idx], _Losses())
+    ok = _probe_grouped(cands, batches, x, y, recipe, step=0, total=10**9)
+    assert ok == [True, True, True]
+    for a, b in zip(seq, cands):
+        for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+            assert torch.allclose(pa, pb, atol=1e-5), name
+        assert a.masks.n_active() == b.masks.n_active()
+        # masked weights stay zero, and so does their optimizer state
+        params = dict(b.model.named_parameters())
+        for name, m in b.masks.masks.items():
+            assert (params[name][~m] == 0).all()
+            for v in b.optimizer.state[params[name]].values():
+                if torch.is_tensor(v) and v.shape == m.shape:
+                    assert (v[~m] == 0).all()
+
+
+def test_sparse_fan_in_rescaling_restores_activation_scale():
+    torch.manual_seed(0)
+    dense = MLP((256,), 10, (256, 256))
+    sparse_model = copy.deepcopy(dense)
+    masks = sparse.random_masks(sparse_model, 0.05, "uniform", torch.Generator().manual_seed(0))
+    masks.apply(sparse_model)
+    x = torch.randn(512, 256)
+    before = sparse_model.features(x).std().item()
+    rescale_to_sparse_fan_in(sparse_model, masks)
+    after = sparse_model.features(x).std().item()
+    target = dense.features(x).std().item()
+    assert before < 0.3 * target  # unscaled: activations collapse
+    assert 0.5 * target < after < 2.0 * target
+
+
+def test_non_finite_loss_raises_a_clear_error():
+    recipe = TrainConfig(epochs=1, batch_size=8, lr=0.05)
+    st = _state(0, recipe)
+    x = torch.full((8, 10), float("nan"))
+    with pytest.raises(NonFiniteLossError, match="lower train.lr"):
+        _masked_step(st, x, torch.zeros(8, dtype=torch.long), _Losses())
