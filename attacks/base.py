@@ -30,7 +30,9 @@ from attacks.metric_attacks import (
     ModifiedEntropyAttack,
 )
 from attacks.metrics import check_scores_labels, roc_auc, roc_curve, summarize
+from attacks.nn import NNBlackBoxAttack, NNWhiteBoxAttack
 from attacks.rmia import RMIA
+from attacks.shadow import ShadowAttack
 from attacks.signals import compute_signals
 
 __all__ = [
@@ -56,7 +58,16 @@ ATTACKS: dict[str, type] = {
     "lira_offline": LiRAOffline,
     "lira_online": LiRAOnline,
     "rmia": RMIA,
+    "nn_blackbox": NNBlackBoxAttack,
+    "nn_whitebox": NNWhiteBoxAttack,
+    "shadow": ShadowAttack,
 }
+
+
+def _register_late() -> None:
+    from attacks.mmia import MMIA  # imports make_attack from here
+
+    ATTACKS["mmia"] = MMIA
 
 
 def register(name: str, cls: type) -> type:
@@ -65,6 +76,9 @@ def register(name: str, cls: type) -> type:
         raise ValueError(f"attack name {name!r} is already registered to {ATTACKS[name].__name__}")
     ATTACKS[name] = cls
     return cls
+
+
+_register_late()
 
 
 def make_attack(name: str, **params: Any) -> Attack:
