@@ -153,6 +153,7 @@ class AttackConfig:
     primary: str = "max"  # attack whose numbers become attack_*; "max" = strongest per metric
     n_audit: Optional[int] = None  # audit members = audit non-members; default: all of `test`
     n_bootstrap: int = 0
+    n_population: int = 1000  # population points for RMIA's comparison and Shokri's attack training
 
 
 @dataclass

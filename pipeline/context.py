@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.cache import Cache, cache_key, canonical_json
 from pipeline.config import DATASETS, AttackConfig, TrainConfig, to_schema
-from pipeline.data import Dataset, Splits, make_splits
+from pipeline.data import Dataset, Splits, make_splits, plant_canaries
 from pipeline.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,11 @@ def _load_data(spec_json: str, paths_json: str) -> DataBundle:
     spec = json.loads(spec_json)
     ds_cfg = {**spec["dataset"], **json.loads(paths_json)}
     split = ds_cfg.pop("split")
+    n_canaries = int(ds_cfg.pop("canaries", 0) or 0)
     target = ds_cfg.pop("_target_")
     dataset = _call(target, ds_cfg)
     splits = make_splits(len(dataset), split, spec["seed"], n_audit=spec["n_audit"])
+    dataset, splits = plant_canaries(dataset, splits, n_canaries, spec["seed"])
     key = cache_key("data", 1, spec)
     return DataBundle(dataset, splits, key)
 

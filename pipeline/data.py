@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -71,6 +71,8 @@ class Splits:
     population: np.ndarray
     audit_members: np.ndarray
     known_members: np.ndarray
+    canaries: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    canary_in: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -225,3 +227,42 @@ def make_splits(
         audit_members=audit,
         known_members=known,
     )
+
+
+def plant_canaries(dataset: Dataset, splits: Splits, n: int, seed: int) -> tuple[Dataset, Splits]:
+    """Plant `n` mislabeled canaries, each in `train` with probability 1/2 (Aerni et al. 2024).
+
+    Canaries are drawn from `population` (and removed from it, so no shadow model
+    ever trains on one), their labels moved to a random other class, and a seeded
+    half of them added to `train`. They are never audit or known members; the
+    attack stage audits them separately (`canary_*` metrics): TPR at low FPR on
+    the points a model memorises most.
+    """
+    if n < 0:
+        raise ValueError(f"dataset.canaries must be >= 0, got {n}")
+    if n == 0:
+        return dataset, splits
+    if n > len(splits.population) // 2:
+        raise ValueError(
+            f"dataset.canaries={n} is more than half of population ({len(splits.population)} points)"
+        )
+    if n < 4:
+        raise ValueError(f"dataset.canaries={n} is too few to audit; use >= 4 (e.g. 200)")
+    rng = np.random.default_rng(derive_seed(seed, "canaries"))
+    canaries = np.sort(rng.permutation(splits.population)[:n])
+    inside = np.zeros(n, dtype=bool)
+    inside[rng.permutation(n)[: n // 2]] = True
+    y = dataset.y.clone()
+    shift = torch.from_numpy(rng.integers(1, dataset.n_classes, size=n))
+    y[canaries] = (y[canaries] + shift) % dataset.n_classes
+    new_splits = Splits(
+        train=np.sort(np.r_[splits.train, canaries[inside]]),
+        val=splits.val,
+        test=splits.test,
+        population=np.setdiff1d(splits.population, canaries),
+        audit_members=splits.audit_members,
+        known_members=splits.known_members,
+        canaries=canaries,
+        canary_in=inside,
+    )
+    return replace(dataset, y=y), new_splits

@@ -119,3 +119,17 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """Tags that identify a run in reports: experiment, data set, method, density, seed, variant."""
+    c = cfg.compress
+    return {
+        "experiment_name": str(cfg.get("experiment_name", "default")),
+        "dataset": str(cfg.dataset.name),
+        "method": str(c.method),
+        "variant": str(c.get("variant", "")) if str(c.method) == "safecompress" else "",
+        "density": f"{float(c.density):g}",
+        "seed": str(int(cfg.seed)),
+        "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
+    }

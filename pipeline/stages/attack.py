@@ -1,11 +1,18 @@
 """Stage 4 — attack: audit the compressed model with the configured membership-inference attacks.
 
-Two evaluations share the same attacks and reference models:
-- `select`: audit members vs `val` non-members. Its numbers are the search
-  objectives (`attack_auc`, `attack_tpr_*`): the search never selects on test.
+Evaluations share the same attacks and reference models:
+- `select`: audit members vs half of `val` (`val_eval`). Its numbers are the
+  search objectives (`attack_auc`, `attack_tpr_*`): the search never selects on test.
 - `audit`: audit members vs `test` non-members, the reported audit (`audit_*`).
-Audit members are members of `train` the in-loop attacker never saw.
-Reference (shadow) models never saw any audit point, so LiRA runs offline here.
+- `canary` (when `dataset.canaries > 0`): planted mislabeled examples, each a
+  member with probability 1/2 — the privacy of the most vulnerable points
+  (Aerni, Zhang & Tramèr 2024), reported as `canary_*`.
+Audit members are members of `train` the in-loop attacker never saw. Trained
+attacks (NN black-/white-box) know the in-loop attacker's members
+(`known_members`) and the other half of `val` (`val_ref`) as non-members (Nasr
+et al. CCS'18 protocol). Reference (shadow) models trained on `population`
+never saw an audit point, so LiRA runs offline; Shokri's attack reads the shadows
+on their own population points, RMIA compares against population points.
 """
 
 from __future__ import annotations
@@ -27,22 +34,23 @@ from attacks.signals import compute_signals
 from pipeline import tracking
 from pipeline.cache import cache_key
 from pipeline.config import AttackConfig, to_schema
-from pipeline.context import DataBundle, load_data, get_cache, plain
+from pipeline.context import DataBundle, get_cache, load_data, plain
 from pipeline.seeds import derive_seed
 from pipeline.stages import compress as compress_stage
 from pipeline.stages import shadows as shadows_stage
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 REFERENCE_ATTACKS = ("lira_offline", "lira_online", "rmia", "shadow")
+WHITEBOX_ATTACKS = ("nn_whitebox",)
 METRIC_KEYS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy", "advantage")
 
 
 @dataclass(frozen=True)
 class AttackResult:
     key: str
-    path: Path  # audit.csv, select.csv, roc.png, metrics.json
+    path: Path  # audit.csv, select.csv, roc.png, scores.npz, metrics.json
     cache_hit: bool
     metrics: dict[str, float]
 
@@ -50,12 +58,21 @@ class AttackResult:
 def attack_config(cfg: DictConfig) -> AttackConfig:
     a = to_schema(AttackConfig, cfg.attack)
     valid = set(attacks.ATTACKS)
-    unknown = [n for n in a.audit if n not in valid]
+    unknown = [n for n, p in a.audit.items() if (p or {}).get("attack", n) not in valid]
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown}; valid: {sorted(valid)}")
     if a.primary != "max" and a.primary not in a.audit:
         raise ValueError(f"attack.primary={a.primary!r} must be 'max' or one of {list(a.audit)}")
     return a
+
+
+def _registry_names(a: AttackConfig) -> list[str]:
+    names = []
+    for n, p in a.audit.items():
+        p = p or {}
+        names.append(p.get("attack", n))
+        names.extend(p.get("members", []) if isinstance(p.get("members", []), list) else [])
+    return names
 
 
 def run(
@@ -66,7 +83,8 @@ def run(
     a = attack_config(cfg)
     data = load_data(cfg)
     compressed = compressed or compress_stage.run(cfg)
-    needs_refs = any(n in REFERENCE_ATTACKS for n in a.audit)
+    names = _registry_names(a)
+    needs_refs = any(n in REFERENCE_ATTACKS for n in names)
     if needs_refs and shadows is None:
         shadows = shadows_stage.run(cfg)
     ref_keys = list(shadows.keys) if (needs_refs and shadows is not None) else []
@@ -76,63 +94,121 @@ def run(
     def build(out: Path) -> None:
         model = compress_stage.load(cfg, compressed)
         refs = shadows_stage.load_models(cfg, shadows) if ref_keys else []
+        ctx = _Context(cfg, a, data, model, refs, shadows if ref_keys else None, names)
         metrics: dict[str, float] = {}
-        for name, nonmember_part in (("select", "val"), ("audit", "test")):
-            audit = _audit(cfg, a, data, model, refs, nonmember_part)
+        all_scores: dict[str, np.ndarray] = {}
+        evaluations = [("select", data.splits.audit_members, ctx.val_eval), ("audit", data.splits.audit_members, None)]
+        if len(data.splits.canaries):
+            evaluations.append(("canary", None, None))
+        for name, members, nonmembers in evaluations:
+            audit, idx, labels = ctx.evaluate(name, members, nonmembers)
             audit.to_csv(out / f"{name}.csv")
             if name == "audit":
                 audit.plot_roc(out / "roc.png")
+            prefix = {"select": "attack", "audit": "audit", "canary": "canary"}[name]
             metrics.update(_flatten_table(audit.table, name))
-            metrics.update(_primary(audit.table, a.primary, "attack" if name == "select" else "audit"))
+            metrics.update(_primary(audit.table, a.primary, prefix))
+            for att, sc in audit.scores.items():
+                all_scores[f"{name}/{att}"] = sc
+            all_scores[f"{name}/labels"] = labels
+            all_scores[f"{name}/example_index"] = idx
+        np.savez_compressed(out / "scores.npz", **all_scores)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
-    entry = get_cache(cfg).get_or_create("attack", key, {**the_spec, "compress": compressed.key, "shadows": ref_keys}, build)
+    entry = get_cache(cfg).get_or_create(
+        "attack", key, {**the_spec, "compress": compressed.key, "shadows": ref_keys}, build
+    )
     metrics = json.loads((entry.path / "metrics.json").read_text())
     result = AttackResult(key, entry.path, entry.hit, metrics)
     tracking.log_metrics({k: v for k, v in metrics.items() if v is not None})
-    for f in ("audit.csv", "select.csv", "roc.png"):
+    for f in ("audit.csv", "select.csv", "canary.csv", "roc.png", "scores.npz"):
         if (entry.path / f).exists():
             tracking.log_artifact(entry.path / f, "audit")
     log.info(
-        "attack (%s): select AUC %.3f, audit AUC %.3f, audit TPR@0.1%%FPR %s",
+        "attack (%s): select AUC %.3f, audit AUC %.3f, audit TPR@1%%FPR %s, TPR@0.1%%FPR %s",
         "cached" if entry.hit else "computed",
         metrics.get("attack_auc", math.nan),
         metrics.get("audit_auc", math.nan),
+        _fmt(metrics.get("audit_tpr_at_1pct_fpr")),
         _fmt(metrics.get("audit_tpr_at_0.1pct_fpr")),
     )
     return result
 
 
 def _fmt(v: Any) -> str:
-    return "n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.3f}"
+    return "n/a (too few non-members)" if v is None or not math.isfinite(float(v)) else f"{float(v):.3f}"
 
 
-def _audit(cfg, a: AttackConfig, data: DataBundle, model, refs, nonmember_part: str):
-    """Run every configured attack on audit members vs `nonmember_part` (equal sizes)."""
-    members = data.splits.audit_members
-    pool = getattr(data.splits, nonmember_part)
-    rng = np.random.default_rng(derive_seed(int(cfg.seed), "audit", nonmember_part))
-    n = min(len(members), len(pool))
-    m_idx = np.sort(rng.permutation(members)[:n])
-    n_idx = np.sort(rng.permutation(pool)[:n])
-    idx = torch.from_numpy(np.r_[m_idx, n_idx])
-    x, y = data.dataset.x[idx], data.dataset.y[idx]
-    labels = np.r_[np.ones(n, dtype=int), np.zeros(n, dtype=int)]
-    inputs = attacks.AttackInputs(
-        target=compute_signals(model, x, y),
-        references=[compute_signals(r, x, y) for r in refs] or None,
-        reference_in=np.zeros((len(refs), 2 * n), dtype=bool) if refs else None,
-    )
-    return attacks.run_audit(
-        inputs, dict(a.audit), labels, n_bootstrap=a.n_bootstrap, seed=derive_seed(int(cfg.seed), "bootstrap")
-    )
+class _Context:
+    """Signals shared by the evaluations of one audit: known members/non-members, population."""
+
+    def __init__(self, cfg, a: AttackConfig, data: DataBundle, model, refs, shadows, names: list[str]):
+        self.cfg, self.a, self.data, self.model, self.refs = cfg, a, data, model, refs
+        self.seed = int(cfg.seed)
+        self.with_grads = any(n in WHITEBOX_ATTACKS for n in names) or "mmia" in names
+        rng = np.random.default_rng(derive_seed(self.seed, "attack", "val_halves"))
+        val = rng.permutation(data.splits.val)
+        half = len(val) // 2
+        self.val_ref, self.val_eval = np.sort(val[:half]), np.sort(val[half:])
+        self.known = None
+        if any(n in ("nn_blackbox", "nn_whitebox", "mmia") for n in names):
+            km = np.sort(rng.permutation(data.splits.known_members)[: max(half, 2)])
+            self.known = (self._signals(model, km, self.with_grads), self._signals(model, self.val_ref, self.with_grads))
+        self.population = None
+        self.shadow_train = None
+        if refs and any(n in ("rmia", "shadow") for n in names):
+            pop = data.splits.population
+            z = np.sort(rng.permutation(len(pop))[: min(len(pop), a.n_population)])
+            if "rmia" in names:
+                self.population = (
+                    self._signals(model, pop[z]),
+                    [self._signals(r, pop[z]) for r in refs],
+                )
+            if "shadow" in names:
+                self.shadow_train = [(self._signals(r, pop[z]), shadows.membership[k][z]) for k, r in enumerate(refs)]
+
+    def _signals(self, model, idx: np.ndarray, with_grads: bool = False):
+        t = torch.from_numpy(np.asarray(idx))
+        return compute_signals(model, self.data.dataset.x[t], self.data.dataset.y[t], with_grads=with_grads)
+
+    def evaluate(self, name: str, members: np.ndarray | None, nonmembers: np.ndarray | None):
+        """Run every configured attack on one evaluation; returns (AuditResult, example ids, labels)."""
+        s = self.data.splits
+        if name == "canary":
+            m_idx, n_idx = np.sort(s.canaries[s.canary_in]), np.sort(s.canaries[~s.canary_in])
+        else:
+            pool = s.test if nonmembers is None else nonmembers
+            rng = np.random.default_rng(derive_seed(self.seed, "audit", name))
+            n = min(len(members), len(pool))
+            m_idx = np.sort(rng.permutation(members)[:n])
+            n_idx = np.sort(rng.permutation(pool)[:n])
+        idx = np.r_[m_idx, n_idx]
+        labels = np.r_[np.ones(len(m_idx), dtype=int), np.zeros(len(n_idx), dtype=int)]
+        inputs = attacks.AttackInputs(
+            target=self._signals(self.model, idx, self.with_grads),
+            references=[self._signals(r, idx) for r in self.refs] or None,
+            reference_in=np.zeros((len(self.refs), len(idx)), dtype=bool) if self.refs else None,
+            known_members=self.known[0] if self.known else None,
+            known_nonmembers=self.known[1] if self.known else None,
+            population_target=self.population[0] if self.population else None,
+            population_references=self.population[1] if self.population else None,
+            shadow_train=self.shadow_train,
+        )
+        audit = attacks.run_audit(
+            inputs, dict(self.a.audit), labels, n_bootstrap=self.a.n_bootstrap,
+            seed=derive_seed(self.seed, "bootstrap") % (2**31),
+        )
+        return audit, idx, labels
 
 
 def _flatten_table(table: pd.DataFrame, prefix: str) -> dict[str, float]:
     out = {}
     for attack_name, row in table.iterrows():
         for col, v in row.items():
-            out[f"{prefix}_{attack_name}_{col}"] = float(v)
+            try:
+                out[f"{prefix}_{attack_name}_{col}"] = float(v)
+            except (TypeError, ValueError):
+                continue
     return out
 
 
