@@ -136,7 +136,10 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             }
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
-        raise ValueError(f"cannot open Optuna storage {url!r}: {err}") from err
+        raise ValueError(
+            f"cannot open Optuna storage {url!r}: {err} (valid: sqlite:///<file>, an SQLAlchemy URL such as "
+            "postgresql://user:pw@host/db with its driver installed, or journal:<file>)"
+        ) from err
 
 
 class _RetryAndCloseRun:
