@@ -7,7 +7,8 @@ import logging
 import math
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,21 @@ def setup(cfg: DictConfig) -> str | None:
     import mlflow
 
     uri = str(cfg.tracking.uri)
+    lock_path = None
     if uri.startswith("sqlite:///"):
         db_path = Path(uri[len("sqlite:///") :])
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = db_path.with_name(db_path.name + ".lock")
     mlflow.set_tracking_uri(uri)
+    # Parallel jobs (Hydra's joblib launcher) opening a new SQLite store at once race in
+    # MLflow's schema migration ("duplicate column name"): one process at a time creates it.
+    with file_lock(lock_path):
+        return _experiment_id(cfg, uri)
+
+
+def _experiment_id(cfg: DictConfig, uri: str) -> str:
+    import mlflow
+
     name = str(cfg.tracking.experiment)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
@@ -45,6 +57,25 @@ def setup(cfg: DictConfig) -> str | None:
         exp_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+@contextmanager
+def file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive advisory lock on `path` across processes (no-op for None or without fcntl)."""
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def active() -> bool:

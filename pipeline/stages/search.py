@@ -123,8 +123,13 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             path = Path(url[len("journal:") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        lock = None
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(url[len("sqlite:///") :])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            lock = db.with_name(
+                db.name + ".lock"
+            )  # parallel jobs creating one new file: one at a time
         kwargs: dict[str, Any] = {}
         if heartbeat_interval:
             kwargs = {
@@ -134,7 +139,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                     RetryHeartbeatStaleTrialCallback()
                 ),
             }
-        return optuna.storages.RDBStorage(url, **kwargs)
+        with tracking.file_lock(lock):
+            return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
         raise ValueError(
             f"cannot open Optuna storage {url!r}: {err} (valid: sqlite:///<file>, an SQLAlchemy URL such as "
