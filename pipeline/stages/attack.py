@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +85,27 @@ def run(
     compressed = compressed or compress_stage.run(cfg)
     names = _registry_names(a)
     needs_refs = any(n in REFERENCE_ATTACKS for n in names)
-    if needs_refs and shadows is None:
+    matched = None
+    if needs_refs and a.reference in ("matched", "both"):
+        matched = shadows_stage.run(cfg, "matched")
+    if needs_refs and a.reference == "matched":
+        shadows = matched
+    elif needs_refs and shadows is None:
         shadows = shadows_stage.run(cfg)
     ref_keys = list(shadows.keys) if (needs_refs and shadows is not None) else []
+    matched_keys = list(matched.keys) if (matched is not None and a.reference == "both") else []
     the_spec = {"attack": plain(cfg.attack), "seed": int(cfg.seed)}
-    key = cache_key("attack", VERSION, the_spec, {"compress": compressed.key, "shadows": ",".join(ref_keys)})
+    key = cache_key(
+        "attack", VERSION, the_spec,
+        {"compress": compressed.key, "shadows": ",".join(ref_keys), "matched": ",".join(matched_keys)},
+    )
 
     def build(out: Path) -> None:
         model = compress_stage.load(cfg, compressed)
         refs = shadows_stage.load_models(cfg, shadows) if ref_keys else []
         ctx = _Context(cfg, a, data, model, refs, shadows if ref_keys else None, names)
+        if matched_keys:
+            ctx.matched_refs = shadows_stage.load_models(cfg, matched)
         metrics: dict[str, float] = {}
         all_scores: dict[str, np.ndarray] = {}
         evaluations = [("select", data.splits.audit_members, ctx.val_eval), ("audit", data.splits.audit_members, None)]
@@ -156,9 +167,12 @@ class _Context:
             self.known = (self._signals(model, km, self.with_grads), self._signals(model, self.val_ref, self.with_grads))
         self.population = None
         self.shadow_train = None
+        self.population_idx = np.zeros(0, dtype=np.int64)
+        self.matched_refs: list = []
         if refs and any(n in ("rmia", "shadow") for n in names):
             pop = data.splits.population
             z = np.sort(rng.permutation(len(pop))[: min(len(pop), a.n_population)])
+            self.population_idx = pop[z]
             if "rmia" in names:
                 self.population = (
                     self._signals(model, pop[z]),
@@ -194,10 +208,31 @@ class _Context:
             population_references=self.population[1] if self.population else None,
             shadow_train=self.shadow_train,
         )
-        audit = attacks.run_audit(
-            inputs, dict(self.a.audit), labels, n_bootstrap=self.a.n_bootstrap,
-            seed=derive_seed(self.seed, "bootstrap") % (2**31),
-        )
+        boot_seed = derive_seed(self.seed, "bootstrap") % (2**31)
+        audit = attacks.run_audit(inputs, dict(self.a.audit), labels, n_bootstrap=self.a.n_bootstrap, seed=boot_seed)
+        if self.matched_refs:
+            # the reference attacks again, with references trained by the target's own recipe
+            specs = {
+                f"{n}_matched": {**(p or {}), "attack": (p or {}).get("attack", n)}
+                for n, p in self.a.audit.items() if (p or {}).get("attack", n) in REFERENCE_ATTACKS
+            }
+            m_inputs = replace(
+                inputs,
+                references=[self._signals(r, idx) for r in self.matched_refs],
+                population_references=(
+                    [self._signals(r, self.population_idx) for r in self.matched_refs] if self.population else None
+                ),
+                shadow_train=None if self.shadow_train is None else [
+                    (self._signals(r, self.population_idx), m) for r, (_, m) in zip(self.matched_refs, self.shadow_train)
+                ],
+            )
+            extra = attacks.run_audit(m_inputs, specs, labels, n_bootstrap=self.a.n_bootstrap, seed=boot_seed)
+            audit = replace(
+                audit,
+                table=pd.concat([audit.table, extra.table]),
+                scores={**audit.scores, **extra.scores},
+                roc={**audit.roc, **extra.roc},
+            )
         return audit, idx, labels
 
 

@@ -72,10 +72,23 @@ def shadow_spec(cfg: DictConfig, index: int) -> dict[str, Any]:
     }
 
 
-def run(cfg: DictConfig) -> ShadowsResult:
+RECIPES = ("dense", "matched")
+
+
+def run(cfg: DictConfig, recipe: str | None = None) -> ShadowsResult:
+    """The K reference models: `dense` (the teacher's recipe) or `matched` (the compress recipe).
+
+    Matched references (SPEC "Statistical power": dense shadows under-state a
+    compressed model's leakage) are made by running the configured compress
+    method on each shadow's own data, starting from the dense shadow where the
+    method starts from a teacher; they are cached per recipe (compress spec).
+    """
     shadows = to_schema(ShadowsConfig, cfg.shadows)
-    if shadows.recipe != "dense":
-        raise ValueError(f"unknown shadows.recipe {shadows.recipe!r}; valid: ['dense']")
+    recipe = recipe or shadows.recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown shadows recipe {recipe!r}; valid: {list(RECIPES)}")
+    if recipe == "matched":
+        return _run_matched(cfg, run(cfg, "dense"))
     data = load_data(cfg)
     cache = get_cache(cfg)
     n_pop = len(data.splits.population)
@@ -142,3 +155,51 @@ def _save_one(data: DataBundle, model: torch.nn.Module, row: np.ndarray, out: Pa
 def load_models(cfg: DictConfig, result: ShadowsResult) -> list[torch.nn.Module]:
     data = load_data(cfg)
     return [load_model(cfg, data, p / "model.pt") for p in result.paths]
+
+
+def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
+    from dataclasses import replace as dc_replace
+
+    from pipeline.data import Splits
+    from pipeline.stages import compress as compress_stage
+    from pipeline.stages.teacher import TeacherResult
+
+    data = load_data(cfg)
+    cache = get_cache(cfg)
+    c = compress_stage.compress_config(cfg)
+    c_spec = compress_stage.spec(cfg)
+    pop = data.splits.population
+    keys, paths, hits = [], [], 0
+    for k, (dense_key, dense_path) in enumerate(zip(dense.keys, dense.paths)):
+        row = dense.membership[k]
+        spec = {"compress": c_spec, "dense_shadow": dense_key, "index": k}
+        key = cache_key("shadow_matched", VERSION, spec, {"data": data.key})
+
+        def build(out: Path, k=k, row=row, dense_key=dense_key, dense_path=dense_path) -> None:
+            members, outsiders = pop[row], pop[~row]
+            rng = np.random.default_rng(derive_seed(int(cfg.seed), "shadow", k, "matched_split"))
+            outsiders = rng.permutation(outsiders)
+            view = dc_replace(
+                data,
+                splits=Splits(
+                    train=np.sort(members),
+                    val=np.sort(outsiders[: len(outsiders) // 2]),
+                    test=np.sort(outsiders[len(outsiders) // 2 :]),
+                    population=np.zeros(0, dtype=np.int64),
+                    audit_members=np.zeros(0, dtype=np.int64),
+                    known_members=np.sort(members),
+                ),
+            )
+            shadow_cfg = cfg.copy()
+            shadow_cfg.seed = derive_seed(int(cfg.seed), "shadow", k, "matched") % (2**31)
+            teacher = TeacherResult(dense_key, dense_path, True, {}, [])
+            model, masks, _, _ = compress_stage.METHODS[c.method](shadow_cfg, c, view, teacher)
+            save_model(model, out / "model.pt")
+            np.save(out / "members.npy", row)
+
+        entry = cache.get_or_create("shadow_matched", key, {**spec, "data": data.key}, build)
+        hits += int(entry.hit)
+        keys.append(key)
+        paths.append(entry.path)
+    log.info("matched shadows (%s): %d models (%d from cache)", c.method, len(keys), hits)
+    return ShadowsResult(tuple(keys), tuple(paths), dense.membership, hits)

@@ -100,3 +100,25 @@ def test_teacher_on_digits_is_accurate_and_leaks_a_little(cfg_factory):
     train(unseen, data.dataset.x[known], data.dataset.y[known], train_recipe(cfg), generator(0, "unseen"))
     auc = loss_attack_auc(unseen, *slices)
     assert abs(auc - 0.5) <= 0.05, auc
+
+
+def test_matched_references_and_canaries_are_audited(cfg_factory):
+    cfg = cfg_factory(
+        "experiment=smoke", "stage=attack", "compress=oneshot", "attack.reference=both", "+dataset.canaries=40"
+    )
+    result = run_stage(cfg)
+    table = pd.read_csv(result.path / "audit.csv", index_col=0)
+    assert {"lira_offline", "lira_offline_matched"} <= set(table.index)
+    # canaries: 20 in train, 20 out, audited separately
+    canary = pd.read_csv(result.path / "canary.csv", index_col=0)
+    assert "loss" in canary.index and "canary_auc" in result.metrics
+    scores = np.load(result.path / "scores.npz")
+    assert scores["canary/labels"].sum() == 20 and len(scores["canary/labels"]) == 40
+    data = load_data(cfg)
+    assert set(data.splits.canaries[data.splits.canary_in]) <= set(data.splits.train)
+    assert not set(data.splits.canaries) & set(data.splits.population)
+    # canary labels were moved to another class
+    from pipeline.data import load_synthetic
+
+    raw = load_synthetic(n_samples=800, n_features=20, n_informative=10, n_classes=4)
+    assert (raw.y[data.splits.canaries] != data.dataset.y[data.splits.canaries]).all()
