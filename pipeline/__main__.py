@@ -76,12 +76,26 @@ def _run_search(cfg: DictConfig) -> Any:
     return result
 
 
+def _run_report(cfg: DictConfig) -> Any:
+    from pipeline.stages import report
+
+    return report.run(cfg)
+
+
+def _run_compare(cfg: DictConfig) -> Any:
+    from pipeline.stages import compare
+
+    return compare.run(cfg)
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "teacher": _standalone("teacher", _run_teacher),
     "shadows": _standalone("shadows", _run_shadows),
     "compress": _standalone("compress", _run_compress),
     "attack": _standalone("attack", _run_attack),
     "search": _run_search,
+    "report": _standalone("report", _run_report),
+    "compare": _standalone("compare", _run_compare),
 }
 assert set(STAGE_FUNCTIONS) == set(STAGES)
 

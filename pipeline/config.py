@@ -25,7 +25,7 @@ DATASETS = (
     "texas100",
     "ag_news",
 )
-STAGES = ("teacher", "shadows", "compress", "attack", "search")
+STAGES = ("teacher", "shadows", "compress", "attack", "search", "report", "compare")
 COMPRESS_METHODS = ("dense", "oneshot", "gmp", "dst", "dst_adv", "safecompress", "dpsgd")
 SELECTION_RULES = ("weighted", "ratio", "lexicographic", "pareto_knee")
 VARIANTS = ("metric", "bmia", "wmia", "mmia")
@@ -179,6 +179,39 @@ class SearchConfig:
     heartbeat_interval: int = 5  # seconds; RDB storages only
     grace_period: int = 30  # seconds without a heartbeat before a RUNNING trial is failed and retried
     constraints: dict[str, float] = field(default_factory=dict)  # e.g. {accuracy_min: 0.9}
+
+
+@dataclass
+class ReportConfig:
+    experiment_name: str = "default"  # whose tracked runs (tag experiment_name) the report reads
+    stages: list[str] = field(default_factory=lambda: ["attack"])
+    audit_reports: bool = True  # one audit report per run of the table, logged to that run
+    study_name: Optional[str] = None  # also one audit report per Pareto trial of this study
+    plots: bool = True
+
+
+@dataclass
+class FrontierConfig:
+    enabled: bool = True
+    # frontier members: "method" (runs at the compared density or dense) or "method@density"
+    methods: list[str] = field(default_factory=lambda: ["dst", "dense", "dst_adv@1.0", "dpsgd"])
+    epoch_budgets: Optional[list[int]] = None  # DST budgets to use; null: every budget tracked
+
+
+@dataclass
+class CompareConfig:
+    experiment_name: str = "default"
+    a: str = "safecompress"  # method, method/variant, or a report row label
+    b: str = "dst"
+    dataset: Optional[str] = None  # null: every data set both methods ran on
+    density: Optional[float] = None  # null: every density both methods ran at
+    metrics: list[str] = field(default_factory=lambda: [
+        "test_accuracy", "audit_auc", "audit_tpr_at_1pct_fpr", "audit_lira_offline_auc", "audit_loss_auc"])
+    n_bootstrap: int = 1000
+    confidence: float = 0.95
+    use_examples: bool = True  # hierarchical bootstrap over examples when scores.npz exists
+    seed: int = 0
+    frontier: FrontierConfig = field(default_factory=FrontierConfig)
 
 
 OBJECTIVE_DIRECTIONS = {

@@ -1,0 +1,209 @@
+"""Tracked runs as a pandas table: the input of the report and compare stages.
+
+Every stage run (`python -m pipeline stage=attack ...`) is one MLflow run tagged with
+`experiment_name`, `dataset`, `method`, `variant`, `density`, `seed` (see
+`pipeline.tracking.run_tags`). This module reads those runs back: one row per run,
+metrics under their own names (`test_accuracy`, `audit_auc`, ...), the identifying
+tags as plain columns, the flattened config as `params.<key>` columns, and the
+target density (the `density` tag) as `target_density`, since the `density`
+*metric* is the density the model really has (1.0 for a dense baseline).
+
+A grid run twice (or a resumed multirun) logs the same configuration twice; the
+latest finished run per configuration and seed is kept, so no seed counts twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ID_TAGS = ("stage", "experiment_name", "dataset", "method", "variant", "seed", "model", "git_commit",
+           "study_name", "trial_number", "pareto_rank", "safecompress.study")
+# params that make two runs of one method different configurations (shown in the row label)
+LABEL_PARAMS = {
+    "params.compress.epochs": "ep",
+    "params.compress.dp.epsilon": "eps",
+    "params.compress.adversarial.lam": "adv_lam",
+}
+# what identifies one configuration of one seed (duplicates of it are re-runs)
+CONFIG_KEYS = ("dataset", "label", "target_density", "seed")
+
+
+class NoRunsError(LookupError):
+    """No finished tracked runs match; the message says what to run first."""
+
+
+def _client(tracking_uri: str):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def search_runs(
+    tracking_uri: str,
+    mlflow_experiment: str,
+    filter_string: str,
+    status: str | None = "FINISHED",
+) -> pd.DataFrame:
+    """Raw rows of `MlflowClient.search_runs` over one MLflow experiment (all pages)."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(mlflow_experiment)
+    if exp is None:
+        return pd.DataFrame()
+    if status:
+        filter_string = " and ".join(f for f in (filter_string, f"attributes.status = '{status}'") if f)
+    rows: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id], filter_string=filter_string, max_results=5000, page_token=token
+        )
+        for r in page:
+            row: dict[str, Any] = {
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name,
+                "status": r.info.status,
+                "start_time": r.info.start_time,
+                "artifact_uri": r.info.artifact_uri,
+            }
+            for k, v in r.data.tags.items():
+                if k in ID_TAGS:
+                    row[k] = v
+            row["target_density"] = _float(r.data.tags.get("density"))
+            for k, v in r.data.params.items():
+                row[f"params.{k}"] = v
+            row.update({k: float(v) for k, v in r.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows)
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def run_label(row: pd.Series) -> str:
+    """`method`, `method (variant)`, plus the params that distinguish configurations of one method."""
+    label = str(row.get("method") or "?")
+    variant = row.get("variant")
+    if isinstance(variant, str) and variant:
+        label += f" ({variant})"
+    extras = []
+    method = str(row.get("method"))
+    for col, short in LABEL_PARAMS.items():
+        v = row.get(col)
+        if not isinstance(v, str) or v in ("None", "null", ""):
+            continue
+        if short == "eps" and method != "dpsgd":
+            continue
+        if short == "adv_lam" and method not in ("dst_adv", "safecompress"):
+            continue
+        if short == "adv_lam" and row.get("params.compress.adversarial.enabled") != "True":
+            continue
+        if short == "adv_lam" and v == "0.1":  # the default is not worth a label
+            continue
+        extras.append(f"{short}={v}")
+    if extras:
+        label += " [" + ", ".join(extras) + "]"
+    return label
+
+
+def epochs_of(row: pd.Series) -> float:
+    """Training epochs of a run: `compress.epochs` when set, else `train.epochs` (NaN if unknown)."""
+    v = _float(row.get("params.compress.epochs"))
+    return v if math.isfinite(v) else _float(row.get("params.train.epochs"))
+
+
+def load_runs(
+    tracking_uri: str,
+    experiment_name: str,
+    mlflow_experiment: str = "safecompress",
+    stages: Sequence[str] | None = ("attack",),
+    dedupe: bool = True,
+) -> pd.DataFrame:
+    """Finished runs whose tag `experiment_name` is `experiment_name` (optionally of some stages).
+
+    Columns: run_id, the ID_TAGS, target_density, seed (int), label (see `run_label`),
+    epochs, `params.*` and one column per metric. Raises NoRunsError when nothing matches.
+    """
+    flt = f"tags.experiment_name = '{experiment_name}'"
+    if stages and len(stages) == 1:
+        flt += f" and tags.stage = '{stages[0]}'"
+    frame = search_runs(tracking_uri, mlflow_experiment, flt)
+    if len(frame) and stages:
+        frame = frame[frame.get("stage", pd.Series(index=frame.index, dtype=object)).isin(list(stages))]
+    if frame.empty:
+        what = f" (stage {'/'.join(stages)})" if stages else ""
+        raise NoRunsError(
+            f"no finished runs for experiment {experiment_name!r}{what} in MLflow experiment "
+            f"{mlflow_experiment!r} at {tracking_uri}; run `python -m pipeline experiment="
+            f"{experiment_name} -m` first (or name another one with report.experiment_name=...)"
+        )
+    frame = frame.copy()
+    for col in ("dataset", "method", "variant"):
+        if col not in frame.columns:
+            frame[col] = ""
+        frame[col] = frame[col].fillna("")
+    frame["seed"] = pd.to_numeric(frame.get("seed"), errors="coerce").astype("Int64")
+    frame["label"] = [run_label(r) for _, r in frame.iterrows()]
+    frame["epochs"] = [epochs_of(r) for _, r in frame.iterrows()]
+    if dedupe:
+        n = len(frame)
+        frame = (
+            frame.sort_values("start_time")
+            .drop_duplicates(list(CONFIG_KEYS), keep="last")
+            .sort_values(["dataset", "target_density", "label", "seed"])
+        )
+        if len(frame) < n:
+            log.info("%d older duplicate run(s) of the same configuration and seed ignored", n - len(frame))
+    return frame.reset_index(drop=True)
+
+
+def load_study_trials(tracking_uri: str, study_name: str, mlflow_experiment: str = "safecompress") -> pd.DataFrame:
+    """Finished trial runs of an Optuna study (nested runs tagged `study_name`)."""
+    frame = search_runs(tracking_uri, mlflow_experiment, f"tags.study_name = '{study_name}'")
+    if frame.empty:
+        raise NoRunsError(
+            f"no finished trial runs for study {study_name!r} in MLflow experiment {mlflow_experiment!r} "
+            f"at {tracking_uri}; run `python -m pipeline stage=search search.study_name={study_name}` first"
+        )
+    return frame.reset_index(drop=True)
+
+
+def download_artifact(tracking_uri: str, run_id: str, path: str, dst: Path) -> Path | None:
+    """One artifact of a run copied under `dst`, or None when the run has no such artifact."""
+    client = _client(tracking_uri)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+    except Exception as err:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+        log.debug("run %s has no artifact %s: %s", run_id, path, err)
+        return None
+
+
+def load_scores(tracking_uri: str, run_id: str, dst: Path, evaluation: str = "audit") -> dict[str, np.ndarray] | None:
+    """Per-example audit scores of a run (`audit/scores.npz`): {attack: (n,), "labels", "example_index"}."""
+    f = download_artifact(tracking_uri, run_id, "audit/scores.npz", dst / run_id)
+    if f is None:
+        return None
+    with np.load(f) as z:
+        prefix = f"{evaluation}/"
+        out = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+    if "labels" not in out:
+        return None
+    return out

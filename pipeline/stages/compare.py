@@ -1,0 +1,487 @@
+"""Stage compare — paired differences between two methods, and the train-less frontier.
+
+Paired comparison: two methods run on the same seeds (matched on data set, target
+density and seed) give per-seed differences a − b. The interval is a percentile
+bootstrap: over seeds (resample the seed pairs), and — when both runs saved
+per-example scores (`audit/scores.npz`) — hierarchically over seeds and examples
+(within each seed resample audit members and non-members separately; both
+methods get the same resample when they audited the same examples, so example
+difficulty cancels in the difference). An interval that excludes zero is the
+claim; with 3–5 seeds it is wide, and that is the point.
+
+Train-less frontier (issue 10; Aerni, Zhang & Tramèr 2024, arXiv 2404.17399): a
+defence counts only if it beats strong cheap baselines at equal accuracy. Per seed,
+the frontier is the lower monotone envelope of (test accuracy, audit AUC) over
+plain DST at several epoch budgets, the dense model, dense + adversarial
+regularization and DP-SGD: f(acc) = the lowest AUC reached at an accuracy >= acc,
+linearly interpolated between the envelope's points. A method's excess AUC is
+AUC − f(its accuracy), per seed, then the mean with a bootstrap interval over
+seeds; negative means it beats the frontier. Above the most accurate frontier
+model the frontier is undefined (reported as n/a with a count).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from attacks.metrics import fpr_key, weighted_metrics
+from pipeline import runs, tracking
+from pipeline.config import CompareConfig, to_schema
+
+log = logging.getLogger(__name__)
+
+MATCH = ("dataset", "target_density", "seed")
+_AUDIT_METRIC = re.compile(r"^audit_(?:(?P<attack>.+)_)?(?P<key>auc|tpr_at_[0-9.]+pct_fpr)$")
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    paired: pd.DataFrame  # one row per (dataset, density, metric)
+    frontier: pd.DataFrame | None  # one row per (dataset, density, method label)
+    out_dir: Path
+    files: tuple[Path, ...]
+
+
+def compare_config(cfg: DictConfig) -> CompareConfig:
+    c = to_schema(CompareConfig, cfg.compare) if cfg.get("compare") is not None else CompareConfig()
+    if c.n_bootstrap < 100:
+        raise ValueError(f"compare.n_bootstrap must be >= 100 for a 95% interval, got {c.n_bootstrap}")
+    if not 0.5 < c.confidence < 1.0:
+        raise ValueError(f"compare.confidence must be in (0.5, 1), got {c.confidence}")
+    return c
+
+
+def run(cfg: DictConfig) -> CompareResult:
+    c = compare_config(cfg)
+    uri, mlflow_exp = str(cfg.tracking.uri), str(cfg.tracking.experiment)
+    frame = runs.load_runs(uri, c.experiment_name, mlflow_exp, stages=["attack"])
+    if c.dataset is not None:
+        frame = frame[frame["dataset"] == c.dataset]
+    out = Path(str(cfg.paths.output_dir)) / "compare" / c.experiment_name / _slug(f"{c.a}_vs_{c.b}")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        loader = (lambda run_id: runs.load_scores(uri, run_id, Path(tmp))) if c.use_examples else None
+        paired = paired_table(frame, c, loader)
+    files = [out / "paired.csv", out / "paired.md"]
+    paired.to_csv(files[0], index=False)
+    text = f"## {c.a} − {c.b} (paired over seeds, {c.confidence:.0%} bootstrap intervals)\n\n"
+    text += _md(format_paired(paired))
+    frontier = None
+    if c.frontier.enabled:
+        frontier, plots = frontier_table(frame, c, out)
+        if frontier is not None:
+            files.append(out / "frontier.csv")
+            frontier.to_csv(files[-1], index=False)
+            text += "\n\n## Excess audit AUC over the train-less frontier (per seed, then mean)\n\n"
+            text += _md(format_frontier(frontier))
+            files += plots
+    files.insert(2, out / "compare.md")
+    files[2].write_text(text + "\n")
+    files.remove(out / "paired.md")
+    print(text)
+    for f in files:
+        tracking.log_artifact(f, "compare")
+        print(f"written: {f}")
+    return CompareResult(paired, frontier, out, tuple(files))
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+# ---------------------------------------------------------------- selecting runs
+
+
+def select(frame: pd.DataFrame, selector: str) -> pd.DataFrame:
+    """Runs of one method: a row label (`dst [ep=10]`), `method/variant`, or a method name."""
+    if selector in set(frame["label"]):
+        return frame[frame["label"] == selector]
+    if "/" in selector:
+        method, variant = selector.split("/", 1)
+        return frame[(frame["method"] == method) & (frame["variant"] == variant)]
+    return frame[frame["method"] == selector]
+
+
+def _unique_per_key(sel: pd.DataFrame, selector: str) -> pd.DataFrame:
+    dup = sel[sel.duplicated(list(MATCH), keep=False)]
+    if len(dup):
+        raise ValueError(
+            f"{selector!r} matches several configurations per (dataset, density, seed): "
+            f"{sorted(set(dup['label']))}; name one of these labels in compare.a / compare.b"
+        )
+    return sel
+
+
+def pairs(frame: pd.DataFrame, a: str, b: str, density: float | None = None) -> pd.DataFrame:
+    """A's and B's runs matched on (dataset, target_density, seed): columns `<col>_a`, `<col>_b`."""
+    sa, sb = select(frame, a), select(frame, b)
+    if density is not None:
+        sa = sa[np.isclose(sa["target_density"], density)]
+        sb = sb[np.isclose(sb["target_density"], density)]
+    for sel, name in ((sa, a), (sb, b)):
+        if sel.empty:
+            known = sorted(set(frame["label"]))
+            raise ValueError(f"no runs of {name!r}{'' if density is None else f' at density {density:g}'}; "
+                             f"tracked methods: {known}")
+    sa, sb = _unique_per_key(sa, a), _unique_per_key(sb, b)
+    merged = sa.merge(sb, on=list(MATCH), suffixes=("_a", "_b"))
+    if merged.empty:
+        def seeds(s: pd.DataFrame) -> str:
+            return "; ".join(
+                f"{d} @ {t:g}: seeds {sorted(int(x) for x in g['seed'])}"
+                for (d, t), g in s.groupby(["dataset", "target_density"])
+            )
+        raise ValueError(
+            f"methods {a!r} and {b!r} share no seeds on a common (dataset, density): "
+            f"{a} has {seeds(sa)}; {b} has {seeds(sb)}. Run both on the same seeds "
+            f"(e.g. `-m seed=0,1,2,3,4`)."
+        )
+    only = set(map(tuple, sa[list(MATCH)].astype(str).values)) ^ set(map(tuple, sb[list(MATCH)].astype(str).values))
+    if only:
+        log.warning("unpaired runs ignored (dataset, density, seed): %s", sorted(only))
+    return merged
+
+
+# ---------------------------------------------------------------- intervals
+
+
+def seed_bootstrap(diffs: np.ndarray, n_bootstrap: int, confidence: float, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean paired difference, resampling seeds with replacement."""
+    d = np.asarray(diffs, dtype=float)
+    if len(d) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n_bootstrap, len(d)))
+    means = d[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _metric_replicates(
+    scores: dict[str, np.ndarray], attack: str | None, key: str, w1: np.ndarray, w0: np.ndarray
+) -> np.ndarray | None:
+    """(B,) replicates of audit metric `key` of one attack (None: the strongest attack per replicate)."""
+    y = scores["labels"].astype(bool)
+    names = [k for k in scores if k not in ("labels", "example_index")]
+    names = [attack] if attack is not None else names
+    if any(n not in scores for n in names) or not names:
+        return None
+    fpr = None
+    if key != "auc":
+        fpr = float(key[len("tpr_at_"):-len("pct_fpr")]) / 100.0
+        if (~y).sum() < math.ceil(1.0 / fpr - 1e-9):
+            return None  # too few non-members: the metric is not defined (never logged either)
+    reps = []
+    for n in names:
+        s = np.asarray(scores[n], dtype=float)
+        s1, s0 = s[y], s[~y]
+        o1, o0 = np.argsort(s1, kind="mergesort"), np.argsort(s0, kind="mergesort")
+        m = weighted_metrics(s1[o1], s0[o0], w1[:, o1], w0[:, o0], () if fpr is None else (fpr,))
+        reps.append(m["auc"] if fpr is None else m[fpr_key(fpr)])
+    return np.max(np.vstack(reps), axis=0)
+
+
+def example_bootstrap(
+    score_pairs: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
+    metric: str,
+    n_bootstrap: int,
+    confidence: float,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Hierarchical paired bootstrap of mean(metric_a − metric_b): seeds, then examples within a seed.
+
+    Each element of `score_pairs` is one seed's (scores_a, scores_b) as read by
+    `runs.load_scores`. Members and non-members are resampled separately (stratified);
+    when both methods audited the same examples they share the resample.
+    """
+    m = _AUDIT_METRIC.match(metric)
+    if m is None or not score_pairs:
+        return math.nan, math.nan
+    attack, key = m.group("attack"), m.group("key")
+    rng = np.random.default_rng(seed)
+    per_seed = []
+    for sa, sb in score_pairs:
+        ya = sa["labels"].astype(bool)
+        n1, n0 = int(ya.sum()), int((~ya).sum())
+        w1 = rng.multinomial(n1, np.full(n1, 1.0 / n1), size=n_bootstrap).astype(float)
+        w0 = rng.multinomial(n0, np.full(n0, 1.0 / n0), size=n_bootstrap).astype(float)
+        same = np.array_equal(sa.get("example_index"), sb.get("example_index")) and np.array_equal(
+            sa["labels"], sb["labels"])
+        if same:
+            v1, v0 = w1, w0
+        else:
+            yb = sb["labels"].astype(bool)
+            m1, m0 = int(yb.sum()), int((~yb).sum())
+            v1 = rng.multinomial(m1, np.full(m1, 1.0 / m1), size=n_bootstrap).astype(float)
+            v0 = rng.multinomial(m0, np.full(m0, 1.0 / m0), size=n_bootstrap).astype(float)
+        ra = _metric_replicates(sa, attack, key, w1, w0)
+        rb = _metric_replicates(sb, attack, key, v1, v0)
+        if ra is None or rb is None:
+            return math.nan, math.nan
+        per_seed.append(ra - rb)
+    d = np.vstack(per_seed)  # (n_seeds, B)
+    k = len(d)
+    pick = rng.integers(0, k, size=(n_bootstrap, k))  # resampled seeds per replicate
+    # the j-th draw of a replicate reads example replicate (b + j) mod B of its seed, so a
+    # seed drawn twice in one replicate gets two different example resamples
+    cols = (np.arange(n_bootstrap)[:, None] + np.arange(k)[None, :]) % n_bootstrap
+    means = d[pick, cols].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def paired_table(frame: pd.DataFrame, c: CompareConfig, load_scores=None) -> pd.DataFrame:
+    """Per (dataset, density, metric): n pairs, means of a and b, mean difference, intervals."""
+    merged = pairs(frame, c.a, c.b, c.density)
+    rows = []
+    for (dataset, density), g in merged.groupby(["dataset", "target_density"]):
+        scores = None
+        if load_scores is not None:
+            scores = [(load_scores(ra), load_scores(rb)) for ra, rb in zip(g["run_id_a"], g["run_id_b"], strict=True)]
+            if any(sa is None or sb is None for sa, sb in scores):
+                scores = None
+        for metric in c.metrics:
+            ca, cb = f"{metric}_a", f"{metric}_b"
+            if ca not in g or cb not in g:
+                rows.append({"dataset": dataset, "density": density, "metric": metric, "n_pairs": 0})
+                continue
+            ok = g[[ca, cb, "seed"]].dropna()
+            d = (ok[ca] - ok[cb]).to_numpy(float)
+            lo, hi = seed_bootstrap(d, c.n_bootstrap, c.confidence, c.seed)
+            row: dict[str, Any] = {
+                "dataset": dataset, "density": density, "metric": metric, "n_pairs": len(d),
+                "seeds": " ".join(str(int(s)) for s in ok["seed"]),
+                "mean_a": float(ok[ca].mean()) if len(d) else math.nan,
+                "mean_b": float(ok[cb].mean()) if len(d) else math.nan,
+                "diff": float(d.mean()) if len(d) else math.nan,
+                "ci_low_seeds": lo, "ci_high_seeds": hi,
+                "ci_low_examples": math.nan, "ci_high_examples": math.nan,
+            }
+            if scores is not None and len(d) == len(g) and _AUDIT_METRIC.match(metric):
+                row["ci_low_examples"], row["ci_high_examples"] = example_bootstrap(
+                    scores, metric, c.n_bootstrap, c.confidence, c.seed)
+            lo_x, hi_x = (row["ci_low_examples"], row["ci_high_examples"])
+            use_lo, use_hi = (lo_x, hi_x) if _finite(lo_x) else (lo, hi)
+            row["excludes_zero"] = bool(_finite(use_lo) and (use_lo > 0 or use_hi < 0))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- frontier
+
+
+def frontier_envelope(acc: np.ndarray, auc: np.ndarray) -> np.ndarray:
+    """The envelope's points (k, 2) = (accuracy, AUC), accuracy ascending, AUC ascending.
+
+    A point is kept when no other point has accuracy >= and AUC <= (one strictly):
+    the lower-right staircase of the frontier models.
+    """
+    pts = np.column_stack([np.asarray(acc, float), np.asarray(auc, float)])
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return pts.reshape(0, 2)
+    order = np.lexsort((pts[:, 1], -pts[:, 0]))  # accuracy descending, AUC ascending on ties
+    keep, best = [], math.inf
+    for i in order:
+        if pts[i, 1] < best:
+            keep.append(i)
+            best = pts[i, 1]
+    return pts[keep][::-1]
+
+
+def frontier_auc(envelope: np.ndarray, accuracy: float) -> float:
+    """f(accuracy): the lowest frontier AUC at an accuracy >= `accuracy`, linearly interpolated
+    between envelope points; NaN above the most accurate frontier model."""
+    if len(envelope) == 0 or not math.isfinite(accuracy) or accuracy > envelope[-1, 0] + 1e-12:
+        return math.nan
+    if accuracy <= envelope[0, 0]:
+        return float(envelope[0, 1])
+    return float(np.interp(accuracy, envelope[:, 0], envelope[:, 1]))
+
+
+def _parse_member(entry: str) -> tuple[str, float | None]:
+    if "@" in entry:
+        m, d = entry.split("@", 1)
+        return m, float(d)
+    return entry, None
+
+
+def frontier_runs(frame: pd.DataFrame, dataset: str, density: float, methods: list[str]) -> pd.DataFrame:
+    """Frontier members of one (dataset, density): `method` at this density or 1.0; `method@d` at d."""
+    sub = frame[frame["dataset"] == dataset]
+    keep = np.zeros(len(sub), dtype=bool)
+    for entry in methods:
+        method, d = _parse_member(entry)
+        sel = (sub["method"] == method).to_numpy()
+        dens = sub["target_density"].to_numpy(float)
+        at = np.isclose(dens, d) if d is not None else (np.isclose(dens, density) | np.isclose(dens, 1.0))
+        keep |= sel & at
+    return sub[keep]
+
+
+def _check_epochs(front: pd.DataFrame, frame: pd.DataFrame, c: CompareConfig) -> pd.DataFrame:
+    """DST budgets must not exceed the compared method's epochs (else it is not 'train less')."""
+    ref = select(frame, c.a)
+    ref_epochs = float(np.nanmax(ref["epochs"])) if len(ref) and np.isfinite(ref["epochs"]).any() else math.nan
+    if c.frontier.epoch_budgets is not None:
+        too_long = [e for e in c.frontier.epoch_budgets if math.isfinite(ref_epochs) and e > ref_epochs]
+        if too_long:
+            raise ValueError(
+                f"compare.frontier.epoch_budgets {too_long} exceed the epochs of {c.a!r} ({ref_epochs:g}); "
+                f"the train-less frontier uses budgets <= the method's own"
+            )
+        dst = front["method"] == "dst"
+        front = front[~dst | front["epochs"].isin([float(e) for e in c.frontier.epoch_budgets])]
+    dst = front[front["method"] == "dst"]
+    if math.isfinite(ref_epochs) and (dst["epochs"] > ref_epochs).any():
+        bad = sorted({float(e) for e in dst.loc[dst["epochs"] > ref_epochs, "epochs"]})
+        raise ValueError(
+            f"frontier DST runs with epoch budgets {bad} exceed the epochs of {c.a!r} ({ref_epochs:g}); "
+            f"set compare.frontier.epoch_budgets to budgets <= {ref_epochs:g}"
+        )
+    return front
+
+
+def excess_auc(method_runs: pd.DataFrame, front: pd.DataFrame) -> pd.DataFrame:
+    """Per seed of `method_runs`: accuracy, AUC, the frontier's AUC there, and the excess."""
+    rows = []
+    for _, r in method_runs.iterrows():
+        fs = front[front["seed"] == r["seed"]]
+        env = frontier_envelope(fs["test_accuracy"], fs["audit_auc"]) if len(fs) else np.zeros((0, 2))
+        f = frontier_auc(env, float(r.get("test_accuracy", math.nan)))
+        rows.append({"seed": r["seed"], "test_accuracy": r.get("test_accuracy"), "audit_auc": r.get("audit_auc"),
+                     "frontier_auc": f, "excess_auc": float(r.get("audit_auc", math.nan)) - f})
+    return pd.DataFrame(rows)
+
+
+def frontier_table(frame: pd.DataFrame, c: CompareConfig, out: Path) -> tuple[pd.DataFrame | None, list[Path]]:
+    """Excess AUC of every method over the per-seed frontier, per (dataset, density < 1)."""
+    rows, plots = [], []
+    if not {"test_accuracy", "audit_auc"} <= set(frame.columns):
+        return None, plots
+    groups = frame[frame["target_density"] < 1.0].groupby(["dataset", "target_density"])
+    if c.density is not None:
+        groups = frame[np.isclose(frame["target_density"], c.density)].groupby(["dataset", "target_density"])
+    for (dataset, density), _ in groups:
+        front = frontier_runs(frame, dataset, density, c.frontier.methods)
+        if front.empty:
+            log.warning("no frontier runs (%s) for %s at density %g", c.frontier.methods, dataset, density)
+            continue
+        front = _check_epochs(front, frame, c)
+        candidates = frame[(frame["dataset"] == dataset) & (
+            np.isclose(frame["target_density"], density) | frame["run_id"].isin(front["run_id"]))]
+        for label, g in candidates.groupby("label"):
+            ex = excess_auc(g, front)
+            ok = ex["excess_auc"].dropna().to_numpy(float)
+            lo, hi = seed_bootstrap(ok, c.n_bootstrap, c.confidence, c.seed)
+            acc_lo, acc_hi = seed_bootstrap(ex["test_accuracy"].dropna().to_numpy(float), c.n_bootstrap,
+                                            c.confidence, c.seed)
+            auc_lo, auc_hi = seed_bootstrap(ex["audit_auc"].dropna().to_numpy(float), c.n_bootstrap,
+                                            c.confidence, c.seed)
+            lira = pd.to_numeric(g.get("audit_lira_offline_tpr_at_1pct_fpr"), errors="coerce") \
+                if "audit_lira_offline_tpr_at_1pct_fpr" in g else pd.Series(dtype=float)
+            canary = pd.to_numeric(g.get("canary_tpr_at_1pct_fpr"), errors="coerce") \
+                if "canary_tpr_at_1pct_fpr" in g else pd.Series(dtype=float)
+            rows.append({
+                "dataset": dataset, "density": density, "label": label,
+                "on_frontier": bool(g["run_id"].isin(front["run_id"]).all()),
+                "n_seeds": len(g),
+                "test_accuracy": float(ex["test_accuracy"].mean()), "test_accuracy_ci_low": acc_lo,
+                "test_accuracy_ci_high": acc_hi,
+                "audit_auc": float(ex["audit_auc"].mean()), "audit_auc_ci_low": auc_lo, "audit_auc_ci_high": auc_hi,
+                "lira_tpr_at_1pct_fpr": float(lira.mean()) if lira.notna().any() else math.nan,
+                "canary_tpr_at_1pct_fpr": float(canary.mean()) if canary.notna().any() else math.nan,
+                "excess_auc": float(ok.mean()) if len(ok) else math.nan,
+                "excess_auc_ci_low": lo, "excess_auc_ci_high": hi,
+                "n_above_frontier_range": int(ex["excess_auc"].isna().sum()),
+            })
+        plots.append(_plot_frontier(frame, front, dataset, density, out / f"frontier_{dataset}_{density:g}.png"))
+    return (pd.DataFrame(rows) if rows else None), plots
+
+
+def _plot_frontier(frame: pd.DataFrame, front: pd.DataFrame, dataset: str, density: float, path: Path) -> Path:
+    from pipeline.stages.report import plot_tradeoff
+
+    sub = frame[(frame["dataset"] == dataset) & (
+        np.isclose(frame["target_density"], density) | frame["run_id"].isin(front["run_id"]))]
+    means = front.groupby("label")[["test_accuracy", "audit_auc"]].mean()
+    env = frontier_envelope(means["test_accuracy"], means["audit_auc"])
+    return plot_tradeoff(sub, path, f"{dataset} @ density {density:g}",
+                         frontier=pd.DataFrame(env, columns=["accuracy", "auc"]))
+
+
+# ---------------------------------------------------------------- printing
+
+
+def _ci(lo: Any, hi: Any) -> str:
+    return f"[{lo:+.4f}, {hi:+.4f}]" if _finite(lo) and _finite(hi) else "n/a"
+
+
+def format_paired(p: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in p.iterrows():
+        if not r.get("n_pairs"):
+            rows.append({"dataset": r["dataset"], "density": f"{r['density']:g}", "metric": r["metric"],
+                         "pairs": 0, "a": "n/a", "b": "n/a", "a − b": "n/a", "CI seeds": "n/a",
+                         "CI seeds+examples": "n/a", "excludes 0": ""})
+            continue
+        rows.append({
+            "dataset": r["dataset"], "density": f"{r['density']:g}", "metric": r["metric"],
+            "pairs": int(r["n_pairs"]), "a": f"{r['mean_a']:.4f}", "b": f"{r['mean_b']:.4f}",
+            "a − b": f"{r['diff']:+.4f}", "CI seeds": _ci(r["ci_low_seeds"], r["ci_high_seeds"]),
+            "CI seeds+examples": _ci(r["ci_low_examples"], r["ci_high_examples"]),
+            "excludes 0": "yes" if r["excludes_zero"] else "no",
+        })
+    return pd.DataFrame(rows)
+
+
+def format_frontier(f: pd.DataFrame) -> pd.DataFrame:
+    def mci(m, lo, hi):
+        return f"{m:.4f} [{lo:.4f}, {hi:.4f}]" if _finite(m) and _finite(lo) else ("n/a" if not _finite(m) else f"{m:.4f}")
+
+    rows = []
+    for _, r in f.iterrows():
+        rows.append({
+            "dataset": r["dataset"], "density": f"{r['density']:g}",
+            "method": r["label"] + (" *" if r["on_frontier"] else ""), "seeds": int(r["n_seeds"]),
+            "test acc": mci(r["test_accuracy"], r["test_accuracy_ci_low"], r["test_accuracy_ci_high"]),
+            "audit AUC": mci(r["audit_auc"], r["audit_auc_ci_low"], r["audit_auc_ci_high"]),
+            "LiRA TPR@1%": f"{r['lira_tpr_at_1pct_fpr']:.4f}" if _finite(r["lira_tpr_at_1pct_fpr"]) else "n/a",
+            "canary TPR@1%": f"{r['canary_tpr_at_1pct_fpr']:.4f}" if _finite(r["canary_tpr_at_1pct_fpr"]) else "n/a",
+            "excess AUC": (f"{r['excess_auc']:+.4f} {_ci(r['excess_auc_ci_low'], r['excess_auc_ci_high'])}"
+                           if _finite(r["excess_auc"]) else "n/a"),
+            "above range": int(r["n_above_frontier_range"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def _md(t: pd.DataFrame) -> str:
+    if t.empty:
+        return "(nothing to show)"
+    head = "| " + " | ".join(t.columns) + " |"
+    sep = "|" + "---|" * len(t.columns)
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    note = ""
+    if "excess AUC" in t.columns:
+        note = ("\n\n`*`: a frontier member (its excess is >= 0 by construction). Excess < 0 with an interval "
+                "below 0: beats the frontier. `above range`: seeds whose accuracy exceeds every frontier model.")
+    return "\n".join([head, sep, *body]) + note
