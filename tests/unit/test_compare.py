@@ -1,0 +1,169 @@
+"""Compare stage on hand-made runs: paired differences, intervals, the frontier, bad input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_cfg
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from attacks.metrics import roc_auc
+from pipeline import runs
+from pipeline.__main__ import run_stage
+from pipeline.config import CompareConfig, FrontierConfig
+from pipeline.stages import compare
+
+SEEDS = (0, 1, 2, 3)
+
+
+def log_run(client, exp_id, tags, metrics, scores: dict | None = None, tmp: Path | None = None):
+    run = client.create_run(exp_id, tags={"stage": "attack", **{k: str(v) for k, v in tags.items()}})
+    rid = run.info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(rid, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    if scores is not None:
+        f = tmp / rid / "scores.npz"
+        f.parent.mkdir(parents=True)
+        np.savez_compressed(f, **{f"audit/{k}": v for k, v in scores.items()})
+        client.log_artifact(rid, str(f), "audit")
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def _scores(rng, n, shift):
+    labels = np.r_[np.ones(n, int), np.zeros(n, int)]
+    loss = rng.normal(size=2 * n) + shift * labels
+    return {"loss": loss, "labels": labels, "example_index": np.arange(2 * n)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Methods a (leakier, shift 1.0) and b (shift 0.5) on seeds 0-3, with per-example scores;
+    c on seeds 7, 8 only; a DST frontier at three epoch budgets plus a dense run."""
+    root = tmp_path_factory.mktemp("cmp")
+    cfg = make_cfg(["stage=compare", "experiment_name=cmp", "compare.a=a", "compare.b=b",
+                    "compare.metrics=[test_accuracy,audit_auc,audit_loss_auc]", "compare.n_bootstrap=200",
+                    "compare.frontier.enabled=false"], root)
+    Path(str(cfg.paths.mlruns_dir)).mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=str(cfg.tracking.uri))
+    art = Path(str(cfg.tracking.artifact_dir)).resolve()
+    art.mkdir(parents=True, exist_ok=True)
+    exp_id = client.create_experiment(str(cfg.tracking.experiment), artifact_location=art.as_uri())
+    rng = np.random.default_rng(1)
+    base = dict(experiment_name="cmp", dataset="purchase_synth", variant="", density="0.05")
+    truth = {}
+    for seed in SEEDS:
+        for method, shift, acc in (("a", 1.0, 0.70 + 0.01 * seed), ("b", 0.5, 0.60 + 0.02 * seed)):
+            sc = _scores(rng, 150, shift)
+            auc = roc_auc(sc["loss"], sc["labels"])
+            truth[(method, seed)] = (acc, auc)
+            log_run(client, exp_id, {**base, "method": method, "seed": seed},
+                    {"test_accuracy": acc, "audit_auc": auc, "audit_loss_auc": auc}, sc, root / "npz")
+    for seed in (7, 8):
+        log_run(client, exp_id, {**base, "method": "c", "seed": seed}, {"test_accuracy": 0.5, "audit_auc": 0.6})
+    return cfg, client, exp_id, truth
+
+
+def test_paired_difference_and_intervals(store):
+    cfg, client, exp_id, truth = store
+    result = run_stage(cfg)
+    p = result.paired.set_index("metric")
+    for metric, i in (("test_accuracy", 0), ("audit_auc", 1)):
+        d = np.array([truth[("a", s)][i] - truth[("b", s)][i] for s in SEEDS])
+        row = p.loc[metric]
+        assert row["n_pairs"] == 4
+        assert row["diff"] == pytest.approx(d.mean(), abs=1e-12)
+        lo, hi = compare.seed_bootstrap(d, 200, 0.95, 0)
+        assert (row["ci_low_seeds"], row["ci_high_seeds"]) == pytest.approx((lo, hi))
+        assert d.min() <= lo <= d.mean() <= hi <= d.max()
+    # accuracy differences 0.1 - 0.01*seed are all > 0: the interval excludes zero
+    assert p.loc["test_accuracy", "excludes_zero"]
+    # the example bootstrap is wider than the seed bootstrap alone and still around the mean
+    auc = p.loc["audit_auc"]
+    assert auc["ci_low_examples"] < auc["diff"] < auc["ci_high_examples"]
+    assert auc["ci_high_examples"] - auc["ci_low_examples"] > auc["ci_high_seeds"] - auc["ci_low_seeds"]
+    assert auc["excludes_zero"]  # shift 1.0 vs 0.5 on 150 + 150 points: AUC ~0.76 vs ~0.64
+    assert np.isnan(p.loc["test_accuracy", "ci_low_examples"])  # accuracy has no per-example scores here
+    assert (result.out_dir / "compare.md").exists() and (result.out_dir / "paired.csv").exists()
+
+
+def test_example_bootstrap_of_identical_models_is_zero():
+    rng = np.random.default_rng(0)
+    pairs = [(s, dict(s)) for s in (_scores(rng, 100, 1.0) for _ in range(3))]
+    assert compare.example_bootstrap(pairs, "audit_loss_auc", 200, 0.95) == (0.0, 0.0)
+    assert compare.example_bootstrap(pairs, "audit_auc", 200, 0.95) == (0.0, 0.0)
+    # 100 non-members cannot give a TPR at 0.1% FPR: no interval rather than a one-sample number
+    assert all(np.isnan(compare.example_bootstrap(pairs, "audit_tpr_at_0.1pct_fpr", 200, 0.95)))
+
+
+def test_methods_without_shared_seeds_name_the_seeds(store):
+    cfg, *_ = store
+    frame = runs.load_runs(str(cfg.tracking.uri), "cmp")
+    with pytest.raises(ValueError, match=r"share no seeds.*seeds \[0, 1, 2, 3\].*seeds \[7, 8\]"):
+        compare.pairs(frame, "a", "c")
+    with pytest.raises(ValueError, match=r"no runs of 'zzz'"):
+        compare.pairs(frame, "a", "zzz")
+
+
+def test_bootstrap_count_below_100_is_an_error(store):
+    cfg, *_ = store
+    cfg.compare.n_bootstrap = 50
+    with pytest.raises(ValueError, match=r"compare.n_bootstrap must be >= 100.*got 50"):
+        run_stage(cfg)
+    cfg.compare.n_bootstrap = 200
+
+
+def test_frontier_envelope_and_interpolation():
+    # (acc, auc): (0.5, 0.55) (0.6, 0.60) (0.7, 0.70) are the envelope; (0.55, 0.65) is dominated
+    env = compare.frontier_envelope([0.6, 0.5, 0.7, 0.55], [0.60, 0.55, 0.70, 0.65])
+    np.testing.assert_allclose(env, [[0.5, 0.55], [0.6, 0.60], [0.7, 0.70]])
+    assert compare.frontier_auc(env, 0.4) == pytest.approx(0.55)  # below: the lowest AUC at acc >= 0.4
+    assert compare.frontier_auc(env, 0.55) == pytest.approx(0.575)  # halfway between 0.55 and 0.60
+    assert compare.frontier_auc(env, 0.65) == pytest.approx(0.65)
+    assert compare.frontier_auc(env, 0.7) == pytest.approx(0.70)
+    assert np.isnan(compare.frontier_auc(env, 0.71))  # more accurate than every frontier model
+    # a more accurate model with lower AUC dominates everything below it
+    env = compare.frontier_envelope([0.5, 0.6, 0.9], [0.70, 0.80, 0.60])
+    np.testing.assert_allclose(env, [[0.9, 0.60]])
+
+
+def _frontier_frame():
+    rows = []
+    for seed in (0, 1, 2):
+        for label, method, d, ep, acc, auc in (
+            ("dst [ep=5]", "dst", 0.05, 5, 0.50, 0.55), ("dst [ep=15]", "dst", 0.05, 15, 0.60, 0.60),
+            ("dst", "dst", 0.05, 30, 0.70, 0.70), ("dense", "dense", 1.0, 30, 0.80, 0.80),
+            ("safecompress (bmia)", "safecompress", 0.05, 30, 0.65 + 0.01 * seed, 0.60),
+        ):
+            rows.append(dict(run_id=f"{label}-{seed}", dataset="p", target_density=d, seed=seed, label=label,
+                             method=method, variant="", epochs=float(ep), test_accuracy=acc, audit_auc=auc))
+    return pd.DataFrame(rows)
+
+
+def test_frontier_excess_per_seed(tmp_path):
+    frame = _frontier_frame()
+    c = CompareConfig(a="safecompress", b="dst", n_bootstrap=200)
+    table, plots = compare.frontier_table(frame, c, tmp_path)
+    t = table.set_index("label")
+    # seed s: acc 0.65 + 0.01 s on the segment (0.6, 0.6)-(0.7, 0.7): frontier AUC = acc; excess = 0.6 - acc
+    expected = np.mean([0.60 - (0.65 + 0.01 * s) for s in (0, 1, 2)])
+    assert t.loc["safecompress (bmia)", "excess_auc"] == pytest.approx(expected)
+    assert t.loc["safecompress (bmia)", "excess_auc_ci_high"] < 0  # beats this frontier on every seed
+    assert t.loc["dst", "excess_auc"] == pytest.approx(0.0) and t.loc["dst", "on_frontier"]
+    assert set(t.index) >= {"dense", "dst [ep=5]"}  # dense rows join the density-0.05 table
+    assert plots and plots[0].exists()
+
+
+def test_epoch_budget_larger_than_the_methods_is_an_error(tmp_path):
+    frame = _frontier_frame()
+    c = CompareConfig(a="safecompress", b="dst", n_bootstrap=200, frontier=FrontierConfig(epoch_budgets=[5, 60]))
+    with pytest.raises(ValueError, match=r"epoch_budgets \[60\] exceed the epochs of 'safecompress' \(30\)"):
+        compare.frontier_table(frame, c, tmp_path)
+    frame.loc[frame["label"] == "dst", "epochs"] = 45.0
+    with pytest.raises(ValueError, match=r"epoch budgets \[45.0\] exceed the epochs of 'safecompress' \(30\)"):
+        compare.frontier_table(frame, CompareConfig(a="safecompress", n_bootstrap=200), tmp_path)
