@@ -704,6 +704,9 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
                 name,
                 float(bound - values[metric]) if kind == "min" else float(values[metric] - bound),
             )
+        wall = time.perf_counter() - t0
+        trial.set_user_attr("wall_s", wall)
+        tracking.log_metrics({"trial_wall_s": wall})
         try:
             study.tell(trial, objective)
             told = True
@@ -723,7 +726,7 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
     log.info(
         "trial %d done in %.1f s [%d/%d complete]: %s | %s",
         trial.number,
-        time.perf_counter() - t0,
+        wall,
         complete,
         s.n_trials,
         " ".join(f"{o}={v:.4f}" for o, v in zip(s.objectives, objective, strict=True)),
