@@ -6,10 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# One torch thread per test process: our models are small, and two OpenMP threads competing
+# with another process on a 2-core machine spin and run many times slower.
+torch.set_num_threads(1)
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
