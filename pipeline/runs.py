@@ -44,6 +44,7 @@ class NoRunsError(LookupError):
 
 def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file in a report
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)

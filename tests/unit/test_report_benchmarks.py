@@ -1,0 +1,37 @@
+"""benchmarks/run_all.py: ratio lines are picked from a script's output; the table has one row per script."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SPEC = importlib.util.spec_from_file_location(
+    "run_all", Path(__file__).resolve().parents[2] / "benchmarks" / "run_all.py")
+run_all = importlib.util.module_from_spec(SPEC)
+sys.modules["run_all"] = run_all
+SPEC.loader.exec_module(run_all)
+
+
+def test_ratio_lines_keep_only_ratios():
+    out = "\n".join([
+        "# Shadow training", "| method | seconds | speed-up |", "|---|---|---|",
+        "| sequential loop | 1.16 | 1.00x |", "| grouped (baddbmm) | 0.54 | 2.16x |",
+        "written: results/x.md", "max abs difference 3.58e-07", "torch.func 39.6× faster",
+    ])
+    assert run_all.ratio_lines(out) == [
+        "sequential loop | 1.16 | 1.00x", "grouped (baddbmm) | 0.54 | 2.16x", "torch.func 39.6× faster"]
+
+
+def test_one_failing_script_is_reported(tmp_path):
+    bad = tmp_path / "bench_bad.py"
+    bad.write_text("print('ratio 3.0x')\nraise SystemExit(3)\n")
+    row = run_all.run_one(bad, timeout=60)
+    assert row["status"] == "failed (exit 3)" and row["lines"] == ["ratio 3.0x"]
+    slow = tmp_path / "bench_slow.py"
+    slow.write_text("import time\ntime.sleep(30)\n")
+    row2 = run_all.run_one(slow, timeout=1)
+    assert row2["status"].startswith("timed out")
+    text = run_all.write_table([row, row2], tmp_path / "README.md")
+    assert "| `bench_bad.py` | failed (exit 3) |" in text and "ratio 3.0x" in text
+    assert (tmp_path / "README.md").read_text() == text
