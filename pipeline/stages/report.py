@@ -88,7 +88,8 @@ def run(cfg: DictConfig) -> ReportResult:
             audit_paths.append(write_audit_report(run_id, uri, out / "audit" / run_id))
     if rc.study_name:
         trials = runs.load_study_trials(uri, rc.study_name, mlflow_exp)
-        pareto = trials[trials.get("pareto_rank", pd.Series(dtype=object)).astype(str) == "0"]
+        ranks = trials["pareto_rank"].astype(str) if "pareto_rank" in trials else pd.Series("", index=trials.index)
+        pareto = trials[ranks == "0"]
         if pareto.empty:
             log.warning("study %r has no trial tagged pareto_rank=0 yet", rc.study_name)
         for run_id in pareto["run_id"]:

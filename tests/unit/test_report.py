@@ -117,8 +117,8 @@ def test_report_cells_equal_mlflow(store):
     csv = pd.read_csv(out / "report.csv")
     assert set(csv["dataset"]) == {"digits", "purchase_synth"}
     # the report's own MLflow run carries the files
-    rep = client.search_runs([exp_id], "tags.stage = 'report'")
-    assert len(rep) == 1
+    rep = client.search_runs([exp_id], "tags.stage = 'report'", order_by=["attributes.start_time DESC"])
+    assert rep and rep[0].data.tags["experiment_name"] == "tables"
     names = {a.path for a in client.list_artifacts(rep[0].info.run_id, "report")}
     assert "report/report.md" in names and "report/report.tex" in names
 
@@ -165,3 +165,18 @@ def test_primary_ci_reads_the_strongest_attacks_interval():
                      "audit_loss_auc_ci_low": 0.55, "audit_loss_auc_ci_high": 0.66})
     assert report.primary_ci(row, "audit_auc") == (0.65, 0.75)
     assert all(math.isnan(v) for v in report.primary_ci(pd.Series({"audit_auc": 0.7}), "audit_auc"))
+
+
+def test_pareto_trials_of_a_study_get_audit_reports(store, tmp_path):
+    cfg, client, exp_id = store
+    ids = {}
+    for trial, rank in ((0, 0), (1, 1), (2, 0)):
+        ids[trial] = log_fake_run(client, exp_id, dict(study_name="st", trial_number=trial, pareto_rank=rank),
+                                  {"test_accuracy": 0.8, "audit_auc": 0.6})
+    cfg = make_cfg(["stage=report", "experiment_name=tables", "report.audit_reports=false",
+                    "report.study_name=st", "report.plots=false"], Path(str(cfg.paths.root)))
+    result = run_stage(cfg)
+    assert sorted(p.parent.name for p in result.audit_reports) == sorted([ids[0], ids[2]])
+    for trial, rid in ids.items():
+        logged = {a.path for a in client.list_artifacts(rid, "audit_report")}
+        assert ("audit_report/audit_report.md" in logged) == (trial != 1)
