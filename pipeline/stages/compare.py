@@ -76,6 +76,10 @@ def run(cfg: DictConfig) -> CompareResult:
     paired.to_csv(files[0], index=False)
     text = f"## {c.a} − {c.b} (paired over seeds, {c.confidence:.0%} bootstrap intervals)\n\n"
     text += _md(format_paired(paired))
+    few = int(paired["n_pairs"].max()) if len(paired) else 0
+    if few < 5:
+        text += (f"\n\nOnly {few} paired seed(s): a seed interval needs >= 2 seeds and is coarse below 5 "
+                 "(SPEC: compare over >= 5 paired seeds).")
     frontier = None
     if c.frontier.enabled:
         frontier, plots = frontier_table(frame, c, out)
@@ -158,7 +162,7 @@ def pairs(frame: pd.DataFrame, a: str, b: str, density: float | None = None) -> 
 def seed_bootstrap(diffs: np.ndarray, n_bootstrap: int, confidence: float, seed: int = 0) -> tuple[float, float]:
     """Percentile interval of the mean paired difference, resampling seeds with replacement."""
     d = np.asarray(diffs, dtype=float)
-    if len(d) == 0:
+    if len(d) < 2:  # one seed has no spread to resample
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(d), size=(n_bootstrap, len(d)))

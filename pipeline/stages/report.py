@@ -285,7 +285,7 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
         ax.plot(f["auc"], f["accuracy"], "k--", lw=1.5, label="train-less frontier")
     ax.set_xlabel("audit AUC (strongest attack; lower is safer)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"{dataset}: accuracy vs membership leakage (labels: density)")
+    ax.set_title(f"{dataset}\naccuracy vs membership leakage (point labels: density)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
