@@ -124,6 +124,8 @@ class DPConfig:
     delta: Optional[float] = None  # default: 1 / n_train
     max_grad_norm: float = 1.0
     sparse: bool = False  # keep an ERK mask at compress.density during DP-SGD
+    lr: float = 0.1  # DP-SGD's own SGD learning rate (noisy clipped gradients need a larger one)
+    batch_size: int = 256  # larger batches average out the noise (expected batch under Poisson sampling)
 
 
 @dataclass

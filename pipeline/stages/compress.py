@@ -662,9 +662,9 @@ def _dpsgd(cfg, c: CompressConfig, data: DataBundle, teacher):
     masks = sparse.random_masks(model, c.density, "erk", generator(seed, "compress", "mask")) if c.dp.sparse else None
     if masks is not None:
         masks.apply(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    optimizer = torch.optim.SGD(model.parameters(), lr=c.dp.lr, momentum=0.9)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, y), batch_size=recipe.batch_size, shuffle=True,
+        torch.utils.data.TensorDataset(x, y), batch_size=c.dp.batch_size, shuffle=True,
         generator=generator(seed, "dpsgd", "batches"),
     )
     delta = c.dp.delta if c.dp.delta is not None else 1.0 / len(y)
