@@ -164,6 +164,7 @@ def load_runs(
     frame["label"] = [run_label(r) for _, r in frame.iterrows()]
     frame["epochs"] = [epochs_of(r) for _, r in frame.iterrows()]
     if dedupe:
+        _warn_differing_duplicates(frame)
         n = len(frame)
         frame = (
             frame.sort_values("start_time")
@@ -173,6 +174,25 @@ def load_runs(
         if len(frame) < n:
             log.info("%d older duplicate run(s) of the same configuration and seed ignored", n - len(frame))
     return frame.reset_index(drop=True)
+
+
+# params that never change what a run computes
+_NEUTRAL = ("params.paths.", "params.runtime.", "params.tracking.", "params.report.", "params.compare.",
+            "params.stage", "params.hydra")
+
+
+def _warn_differing_duplicates(frame: pd.DataFrame) -> None:
+    """Runs that share a row label and seed but differ in config: only the latest will count."""
+    params = [c for c in frame.columns if c.startswith("params.") and not c.startswith(_NEUTRAL)]
+    for key, g in frame.groupby(list(CONFIG_KEYS), dropna=False):
+        if len(g) < 2 or not params:
+            continue
+        differ = [c for c in params if g[c].astype(str).nunique() > 1]
+        if differ:
+            log.warning(
+                "runs %s share %s but differ in %s; only the latest counts (give such runs their own "
+                "experiment_name)", list(g["run_id"]), dict(zip(CONFIG_KEYS, key, strict=True)), differ[:5],
+            )
 
 
 def load_study_trials(tracking_uri: str, study_name: str, mlflow_experiment: str = "safecompress") -> pd.DataFrame:
