@@ -46,11 +46,26 @@ from pipeline.adversarial import Adversary, last_layer_inputs
 from pipeline.batched import GroupedMLP, can_batch
 from pipeline.cache import cache_key
 from pipeline.config import CompressConfig, TrainConfig, to_schema, validate_compress
-from pipeline.context import DataBundle, build_model, data_spec, get_cache, load_data, model_spec, train_recipe
+from pipeline.context import (
+    DataBundle,
+    build_model,
+    data_spec,
+    get_cache,
+    load_data,
+    model_spec,
+    train_recipe,
+)
 from pipeline.seeds import derive_seed, generator
 from pipeline.selection import CandidateTests, accuracy_standard_error, auc_standard_error, select
 from pipeline.stages import teacher as teacher_stage
-from pipeline.training import NonFiniteLossError, batch_indices, evaluate, make_optimizer, set_lr, steps_per_epoch
+from pipeline.training import (
+    NonFiniteLossError,
+    batch_indices,
+    evaluate,
+    make_optimizer,
+    set_lr,
+    steps_per_epoch,
+)
 
 log = logging.getLogger(__name__)
 

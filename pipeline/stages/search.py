@@ -692,7 +692,7 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
             told = True
             _end_run(run, "FAILED")
             return False
-        tracking.set_tags({"compress_key": comp.key, "attack_key": att.key})
+        tracking.set_tags({"compress_key": comp.key, "attack_key": att.key, "stage": "search", **tracking.run_tags(trial_cfg)})
         tracking.log_metrics({k: values[k] for k in TRACKED_METRICS if k in values})
         for k in (*TRACKED_METRICS, "test_accuracy", "audit_auc"):
             if k in values:

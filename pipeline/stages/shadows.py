@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from pipeline import tracking
+from pipeline.batched import can_batch, train_grouped
 from pipeline.cache import cache_key
 from pipeline.config import ShadowsConfig, to_schema
 from pipeline.context import (
@@ -32,7 +33,6 @@ from pipeline.context import (
     save_model,
     train_recipe,
 )
-from pipeline.batched import can_batch, train_grouped
 from pipeline.seeds import derive_seed, generator
 from pipeline.training import evaluate, train
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from attacks import loss_attack_auc
 from pipeline.__main__ import run_stage
 from pipeline.context import build_model, load_data
 from pipeline.stages import search, teacher
-from attacks import loss_attack_auc
 from pipeline.training import train
 
 pytestmark = pytest.mark.smoke

@@ -8,7 +8,13 @@ import torch
 import sparse
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
-from pipeline.stages.compress import _Losses, _masked_step, _probe_grouped, _State, rescale_to_sparse_fan_in
+from pipeline.stages.compress import (
+    _Losses,
+    _masked_step,
+    _probe_grouped,
+    _State,
+    rescale_to_sparse_fan_in,
+)
 from pipeline.training import NonFiniteLossError, make_optimizer
 
 
@@ -36,7 +42,7 @@ def test_grouped_probe_equals_sequential_probe(optimizer):
     seq = [c.fork(recipe) for c in cands]
     batches = [torch.arange(8 * j, 8 * j + 8) for j in range(1, 4)]
     for c in seq:
-        for j, idx in enumerate(batches):
+        for idx in batches:
             for group in c.optimizer.param_groups:
                 group["lr"] = recipe.lr
             _masked_step(c, x[idx], y[idx], _Losses())
