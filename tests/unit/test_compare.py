@@ -167,3 +167,16 @@ def test_epoch_budget_larger_than_the_methods_is_an_error(tmp_path):
     frame.loc[frame["label"] == "dst", "epochs"] = 45.0
     with pytest.raises(ValueError, match=r"epoch budgets \[45.0\] exceed the epochs of 'safecompress' \(30\)"):
         compare.frontier_table(frame, CompareConfig(a="safecompress", n_bootstrap=200), tmp_path)
+
+
+def test_ambiguous_method_names_its_configurations():
+    frame = _frontier_frame()
+    metric = frame[frame["method"] == "safecompress"].assign(
+        label="safecompress (metric)", variant="metric", run_id=lambda f: f["run_id"] + "m")
+    frame = pd.concat([frame, metric], ignore_index=True)
+    with pytest.raises(ValueError, match=r"'safecompress' matches several configurations.*'safecompress \(metric\)'"):
+        compare.pairs(frame, "safecompress", "dst")
+    # a label, or method/variant, picks one; "dst" is the label of the full-budget runs
+    merged = compare.pairs(frame, "safecompress/metric", "dst [ep=15]")
+    assert sorted(merged["seed"]) == [0, 1, 2]
+    assert set(compare.pairs(frame, "safecompress (bmia)", "dst")["epochs_b"]) == {30.0}
