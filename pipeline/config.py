@@ -107,6 +107,7 @@ class AdversarialConfig:
     lam: float = 0.1  # official SafeCompress/Nasr code: 0.1
     warmup_fraction: float = 0.667  # official: 200 of 300 epochs
     attacker_steps: int = 1  # attacker steps per classifier step
+    attacker_warmup_steps: int = 200  # attacker-only steps when the min-max game starts
     lr: float = 1e-3
     width_scale: float = 0.25
 

@@ -218,10 +218,14 @@ class _Losses:
     adversary: Adversary | None = None
     adversary_active: bool = False
     attacker_steps: int = 1
+    warmup_steps: int = 0
+    members: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, state: _State, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model = state.model
         if self.adversary is not None and self.adversary_active:
+            if not self.adversary.is_warm and self.members is not None:
+                self.adversary.warm_up(model, *self.members, steps=self.warmup_steps)
             for _ in range(self.attacker_steps):
                 self.adversary.attacker_step(model, x, y)
             model.train()
@@ -439,6 +443,8 @@ def _train_loop(cfg, c: CompressConfig, data: DataBundle, teacher):
             seed=derive_seed(seed, "adversary") % (2**31),
         )
         losses.attacker_steps = c.adversarial.attacker_steps
+        losses.warmup_steps = c.adversarial.attacker_warmup_steps
+        losses.members = (x, y)
     warmup_step = int(c.adversarial.warmup_fraction * total)
     batched_probes = bool(cfg.runtime.get("batched_probes", True))
     aug_gen = generator(seed, "compress", "augment")  # probes train on un-augmented batches
