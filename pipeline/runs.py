@@ -119,6 +119,9 @@ def run_label(row: pd.Series) -> str:
         if short == "adv_lam" and v == "0.1":  # the default is not worth a label
             continue
         extras.append(f"{short}={v}")
+    density = _float(row.get("target_density", row.get("density")))
+    if method not in ("dense", "dpsgd") and density == 1.0:
+        extras.append("d=1")  # e.g. dst_adv at density 1.0 = dense + adversarial regularization
     if extras:
         label += " [" + ", ".join(extras) + "]"
     return label
