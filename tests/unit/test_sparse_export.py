@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from sparse_testing import linear_stack
 from torch import nn
 
 from sparse import (
@@ -21,10 +22,7 @@ from sparse import (
 
 
 def mlp(sizes=(64, 256, 256, 10)) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
+    return linear_stack(sizes)
 
 
 def cnn() -> nn.Sequential:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from sparse_testing import linear_stack
 from torch import nn
 
 from sparse import (
@@ -26,10 +27,7 @@ DENSITIES = [0.01, 0.05, 0.1, 0.2, 0.5]
 
 
 def mlp(sizes=(64, 96, 48, 10)) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
+    return linear_stack(sizes)
 
 
 def cnn() -> nn.Sequential:

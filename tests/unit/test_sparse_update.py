@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparse_testing import linear_stack
 from torch import nn
 
 from sparse import (
@@ -21,10 +22,7 @@ DENSITIES = [0.01, 0.05, 0.2, 0.5]
 
 
 def mlp(sizes=(20, 64, 48, 6)) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
+    return linear_stack(sizes)
 
 
 def cnn() -> nn.Sequential:
