@@ -119,12 +119,36 @@ def run_label(row: pd.Series) -> str:
         if short == "adv_lam" and v == "0.1":  # the default is not worth a label
             continue
         extras.append(f"{short}={v}")
+    if method == "safecompress":
+        extras += _selection_extras(row)
     density = _float(row.get("target_density", row.get("density")))
     if method not in ("dense", "dpsgd") and density == 1.0:
         extras.append("d=1")  # e.g. dst_adv at density 1.0 = dense + adversarial regularization
     if extras:
         label += " [" + ", ".join(extras) + "]"
     return label
+
+
+def _selection_extras(row: pd.Series) -> list[str]:
+    """SafeCompress selection settings that differ from conf/compress/safecompress.yaml's defaults."""
+    def param(key: str) -> str | None:
+        v = row.get(f"params.compress.{key}")
+        return v if isinstance(v, str) and v not in ("None", "null", "") else None
+
+    rule = param("selection.rule")
+    extras = []
+    if rule and rule != "lexicographic":
+        extras.append(f"sel={rule}")
+    if rule == "weighted" and param("selection.lam"):
+        extras.append(f"sel_lam={param('selection.lam')}")
+    if rule == "lexicographic" and param("selection.delta") not in (None, "0.005"):
+        extras.append(f"delta={param('selection.delta')}")
+    if param("selection.noise_floor") == "False":
+        extras.append("floor=off")
+    strategies = param("strategies")
+    if strategies and strategies.count("prune") > 1:
+        extras.append(f"pool={strategies.count('prune')}")
+    return extras
 
 
 def epochs_of(row: pd.Series) -> float:

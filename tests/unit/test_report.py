@@ -180,3 +180,18 @@ def test_pareto_trials_of_a_study_get_audit_reports(store, tmp_path):
     for trial, rid in ids.items():
         logged = {a.path for a in client.list_artifacts(rid, "audit_report")}
         assert ("audit_report/audit_report.md" in logged) == (trial != 1)
+
+
+def test_safecompress_labels_name_non_default_selection():
+    base = {"method": "safecompress", "variant": "bmia", "target_density": "0.05",
+            "params.compress.selection.rule": "lexicographic", "params.compress.selection.delta": "0.005",
+            "params.compress.selection.noise_floor": "True",
+            "params.compress.strategies": "[{'prune': 'magnitude', 'grow': 'random'}]"}
+    assert runs.run_label(pd.Series(base)) == "safecompress (bmia)"
+    weighted = {**base, "params.compress.selection.rule": "weighted", "params.compress.selection.lam": "3.0",
+                "params.compress.selection.noise_floor": "False"}
+    assert runs.run_label(pd.Series(weighted)) == "safecompress (bmia) [sel=weighted, sel_lam=3.0, floor=off]"
+    pool = {**base, "params.compress.selection.delta": "0.02",
+            "params.compress.strategies": "[{'prune': 'magnitude', 'grow': 'random'}, "
+                                          "{'prune': 'magnitude', 'grow': 'gradient'}]"}
+    assert runs.run_label(pd.Series(pool)) == "safecompress (bmia) [delta=0.02, pool=2]"
