@@ -191,6 +191,8 @@ class ReportConfig:
     audit_reports: bool = True  # one audit report per run of the table, logged to that run
     study_name: Optional[str] = None  # also one audit report per Pareto trial of this study
     plots: bool = True
+    # frontier members drawn on the trade-off plots (same syntax as compare.frontier.methods)
+    frontier: list[str] = field(default_factory=lambda: ["dst", "dense", "dst_adv@1.0", "dpsgd"])
 
 
 @dataclass
@@ -199,6 +201,9 @@ class FrontierConfig:
     # frontier members: "method" (runs at the compared density or dense) or "method@density"
     methods: list[str] = field(default_factory=lambda: ["dst", "dense", "dst_adv@1.0", "dpsgd"])
     epoch_budgets: Optional[list[int]] = None  # DST budgets to use; null: every budget tracked
+    # the leakage measure the frontier is drawn in: a logged metric, or several (their maximum
+    # per run), e.g. [audit_loss_auc, audit_lira_offline_auc] = the strongest dense-reference attack
+    metrics: list[str] = field(default_factory=lambda: ["audit_auc"])
 
 
 @dataclass
@@ -215,6 +220,7 @@ class CompareConfig:
     use_examples: bool = True  # hierarchical bootstrap over examples when scores.npz exists
     seed: int = 0
     frontier: FrontierConfig = field(default_factory=FrontierConfig)
+    study: Optional[str] = None  # an Optuna study's name: its Pareto trials against the frontier
 
 
 OBJECTIVE_DIRECTIONS = {

@@ -82,13 +82,20 @@ def run(cfg: DictConfig) -> CompareResult:
                  "(SPEC: compare over >= 5 paired seeds).")
     frontier = None
     if c.frontier.enabled:
-        frontier, plots = frontier_table(frame, c, out)
+        leak = with_leakage(frame, c.frontier.metrics)
+        frontier, plots = frontier_table(leak, c, out)
         if frontier is not None:
             files.append(out / "frontier.csv")
             frontier.to_csv(files[-1], index=False)
             text += "\n\n## Excess audit AUC over the train-less frontier (per seed, then mean)\n\n"
             text += _md(format_frontier(frontier))
             files += plots
+        if c.study:
+            study = study_table(leak, runs.load_study_trials(uri, c.study, mlflow_exp), c)
+            files.append(out / "study_vs_frontier.csv")
+            study.to_csv(files[-1], index=False)
+            text += f"\n\n## Study {c.study!r}: its Pareto trials against the frontier\n\n"
+            text += format_study(study)
     files.insert(2, out / "compare.md")
     files[2].write_text(text + "\n")
     files.remove(out / "paired.md")
@@ -420,6 +427,74 @@ def frontier_table(frame: pd.DataFrame, c: CompareConfig, out: Path) -> tuple[pd
             })
         plots.append(_plot_frontier(frame, front, dataset, density, out / f"frontier_{dataset}_{density:g}.png"))
     return (pd.DataFrame(rows) if rows else None), plots
+
+
+def with_leakage(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """A copy whose `audit_auc` is the frontier's leakage measure: the maximum of `metrics` per run."""
+    if not metrics:
+        raise ValueError("compare.frontier.metrics is empty; name at least one logged metric, e.g. [audit_auc]")
+    missing = [m for m in metrics if m not in frame.columns]
+    if missing:
+        logged = sorted(col for col in frame.columns if str(col).startswith("audit_") and str(col).endswith("_auc"))
+        raise ValueError(f"compare.frontier.metrics {missing} are not logged by these runs; "
+                         f"logged AUC metrics: {['audit_auc', *logged]}")
+    out = frame.copy()
+    out["audit_auc"] = out[list(metrics)].apply(pd.to_numeric, errors="coerce").max(axis=1, skipna=False)
+    return out
+
+
+def front_hypervolume(accuracy: np.ndarray, auc: np.ndarray) -> float:
+    """Area dominated by (accuracy, AUC) points, maximising accuracy and minimising AUC, up to the
+    reference point (accuracy 0, AUC 1): the search's normalised objectives (1 - accuracy, AUC)."""
+    from pipeline.stages.search import hypervolume
+
+    pts = np.column_stack([1.0 - np.asarray(accuracy, float), np.asarray(auc, float)])
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    return hypervolume(pts, np.array([1.0, 1.0])) if len(pts) else 0.0
+
+
+def study_table(frame: pd.DataFrame, trials: pd.DataFrame, c: CompareConfig) -> pd.DataFrame:
+    """Each Pareto trial (tag pareto_rank=0, chosen on validation) of a study, on test data: its excess
+    leakage over the frontier of its seed and density, and both fronts' hypervolumes."""
+    ranks = trials["pareto_rank"].astype(str) if "pareto_rank" in trials else pd.Series("", index=trials.index)
+    pareto = with_leakage(trials[ranks == "0"], c.frontier.metrics)
+    if pareto.empty:
+        raise runs.NoRunsError(f"study {c.study!r} has no trial tagged pareto_rank=0; let its search finish first")
+    rows = []
+    for (dataset, density, seed), g in pareto.groupby(["dataset", "target_density", "seed"]):
+        front = frontier_runs(frame, dataset, float(density), c.frontier.methods)
+        front = front[front["seed"].astype(str) == str(seed)]
+        if front.empty:
+            raise runs.NoRunsError(
+                f"no frontier runs ({c.frontier.methods}) for {dataset} at density {float(density):g}, seed {seed} "
+                f"in experiment {c.experiment_name!r}: run the frontier grid with that seed first")
+        env = frontier_envelope(front["test_accuracy"], front["audit_auc"])
+        hv_front = front_hypervolume(front["test_accuracy"], front["audit_auc"])
+        hv_study = front_hypervolume(g["test_accuracy"], g["audit_auc"])
+        for _, r in g.iterrows():
+            f = frontier_auc(env, float(r["test_accuracy"]))
+            rows.append({"dataset": dataset, "density": float(density), "seed": seed,
+                         "trial": r.get("trial_number"), "test_accuracy": float(r["test_accuracy"]),
+                         "audit_auc": float(r["audit_auc"]), "frontier_auc": f,
+                         "excess_auc": float(r["audit_auc"]) - f,
+                         "hv_study": hv_study, "hv_frontier": hv_front,
+                         "hv_union": front_hypervolume(np.r_[g["test_accuracy"], front["test_accuracy"]],
+                                                       np.r_[g["audit_auc"], front["audit_auc"]])})
+    return pd.DataFrame(rows)
+
+
+def format_study(t: pd.DataFrame) -> str:
+    cells = pd.DataFrame({
+        "trial": t["trial"], "seed": t["seed"], "test acc": t["test_accuracy"].map("{:.4f}".format),
+        "audit AUC": t["audit_auc"].map("{:.4f}".format),
+        "frontier AUC there": t["frontier_auc"].map(lambda v: f"{v:.4f}" if _finite(v) else "n/a"),
+        "excess AUC": t["excess_auc"].map(lambda v: f"{v:+.4f}" if _finite(v) else "n/a (above range)"),
+    })
+    hv = t.drop_duplicates(["dataset", "density", "seed"])
+    lines = [f"- {r.dataset} @ {r.density:g}, seed {r.seed}: hypervolume (reference accuracy 0, AUC 1) "
+             f"study {r.hv_study:.4f}, frontier {r.hv_frontier:.4f}, union {r.hv_union:.4f} "
+             f"(the study adds {r.hv_union - r.hv_frontier:+.4f} to the frontier)" for r in hv.itertuples()]
+    return _md(cells) + "\n\n" + "\n".join(lines)
 
 
 def _plot_frontier(frame: pd.DataFrame, front: pd.DataFrame, dataset: str, density: float, path: Path) -> Path:

@@ -76,7 +76,9 @@ def run(cfg: DictConfig) -> ReportResult:
     files[2].write_text(to_latex(summary))
     if rc.plots:
         for dataset in summary["dataset"].unique():
-            files.append(plot_tradeoff(frame[frame["dataset"] == dataset], out / f"tradeoff_{dataset}.png", dataset))
+            sub = frame[frame["dataset"] == dataset]
+            files.append(plot_tradeoff(sub, out / f"tradeoff_{dataset}.png", dataset,
+                                       frontier=frontier_curves(sub, rc.frontier)))
     print(markdown)
     for f in files:
         tracking.log_artifact(f, "report")
@@ -260,7 +262,8 @@ def to_latex(summary: pd.DataFrame) -> str:
 def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.DataFrame | None = None) -> Path:
     """Test accuracy vs audit AUC, one series per method across densities (error bars: std over seeds).
 
-    `frontier` (columns accuracy, auc), when given, is drawn as the train-less frontier.
+    `frontier` (columns accuracy, auc, optionally density), when given, is drawn as the
+    train-less frontier, one dashed line per density.
     """
     import matplotlib
 
@@ -281,8 +284,11 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
                 ax.annotate(f"{d:g}", (r[("audit_auc", "mean")], r[("test_accuracy", "mean")]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")
     if frontier is not None and len(frontier):
-        f = frontier.sort_values("accuracy")
-        ax.plot(f["auc"], f["accuracy"], "k--", lw=1.5, label="train-less frontier")
+        by_density = frontier.groupby("density") if "density" in frontier else [(None, frontier)]
+        for (density, f), style in zip(by_density, ("k--", "k:", "k-.", "k-"), strict=False):
+            f = f.sort_values("accuracy")
+            name = "train-less frontier" + (f" (density {density:g})" if density is not None else "")
+            ax.plot(f["auc"], f["accuracy"], style, lw=1.5, label=name)
     ax.set_xlabel("audit AUC (strongest attack; lower is safer)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{dataset}\naccuracy vs membership leakage (point labels: density)", fontsize=10)
@@ -292,6 +298,25 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def frontier_curves(frame: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """Per compressed density of one data set: the envelope of the frontier members' seed means
+    (compare stage, `compare.frontier.methods`). Columns accuracy, auc, density; empty if none ran."""
+    from pipeline.stages.compare import frontier_envelope, frontier_runs
+
+    parts = []
+    if not {"test_accuracy", "audit_auc"} <= set(frame.columns) or frame.empty:
+        return pd.DataFrame(columns=["accuracy", "auc", "density"])
+    dataset = frame["dataset"].iloc[0]
+    for density in sorted(d for d in frame["target_density"].dropna().unique() if d < 1.0):
+        front = frontier_runs(frame, dataset, float(density), methods)
+        if front.empty:
+            continue
+        means = front.groupby(["label", "target_density"])[["test_accuracy", "audit_auc"]].mean()
+        env = frontier_envelope(means["test_accuracy"], means["audit_auc"])
+        parts.append(pd.DataFrame({"accuracy": env[:, 0], "auc": env[:, 1], "density": float(density)}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["accuracy", "auc", "density"])
 
 
 # ---------------------------------------------------------------- per-model audit report

@@ -295,6 +295,15 @@ def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
         raise ValueError(
             f"search.n_trials and search.n_workers must be >= 1, got {s.n_trials}, {s.n_workers}"
         )
+    keys = {p.key: p for p in s.space}
+    if "compress.selection.lam" in keys:
+        rule = keys.get("compress.selection.rule")
+        rules = set(rule.choices or []) if rule is not None else {str(cfg.compress.selection.rule)}
+        if "weighted" not in rules:
+            raise ValueError(
+                f"search space key 'compress.selection.lam' only acts under compress.selection.rule=weighted, "
+                f"but every trial would use {sorted(rules)}; set compress.selection.rule=weighted or search it"
+            )
 
 
 def run(cfg: DictConfig) -> SearchResult:

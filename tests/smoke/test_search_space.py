@@ -43,6 +43,8 @@ def _space(entry: str) -> str:
         ("+search.constraints={accuracy_atleast: 0.5}", "unknown search constraint"),
         ("search.storage=postgresql://nouser@127.0.0.1:1/x", "cannot open Optuna storage"),
         ("search.storage=sqlite:///{root}/a_file/optuna.db", "cannot open Optuna storage"),
+        (_space("{key: compress.selection.lam, type: float, low: 0.1, high: 3.0}"),
+         r"only acts under compress.selection.rule=weighted.*\['lexicographic'\]"),
     ],
     ids=[
         "unknown-key",
@@ -54,6 +56,7 @@ def _space(entry: str) -> str:
         "constraint",
         "postgres-unreachable",
         "sqlite-unwritable",
+        "lambda-without-weighted",
     ],
 )
 def test_bad_search_input_fails_before_any_trial(cfg_factory, tmp_path, override, message):
@@ -96,6 +99,7 @@ def test_presets_search_their_space_and_tag_every_trial(cfg_factory):
     for r in children:
         lam = float(r.data.params["compress.selection.lam"])
         assert 0.1 <= lam <= 10.0
+        assert r.data.params["compress.selection.rule"] == "weighted"  # lambda acts only there
         tags = r.data.tags
         for tag in (
             "teacher_key",

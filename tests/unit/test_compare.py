@@ -180,3 +180,41 @@ def test_ambiguous_method_names_its_configurations():
     merged = compare.pairs(frame, "safecompress/metric", "dst [ep=15]")
     assert sorted(merged["seed"]) == [0, 1, 2]
     assert set(compare.pairs(frame, "safecompress (bmia)", "dst")["epochs_b"]) == {30.0}
+
+
+def test_leakage_measure_is_the_max_of_the_named_metrics():
+    frame = pd.DataFrame({"audit_auc": [0.9, 0.8], "audit_loss_auc": [0.6, 0.7],
+                          "audit_lira_offline_auc": [0.65, 0.5]})
+    out = compare.with_leakage(frame, ["audit_loss_auc", "audit_lira_offline_auc"])
+    np.testing.assert_allclose(out["audit_auc"], [0.65, 0.7])
+    np.testing.assert_allclose(frame["audit_auc"], [0.9, 0.8])  # the input is left alone
+    with pytest.raises(ValueError, match=r"\['audit_rmia_auc'\] are not logged.*audit_loss_auc"):
+        compare.with_leakage(frame, ["audit_rmia_auc"])
+
+
+def test_front_hypervolume_by_hand():
+    # (acc, auc) (0.5, 0.6) and (0.7, 0.8): as (1 - acc, auc) with reference (1, 1):
+    # 0.5 * 0.4 + (0.7 - 0.5) * (1 - 0.8) = 0.2 + 0.04
+    assert compare.front_hypervolume([0.5, 0.7], [0.6, 0.8]) == pytest.approx(0.24)
+    assert compare.front_hypervolume([0.5, 0.7, 0.4], [0.6, 0.8, 0.7]) == pytest.approx(0.24)  # dominated
+    assert compare.front_hypervolume([], []) == 0.0
+
+
+def test_study_pareto_trials_against_the_frontier():
+    frame = _frontier_frame()
+    trials = pd.DataFrame({
+        "dataset": "p", "target_density": 0.05, "seed": "1", "trial_number": ["0", "1", "2"],
+        "pareto_rank": ["0", "0", "1"], "test_accuracy": [0.65, 0.75, 0.6], "audit_auc": [0.60, 0.9, 0.9]})
+    c = CompareConfig(study="s", n_bootstrap=200)
+    t = compare.study_table(frame, trials, c).set_index("trial")
+    assert list(t.index) == ["0", "1"]  # rank-1 trials are not on the study's front
+    assert t.loc["0", "frontier_auc"] == pytest.approx(0.65)  # on the (0.6, 0.6)-(0.7, 0.7) segment
+    assert t.loc["0", "excess_auc"] == pytest.approx(-0.05)
+    assert t.loc["1", "frontier_auc"] == pytest.approx(0.75)  # between dst (0.7, 0.7) and dense (0.8, 0.8)
+    assert t.loc["1", "excess_auc"] == pytest.approx(0.15)
+    front = frame[(frame["seed"] == 1) & frame["method"].isin(["dst", "dense"])]
+    hv_front = compare.front_hypervolume(front["test_accuracy"], front["audit_auc"])
+    assert t.loc["0", "hv_frontier"] == pytest.approx(hv_front)
+    assert t.loc["0", "hv_union"] > hv_front  # the trial below the frontier adds area
+    with pytest.raises(runs.NoRunsError, match="seed 9"):
+        compare.study_table(frame, trials.assign(seed="9"), c)

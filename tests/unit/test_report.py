@@ -195,3 +195,21 @@ def test_safecompress_labels_name_non_default_selection():
             "params.compress.strategies": "[{'prune': 'magnitude', 'grow': 'random'}, "
                                           "{'prune': 'magnitude', 'grow': 'gradient'}]"}
     assert runs.run_label(pd.Series(pool)) == "safecompress (bmia) [delta=0.02, pool=2]"
+
+
+def test_tradeoff_plot_draws_the_frontier_of_each_density(tmp_path):
+    rows = []
+    for seed in (0, 1):
+        for method, label, d, acc, auc in (("dst", "dst", 0.05, 0.5, 0.7), ("dst", "dst [ep=10]", 0.05, 0.3, 0.6),
+                                           ("dst", "dst", 0.2, 0.6, 0.75), ("dense", "dense", 1.0, 0.7, 0.9),
+                                           ("oneshot", "oneshot", 0.05, 0.45, 0.8)):
+            rows.append(dict(run_id=f"{label}{d}{seed}", dataset="p", method=method, label=label, seed=seed,
+                             target_density=d, test_accuracy=acc + 0.01 * seed, audit_auc=auc))
+    frame = pd.DataFrame(rows)
+    curves = report.frontier_curves(frame, ["dst", "dense"])
+    at = {d: g[["accuracy", "auc"]].to_numpy() for d, g in curves.groupby("density")}
+    np.testing.assert_allclose(at[0.05], [[0.305, 0.6], [0.505, 0.7], [0.705, 0.9]])  # oneshot is no member
+    np.testing.assert_allclose(at[0.2], [[0.605, 0.75], [0.705, 0.9]])
+    path = report.plot_tradeoff(frame, tmp_path / "t.png", "p", frontier=curves)
+    assert path.stat().st_size > 0
+    assert report.frontier_curves(frame[frame["method"] == "oneshot"], ["dst"]).empty
