@@ -157,7 +157,8 @@ class AttackConfig:
     n_audit: Optional[int] = None  # audit members = audit non-members; default: all of `test`
     n_bootstrap: int = 0
     n_population: int = 1000  # population points for RMIA's comparison and Shokri's attack training
-    reference: str = "dense"  # reference models: dense | matched (compress recipe) | both
+    reference: str = "matched"  # reference models of a final audit: dense | matched (compress recipe) | both
+    search_reference: str = "dense"  # ... of the audits inside a search's trials (speed)
 
 
 @dataclass
@@ -269,6 +270,7 @@ def validate(cfg: DictConfig) -> None:
     validate_compress(compress)
     attack = to_schema(AttackConfig, cfg.attack)
     _check_choice("attack.reference", attack.reference, ("dense", "matched", "both"))
+    _check_choice("attack.search_reference", attack.search_reference, ("dense", "matched", "both"))
     if attack.n_bootstrap and attack.n_bootstrap < 100:
         raise ValueError(f"attack.n_bootstrap must be 0 (off) or >= 100, got {attack.n_bootstrap}")
     search = to_schema(SearchConfig, cfg.search)

@@ -656,6 +656,8 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
 
     t0 = time.perf_counter()
     trial_cfg = apply_params(cfg, params)
+    # trials audit against dense references (fast); a chosen model's final audit uses attack.reference
+    OmegaConf.update(trial_cfg, "attack.reference", str(cfg.attack.get("search_reference", "dense")), merge=False)
     run = None
     if exp_id is not None:
         # Tags given at creation, so a run whose process dies at once still names its trial.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import optuna
 import pandas as pd
@@ -50,6 +52,8 @@ def test_search_tracks_every_trial_and_resumes_from_cache(cfg_factory, monkeypat
     assert len(done) == 2
     assert {t.user_attrs["mlflow_run_id"] for t in done} == {c.info.run_id for c in children}
     assert study.metric_names == ["accuracy", "attack_auc"]
+    # trials audit against the dense references only (attack.search_reference): no matched ones
+    assert not list((Path(str(cfg.paths.cache_dir)) / "shadow_matched").glob("*"))
 
     # The reported Pareto set equals the nondominated set of all trials.
     values = np.array([t.values for t in done])
@@ -100,6 +104,15 @@ def test_teacher_on_digits_is_accurate_and_leaks_a_little(cfg_factory):
     train(unseen, data.dataset.x[known], data.dataset.y[known], train_recipe(cfg), generator(0, "unseen"))
     auc = loss_attack_auc(unseen, *slices)
     assert abs(auc - 0.5) <= 0.05, auc
+
+
+def test_a_final_audit_uses_recipe_matched_references_by_default(cfg_factory):
+    cfg = cfg_factory("experiment=smoke", "stage=attack", "compress=oneshot")
+    assert cfg.attack.reference == "matched"
+    result = run_stage(cfg)
+    matched = list((Path(str(cfg.paths.cache_dir)) / "shadow_matched").glob("*"))
+    assert len(matched) == cfg.shadows.n_models  # one per reference model, trained by the oneshot recipe
+    assert "lira_offline" in pd.read_csv(result.path / "audit.csv", index_col=0).index
 
 
 def test_matched_references_and_canaries_are_audited(cfg_factory):
