@@ -1,12 +1,17 @@
-"""Train K MLPs at once: their layers stacked into grouped matrix multiplies (`torch.baddbmm`).
+"""Train K MLPs at once: their layers stacked into grouped matrix multiplies (batched GEMMs).
 
 Shadow models share an architecture and a recipe and differ only in their
 initial weights and training sets. Stacking the K weight matrices of each layer
-into one (K, out, in) tensor turns K small GEMMs into one batched GEMM; on 2 CPU
-cores this beat both a Python loop and a naive `torch.func.vmap` (measured in
-`benchmarks/bench_shadows.py`). The summed loss gives every model exactly the
-gradient it would get alone, and SGD/Adam are elementwise, so the result equals
-sequential training up to floating-point rounding (a unit test checks it).
+into one (K, in, out) tensor turns K small GEMMs into one batched GEMM. The summed
+loss gives every model exactly the gradient it would get alone, and SGD/Adam are
+elementwise, so the result equals sequential training up to floating-point
+rounding (a unit test checks it).
+
+`GroupedMLP` is the autograd module (used by the compress stage's batched probes).
+`train_grouped` (the shadows stage) skips autograd: one flat parameter tensor, a
+hand-written backward into buffers allocated once, and torch's fused optimizer,
+so a step is the 8 GEMMs of forward and backward plus a few small kernels
+(`benchmarks/bench_shadows.py` has the timings).
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from torch import nn
 
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
-from pipeline.training import NonFiniteLossError, make_optimizer, set_lr, steps_per_epoch
+from pipeline.training import NonFiniteLossError, set_lr, steps_per_epoch
 
-_ACTIVATIONS: dict[type[nn.Module], object] = {nn.ReLU: F.relu, nn.Tanh: torch.tanh, nn.GELU: F.gelu}
+_ACTIVATIONS: dict[type[nn.Module], object] = {
+    nn.ReLU: F.relu,
+    nn.Tanh: torch.tanh,
+    nn.GELU: F.gelu,
+}
 
 
 def can_batch(models: Sequence[nn.Module]) -> bool:
@@ -74,6 +83,148 @@ class GroupedMLP(nn.Module):
                 lin.bias.copy_(self.biases[i][k])
 
 
+# ----------------------------------------------------------------------------- grouped training
+
+# Activation forward (written into `out`) and backward (grad w.r.t. its input, written into
+# `out`, which may alias `grad`); the backward formulas are the ones autograd uses.
+_ACT_FORWARD = {
+    nn.ReLU: lambda z, out: torch.clamp_min(z, 0.0, out=out),
+    nn.Tanh: lambda z, out: torch.tanh(z, out=out),
+    nn.GELU: lambda z, out: torch._C._nn.gelu(z, out=out),
+}
+_ACT_BACKWARD = {
+    nn.ReLU: lambda grad, z, h, out: torch.ops.aten.threshold_backward.grad_input(
+        grad, h, 0.0, grad_input=out
+    ),
+    nn.Tanh: lambda grad, z, h, out: torch.ops.aten.tanh_backward.grad_input(
+        grad, h, grad_input=out
+    ),
+    nn.GELU: lambda grad, z, h, out: torch.ops.aten.gelu_backward.grad_input(
+        grad, z, grad_input=out
+    ),
+}
+
+
+def _fused_optimizer(param: torch.Tensor, recipe: TrainConfig) -> torch.optim.Optimizer:
+    """`pipeline.training.make_optimizer`'s optimizer, fused: one kernel per step instead of ~4 passes.
+
+    On one flat tensor the unfused SGD/Adam allocate megabyte temporaries every step
+    (weight decay, Adam's denominator); the fused CPU kernels do the same update in place.
+    """
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            [param],
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov and recipe.momentum > 0,
+            weight_decay=recipe.weight_decay,
+            fused=True,
+        )
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam([param], lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: ['sgd', 'adam']")
+
+
+class _GroupedTrainer:
+    """Forward, hand-written backward and optimizer step for K stacked MLPs, allocation-free per step.
+
+    Autograd and `torch.optim` allocate fresh activation, gradient and weight-decay
+    tensors every step; for K x 256 x 256 weights these are megabytes, and fresh
+    pages cost more than the GEMMs (measured: `aten::add` inside SGD's weight decay
+    took a quarter of a grouped step). Here all parameters live in one flat tensor,
+    all gradients in another, and every per-step tensor in a workspace allocated
+    once per batch size. The backward is the chain rule autograd would run (same
+    GEMMs, same activation-backward kernels); a unit test checks it against
+    sequential `pipeline.training.train`.
+    """
+
+    def __init__(self, models: Sequence[MLP], recipe: TrainConfig):
+        if not can_batch(models):
+            raise ValueError("grouped training needs >= 1 MLPs of identical architecture")
+        linears = [[m for m in model.modules() if isinstance(m, nn.Linear)] for model in models]
+        acts = [type(m) for m in models[0].body if type(m) in _ACTIVATIONS]
+        self.act = acts[0] if acts else None
+        self.n_models = len(models)
+        self.dims = [linears[0][0].in_features] + [lin.out_features for lin in linears[0]]
+        k, n_layers = self.n_models, len(self.dims) - 1
+        sizes = [(k, self.dims[i], self.dims[i + 1]) for i in range(n_layers)]
+        n_params = sum(k * (d_in * d_out + d_out) for _, d_in, d_out in sizes)
+        self.flat = nn.Parameter(torch.empty(n_params))
+        self.flat.grad = torch.zeros(n_params)
+        self.weights, self.biases = self._views(self.flat.detach(), sizes)  # (K, in, out), (K, out)
+        self.grad_w, self.grad_b = self._views(self.flat.grad, sizes)
+        with torch.no_grad():
+            for i in range(n_layers):
+                self.weights[i].copy_(torch.stack([ls[i].weight.t() for ls in linears]))
+                self.biases[i].copy_(torch.stack([ls[i].bias for ls in linears]))
+        self.optimizer = _fused_optimizer(self.flat, recipe)
+        self._workspaces: dict[int, dict[str, list[torch.Tensor]]] = {}
+
+    @staticmethod
+    def _views(flat: torch.Tensor, sizes: list[tuple[int, int, int]]):
+        weights, biases, at = [], [], 0
+        for k, d_in, d_out in sizes:
+            weights.append(flat[at : at + k * d_in * d_out].view(k, d_in, d_out))
+            at += k * d_in * d_out
+            biases.append(flat[at : at + k * d_out].view(k, d_out))
+            at += k * d_out
+        return weights, biases
+
+    def _workspace(self, b: int) -> dict[str, list[torch.Tensor]]:
+        """Pre-activations, activations and their gradients for batch size `b`, made once."""
+        if b not in self._workspaces:
+            k, hidden = self.n_models, self.dims[1:-1]
+            self._workspaces[b] = {
+                "z": [torch.empty(k, b, d) for d in self.dims[1:]],  # (K, b, out) per layer
+                "h": [torch.empty(k, b, d) for d in hidden],  # activations of the hidden layers
+                "dh": [
+                    torch.empty(k, b, d) for d in hidden
+                ],  # their gradients, then the pre-activations'
+                "dlogits": [torch.empty(k, b, self.dims[-1])],
+                "minus_one": [torch.full((k, b, 1), -1.0)],
+            }
+        return self._workspaces[b]
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """One optimizer step of every model on its batch, xb (K, b, in), yb (K, b); returns the summed loss."""
+        b = xb.shape[1]
+        ws = self._workspace(b)
+        z, h, dh = ws["z"], ws["h"], ws["dh"]
+        last = len(self.weights) - 1
+        inputs = [xb]  # the input of each layer
+        for i, (w, bias) in enumerate(zip(self.weights, self.biases)):
+            torch.baddbmm(bias.unsqueeze(1), inputs[i], w, out=z[i])  # (K, b, out)
+            if i < last:
+                if self.act is not None:
+                    _ACT_FORWARD[self.act](z[i], h[i])
+                inputs.append(h[i] if self.act is not None else z[i])
+        # loss: sum over models of the mean cross-entropy; its gradient w.r.t. the logits is (softmax - onehot) / b
+        log_probs = torch.log_softmax(z[last], dim=2)  # (K, b, C)
+        target = yb.unsqueeze(2)  # (K, b, 1)
+        loss = log_probs.gather(2, target).sum().div_(-b)
+        grad = torch.exp(log_probs, out=ws["dlogits"][0])
+        grad.scatter_add_(2, target, ws["minus_one"][0]).div_(b)
+        for i in range(last, -1, -1):
+            torch.bmm(inputs[i].transpose(1, 2), grad, out=self.grad_w[i])  # (K, in, out)
+            torch.sum(grad, dim=1, out=self.grad_b[i])  # (K, out)
+            if i > 0:
+                torch.bmm(grad, self.weights[i].transpose(1, 2), out=dh[i - 1])  # (K, b, in)
+                if self.act is not None:
+                    _ACT_BACKWARD[self.act](dh[i - 1], z[i - 1], h[i - 1], dh[i - 1])
+                grad = dh[i - 1]
+        self.optimizer.step()
+        return loss
+
+    @torch.no_grad()
+    def write_back(self, models: Sequence[MLP]) -> None:
+        """Copy model k's trained weights into `models[k]`."""
+        for k, model in enumerate(models):
+            for i, lin in enumerate(m for m in model.modules() if isinstance(m, nn.Linear)):
+                lin.weight.copy_(self.weights[i][k].t())
+                lin.bias.copy_(self.biases[i][k])
+
+
+@torch.no_grad()
 def train_grouped(
     models: Sequence[MLP],
     xs: Sequence[torch.Tensor],
@@ -88,29 +239,33 @@ def train_grouped(
     """
     sizes = {len(y) for y in ys}
     if len(sizes) != 1 or not (len(models) == len(xs) == len(ys) == len(generators)):
-        raise ValueError(f"grouped training needs equal-size training sets, got sizes {sorted(sizes)}")
-    n = sizes.pop()
-    grouped = GroupedMLP(models)
-    x_all, y_all = torch.stack(list(xs)), torch.stack(list(ys))  # (K, n, ...), (K, n)
-    k_idx = torch.arange(len(models)).unsqueeze(1)
-    optimizer = make_optimizer(grouped.parameters(), recipe)
+        raise ValueError(
+            f"grouped training needs equal-size training sets, got sizes {sorted(sizes)}"
+        )
+    n, k = sizes.pop(), len(models)
+    trainer = _GroupedTrainer(models, recipe)
+    x_all = torch.stack([x.flatten(1) for x in xs]).view(k * n, -1)  # (K * n, in)
+    y_all = torch.stack(list(ys)).view(k * n)  # (K * n,)
+    offsets = torch.arange(k).unsqueeze(1) * n  # (K, 1): model k's rows start at k * n
+    x_epoch, y_epoch = (
+        torch.empty(k, n, x_all.shape[1], dtype=x_all.dtype),
+        torch.empty(k, n, dtype=y_all.dtype),
+    )
     total = recipe.epochs * steps_per_epoch(n, recipe.batch_size)
     step = 0
-    grouped.train()
     for _ in range(recipe.epochs):
         perms = torch.stack([torch.randperm(n, generator=g) for g in generators])  # (K, n)
+        # one gather per epoch into reused buffers; every batch is then a slice
+        rows = (perms + offsets).view(-1)
+        torch.index_select(x_all, 0, rows, out=x_epoch.view(k * n, -1))
+        torch.index_select(y_all, 0, rows, out=y_epoch.view(k * n))
         for start in range(0, n, recipe.batch_size):
-            idx = perms[:, start : start + recipe.batch_size]  # (K, b)
-            set_lr(optimizer, recipe, step, total)
-            optimizer.zero_grad(set_to_none=True)
-            logits = grouped(x_all[k_idx, idx])  # (K, b, C)
-            per_model = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y_all[k_idx, idx].reshape(-1), reduction="none"
-            ).view(len(models), -1).mean(1)
-            loss = per_model.sum()
+            set_lr(trainer.optimizer, recipe, step, total)
+            loss = trainer.step(
+                x_epoch[:, start : start + recipe.batch_size],
+                y_epoch[:, start : start + recipe.batch_size],
+            )
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"shadow training loss is {loss.item()}; lower train.lr")
-            loss.backward()
-            optimizer.step()
             step += 1
-    grouped.write_back(models)
+    trainer.write_back(models)
