@@ -14,7 +14,7 @@ through it. White-box model (Nasr S&P'19) adds a loss branch and a small conv br
 the per-example gradient of the loss w.r.t. the last linear layer (one filter spans a whole
 row, i.e. one output unit, as in the paper), normalised per example, plus its log-norm.
 
-Training (`train_attack_model`): Adam (Nasr's lr 1e-3), class-balanced binary cross-entropy,
+Training (`train_attack_model`): Adam (Nasr's lr 1e-3; fused kernel), class-balanced binary cross-entropy,
 mini-batches shuffled by an explicit generator. Nasr's official code trains 100 epochs; our
 default is shorter for CPU.
 """
@@ -226,7 +226,7 @@ def train_attack_model(
     fit_normalization = getattr(model_nn, "fit_normalization", None)
     if callable(fit_normalization):  # input statistics from members and non-members alike
         fit_normalization(*xs)
-    opt = torch.optim.Adam(model_nn.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = _adam(list(model_nn.parameters()), lr=lr, weight_decay=weight_decay)
     model_nn.train()
     n = n1 + n0
     for _ in range(epochs):
@@ -240,6 +240,19 @@ def train_attack_model(
             opt.step()
     model_nn.eval()
     return model_nn
+
+
+def _adam(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel where the parameters' device has one.
+
+    The attack models have ~25 small tensors; the default per-tensor Adam loop on CPU cost
+    more than the forward pass (0.35 vs 0.08 ms a step). Same update rule; results differ
+    from the unfused loop only by float rounding.
+    """
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 @contextlib.contextmanager

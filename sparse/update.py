@@ -48,21 +48,31 @@ def _select(
     lowest: bool,
     layer: str,
 ) -> torch.Tensor:
-    """Flat indices of the ``k`` lowest (or highest) scores among ``candidates``.
+    """Flat indices (as a set, in no particular order) of the ``k`` lowest (or highest) scores
+    among ``candidates``.
 
-    Candidates are shuffled by a generator permutation before a stable sort, so equal scores are
-    ordered at random but reproducibly under ``g``; distinct scores keep their exact order.
+    Candidates are shuffled by a generator permutation, so equal scores are chosen at random but
+    reproducibly under ``g``; distinct scores keep their exact order. The result is the set a
+    stable sort of the shuffled scores would put first, found with one ``kthvalue`` (O(m)) instead
+    of a full sort (O(m log m), ~10x slower on a 256x256 layer): every score strictly better than
+    the k-th, then the ties at the k-th value in shuffled order.
     """
     idx = candidates.reshape(-1).nonzero().squeeze(1)  # (m,)
-    if k > idx.numel():
-        raise ValueError(f"layer {layer!r}: asked for {k} of {idx.numel()} candidates")
-    perm = torch.randperm(idx.numel(), generator=g).to(idx.device)
+    m = idx.numel()
+    if k > m:
+        raise ValueError(f"layer {layer!r}: asked for {k} of {m} candidates")
+    perm = torch.randperm(m, generator=g).to(idx.device)
     idx = idx[perm]
     s = scores.reshape(-1)[idx]
     if not bool(torch.isfinite(s).all()):
         raise ValueError(f"layer {layer!r}: scores contain NaN/inf (check weights and gradients)")
-    order = torch.sort(s, descending=not lowest, stable=True).indices[:k]
-    return idx[order]
+    if k == 0 or k == m:
+        return idx[:k]
+    kth = torch.kthvalue(s, k if lowest else m - k + 1).values
+    better = s < kth if lowest else s > kth
+    tied = (s == kth).nonzero().squeeze(1)  # shuffled order, as a stable sort keeps it
+    n_better = int(better.sum())
+    return torch.cat([idx[better], idx[tied[: k - n_better]]])
 
 
 def _momentum_from(
