@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from pipeline.batched import GroupedMLP, can_batch, train_grouped
+from pipeline.batched import GroupedMLP, _GroupedTrainer, can_batch, train_grouped
 from pipeline.config import TrainConfig
 from pipeline.models import MLP, SmallCNN
-from pipeline.training import train
+from pipeline.training import NonFiniteLossError, train
 
 
 def _models(k, seed=0, act="relu"):
@@ -14,9 +15,28 @@ def _models(k, seed=0, act="relu"):
     return [MLP((12,), 5, (16, 8), act) for _ in range(k)]
 
 
-@pytest.mark.parametrize("optimizer, act", [("sgd", "relu"), ("adam", "tanh")])
-def test_grouped_equals_sequential(optimizer, act):
-    recipe = TrainConfig(epochs=3, batch_size=7, optimizer=optimizer, lr=0.05, weight_decay=1e-3)
+@pytest.mark.parametrize(
+    "optimizer, act, extra",
+    [
+        ("sgd", "relu", {}),
+        ("adam", "tanh", {}),
+        ("sgd", "gelu", {"nesterov": True, "lr_schedule": "multistep"}),
+        ("sgd", "relu", {"momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant"}),
+        ("adam", "relu", {"weight_decay": 0.0}),
+    ],
+)
+def test_grouped_equals_sequential(optimizer, act, extra):
+    # batch 7 does not divide 30: every epoch ends on a smaller batch
+    recipe = TrainConfig(
+        **{
+            "epochs": 3,
+            "batch_size": 7,
+            "optimizer": optimizer,
+            "lr": 0.05,
+            "weight_decay": 1e-3,
+            **extra,
+        }
+    )
     g = torch.Generator().manual_seed(1)
     xs = [torch.randn(30, 12, generator=g) for _ in range(3)]
     ys = [torch.randint(0, 5, (30,), generator=g) for _ in range(3)]
@@ -46,6 +66,44 @@ def test_can_batch_rejects_mixed_or_non_mlp():
     assert not can_batch([SmallCNN((1, 8, 8), 3)])
     with pytest.raises(ValueError, match="equal-size"):
         recipe = TrainConfig(epochs=1)
-        train_grouped(_models(2), [torch.randn(5, 12), torch.randn(6, 12)],
-                      [torch.zeros(5, dtype=torch.long), torch.zeros(6, dtype=torch.long)], recipe,
-                      [torch.Generator(), torch.Generator()])
+        train_grouped(
+            _models(2),
+            [torch.randn(5, 12), torch.randn(6, 12)],
+            [torch.zeros(5, dtype=torch.long), torch.zeros(6, dtype=torch.long)],
+            recipe,
+            [torch.Generator(), torch.Generator()],
+        )
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_trainer_gradients_equal_autograd(act):
+    """The hand-written backward gives autograd's gradients of the summed per-model mean loss."""
+    models = _models(3, act=act)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(3, 9, 12, generator=g), torch.randint(0, 5, (3, 9), generator=g)
+    grouped = GroupedMLP(models)
+    loss = (
+        F.cross_entropy(grouped(x).reshape(-1, 5), y.reshape(-1), reduction="none")
+        .view(3, -1)
+        .mean(1)
+        .sum()
+    )
+    loss.backward()
+    # lr 0: the step computes the gradients but leaves the weights alone
+    trainer = _GroupedTrainer(
+        models, TrainConfig(optimizer="sgd", lr=0.0, momentum=0.0, weight_decay=0.0)
+    )
+    trainer_loss = trainer.step(x, y)
+    assert torch.allclose(trainer_loss, loss.detach(), atol=1e-6)
+    for i in range(len(grouped.weights)):
+        assert torch.allclose(trainer.grad_w[i], grouped.weights[i].grad, atol=1e-6), i
+        assert torch.allclose(trainer.grad_b[i], grouped.biases[i].grad, atol=1e-6), i
+        assert torch.equal(trainer.weights[i], grouped.weights[i].detach())
+
+
+def test_grouped_raises_on_non_finite_loss():
+    recipe = TrainConfig(epochs=2, batch_size=10, lr=1e30, lr_schedule="constant")
+    xs = [torch.randn(20, 12) * 1e3 for _ in range(2)]
+    ys = [torch.randint(0, 5, (20,)) for _ in range(2)]
+    with pytest.raises(NonFiniteLossError, match="lower train.lr"):
+        train_grouped(_models(2), xs, ys, recipe, [torch.Generator(), torch.Generator()])
