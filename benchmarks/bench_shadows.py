@@ -147,6 +147,39 @@ def run_vmap(models, xs, ys):
             step += 1
 
 
+def run_gemms_only(models, xs, ys):
+    """Only the 8 batched GEMMs of every grouped step (3 forward, 3 weight-gradient, 2 input-gradient).
+
+    Same shapes and step count as `run_grouped`, nothing else: the floor for any grouped
+    implementation built on these GEMMs.
+    """
+    dims = [64, 256, 256, 10]
+    n = len(ys[0])
+    ws = [torch.randn(K, dims[i], dims[i + 1]) for i in range(3)]
+    sizes = {min(RECIPE.batch_size, n - s) for s in range(0, n, RECIPE.batch_size)}
+    buffers = {
+        b: [torch.randn(K, b, d) for d in dims] for b in sizes
+    }  # made once, like the trainer's
+    for _ in range(RECIPE.epochs):
+        for s in range(0, n, RECIPE.batch_size):
+            acts = buffers[min(RECIPE.batch_size, n - s)]
+            for i in range(3):
+                torch.bmm(acts[i], ws[i], out=acts[i + 1])
+            for i in range(2, -1, -1):
+                torch.bmm(acts[i].transpose(1, 2), acts[i + 1], out=ws[i])
+                if i > 0:
+                    torch.bmm(acts[i + 1], ws[i].transpose(1, 2), out=acts[i])
+
+
+def training_flops(n: int, with_eval: bool) -> float:
+    """Multiply-add FLOPs (x2) of training K models on n examples each for RECIPE.epochs."""
+    layers = [(64, 256), (256, 256), (256, 10)]
+    forward = sum(2 * i * o for i, o in layers)  # per example
+    backward = 2 * forward - 2 * layers[0][0] * layers[0][1]  # no input gradient for layer 1
+    per_epoch = n * (forward + backward) + (n * forward if with_eval else 0)
+    return K * RECIPE.epochs * per_epoch
+
+
 METHODS = {
     "sequential `train` (baseline)": run_loop,
     "sequential, no per-epoch eval": run_loop_no_eval,
@@ -154,48 +187,70 @@ METHODS = {
     "grouped, autograd (before)": run_grouped_autograd,
     "torch.func vmap": run_vmap,
 }
-BASELINE, GROUPED = "sequential `train` (baseline)", "grouped (`train_grouped`)"
+BASELINE, NO_EVAL, GROUPED = (
+    "sequential `train` (baseline)",
+    "sequential, no per-epoch eval",
+    "grouped (`train_grouped`)",
+)
 
 
-def timed(fn, *args) -> float:
-    t = time.perf_counter()
+def timed(fn, *args) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of `fn(*args)`."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn(*args)
-    return time.perf_counter() - t
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(n_threads: int, n_repeats: int) -> tuple[list[str], dict[str, float]]:
-    """Markdown lines for one thread count, and the median ratio per method."""
+def _median_ratio(num: list[float], den: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def measure(n_threads: int, n_repeats: int) -> list[str]:
+    """Markdown lines for one thread count."""
     torch.set_num_threads(n_threads)
     xs, ys, models = setup()
-    run_grouped(copy.deepcopy(models), xs, ys)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in METHODS}
+    for fn in METHODS.values():  # warm-up: the first run in a process pays ~1 s of one-off set-up
+        fn(copy.deepcopy(models), xs, ys)
+    wall: dict[str, list[float]] = {name: [] for name in [*METHODS, "gemms"]}
+    cpu: dict[str, list[float]] = {name: [] for name in wall}
     for _ in range(n_repeats):
-        for name, fn in METHODS.items():
-            times[name].append(timed(fn, copy.deepcopy(models), xs, ys))
-    ratios = {
-        name: statistics.median(b / t for b, t in zip(times[BASELINE], times[name]))
-        for name in METHODS
-    }
+        for name, fn in [*METHODS.items(), ("gemms", run_gemms_only)]:
+            w, c = timed(fn, copy.deepcopy(models), xs, ys)
+            wall[name].append(w)
+            cpu[name].append(c)
+    med = statistics.median
     lines = [
-        f"## {n_threads} thread{'s' if n_threads > 1 else ''} (load average {os.getloadavg()[0]:.1f} after)",
+        f"## {n_threads} thread{'s' if n_threads > 1 else ''} "
+        f"(load average {os.getloadavg()[0]:.1f} after)",
         "",
-        "| method | seconds (median) | seconds (all repeats) | speed-up vs sequential `train` (median) |",
-        "|---|---|---|---|",
+        "| method | wall s (median) | wall s (each repeat) | speed-up, wall (median) "
+        "| CPU s (median) | speed-up, CPU time (median) |",
+        "|---|---|---|---|---|---|",
     ]
     for name in METHODS:
-        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        runs = ", ".join(f"{t:.2f}" for t in wall[name])
         lines.append(
-            f"| {name} | {statistics.median(times[name]):.2f} | {runs} | {ratios[name]:.2f}x |"
+            f"| {name} | {med(wall[name]):.2f} | {runs} | {_median_ratio(wall[BASELINE], wall[name]):.2f}x "
+            f"| {med(cpu[name]):.2f} | {_median_ratio(cpu[BASELINE], cpu[name]):.2f}x |"
         )
-    no_eval = statistics.median(
-        b / t for b, t in zip(times["sequential, no per-epoch eval"], times[GROUPED])
-    )
+    n = len(ys[0])
+    gflop = training_flops(n, with_eval=False) / 1e9
     lines += [
         "",
-        f"grouped vs sequential without per-epoch eval, {n_threads} thread(s): {no_eval:.2f}x",
+        f"- grouped vs sequential without per-epoch eval, {n_threads} thread(s): "
+        f"{_median_ratio(wall[NO_EVAL], wall[GROUPED]):.2f}x wall, "
+        f"{_median_ratio(cpu[NO_EVAL], cpu[GROUPED]):.2f}x CPU time",
+        f"- the batched GEMMs alone (no other work): {med(wall['gemms']):.2f} s wall, "
+        f"{med(cpu['gemms']):.2f} s CPU, {gflop / med(wall['gemms']):.0f} GFLOP/s; "
+        f"grouped training runs its {gflop:.1f} GFLOP at {gflop / med(wall[GROUPED]):.0f} GFLOP/s, "
+        f"sequential `train` its {training_flops(n, with_eval=True) / 1e9:.1f} GFLOP "
+        f"(eval included) at {training_flops(n, with_eval=True) / 1e9 / med(wall[BASELINE]):.0f} GFLOP/s",
+        f"- ceiling at this GEMM rate, sequential `train` / GEMMs alone: "
+        f"{_median_ratio(wall[BASELINE], wall['gemms']):.2f}x wall, "
+        f"{_median_ratio(cpu[BASELINE], cpu['gemms']):.2f}x CPU time",
         "",
     ]
-    return lines, ratios
+    return lines
 
 
 def main() -> None:
@@ -218,7 +273,7 @@ def main() -> None:
         "",
     ]
     for n_threads in args.threads:
-        block, _ = measure(n_threads, args.repeats)
+        block = measure(n_threads, args.repeats)
         print("\n".join(block), flush=True)
         lines += block
     text = "\n".join(lines)
