@@ -150,8 +150,10 @@ class _GroupedTrainer:
         k, n_layers = self.n_models, len(self.dims) - 1
         sizes = [(k, self.dims[i], self.dims[i + 1]) for i in range(n_layers)]
         n_params = sum(k * (d_in * d_out + d_out) for _, d_in, d_out in sizes)
-        self.flat = nn.Parameter(torch.empty(n_params))
-        self.flat.grad = torch.zeros(n_params)
+        like = linears[0][0].weight  # dtype and device of every buffer
+        self.tensor_kw = {"dtype": like.dtype, "device": like.device}
+        self.flat = nn.Parameter(torch.empty(n_params, **self.tensor_kw))
+        self.flat.grad = torch.zeros(n_params, **self.tensor_kw)
         self.weights, self.biases = self._views(self.flat.detach(), sizes)  # (K, in, out), (K, out)
         self.grad_w, self.grad_b = self._views(self.flat.grad, sizes)
         with torch.no_grad():
@@ -174,15 +176,17 @@ class _GroupedTrainer:
     def _workspace(self, b: int) -> dict[str, list[torch.Tensor]]:
         """Pre-activations, activations and their gradients for batch size `b`, made once."""
         if b not in self._workspaces:
-            k, hidden = self.n_models, self.dims[1:-1]
+            k, hidden, kw = self.n_models, self.dims[1:-1], self.tensor_kw
             self._workspaces[b] = {
-                "z": [torch.empty(k, b, d) for d in self.dims[1:]],  # (K, b, out) per layer
-                "h": [torch.empty(k, b, d) for d in hidden],  # GELU's outputs (ReLU, Tanh: in z)
+                "z": [torch.empty(k, b, d, **kw) for d in self.dims[1:]],  # (K, b, out) per layer
+                "h": [
+                    torch.empty(k, b, d, **kw) for d in hidden
+                ],  # GELU's outputs (ReLU, Tanh: in z)
                 "dh": [
-                    torch.empty(k, b, d) for d in hidden
+                    torch.empty(k, b, d, **kw) for d in hidden
                 ],  # their gradients, then the pre-activations'
-                "dlogits": [torch.empty(k, b, self.dims[-1])],
-                "minus_one": [torch.full((k, b, 1), -1.0)],
+                "dlogits": [torch.empty(k, b, self.dims[-1], **kw)],
+                "minus_one": [torch.full((k, b, 1), -1.0, **kw)],
             }
         return self._workspaces[b]
 
@@ -246,17 +250,16 @@ def train_grouped(
     trainer = _GroupedTrainer(models, recipe)
     x_all = torch.stack([x.flatten(1) for x in xs]).view(k * n, -1)  # (K * n, in)
     y_all = torch.stack(list(ys)).view(k * n)  # (K * n,)
-    offsets = torch.arange(k).unsqueeze(1) * n  # (K, 1): model k's rows start at k * n
-    x_epoch, y_epoch = (
-        torch.empty(k, n, x_all.shape[1], dtype=x_all.dtype),
-        torch.empty(k, n, dtype=y_all.dtype),
-    )
+    offsets = (
+        torch.arange(k, device=y_all.device).unsqueeze(1) * n
+    )  # (K, 1): model k's rows start at k * n
+    x_epoch, y_epoch = x_all.new_empty((k, n, x_all.shape[1])), y_all.new_empty((k, n))
     total = recipe.epochs * steps_per_epoch(n, recipe.batch_size)
     step = 0
     for _ in range(recipe.epochs):
         perms = torch.stack([torch.randperm(n, generator=g) for g in generators])  # (K, n)
         # one gather per epoch into reused buffers; every batch is then a slice
-        rows = (perms + offsets).view(-1)
+        rows = (perms.to(offsets.device) + offsets).view(-1)
         torch.index_select(x_all, 0, rows, out=x_epoch.view(k * n, -1))
         torch.index_select(y_all, 0, rows, out=y_epoch.view(k * n))
         for start in range(0, n, recipe.batch_size):
