@@ -2,23 +2,41 @@
 batched vs sequential candidate probes.
 
 Prints ratios measured in one run (issue 6 target: SafeCompress/DST <= 1.5x) and writes
-benchmarks/results/compress.md. Run by hand: `python benchmarks/bench_compress.py`.
+benchmarks/results/compress.md. Run by hand: `python benchmarks/bench_compress.py [repeats]`.
+
+Torch uses `runtime.n_threads` threads (1 by default), as `python -m pipeline` does. Every
+repeat runs all variants back to back; a ratio is taken within one repeat and the table
+reports medians over repeats, of wall time and of this process's CPU time (the CPU time is
+steadier on a machine shared with other jobs).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 
 from pipeline.context import load_data
 from pipeline.stages import compress, teacher
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+VARIANTS = {
+    "dst": ["compress=dst"],
+    "safecompress metric N=4 (batched probes)": ["compress=safecompress", "compress.variant=metric"],
+    "safecompress metric N=4 (sequential probes)": [
+        "compress=safecompress", "compress.variant=metric", "runtime.batched_probes=false",
+    ],
+    "safecompress bmia N=4 (batched probes)": ["compress=safecompress", "compress.variant=bmia"],
+    "safecompress bmia N=4 (sequential probes)": [
+        "compress=safecompress", "compress.variant=bmia", "runtime.batched_probes=false",
+    ],
+}
 
 
 def cfg_for(root: str, *overrides: str):
@@ -30,48 +48,65 @@ def cfg_for(root: str, *overrides: str):
         )
 
 
-def timed(cfg) -> tuple[float, float]:
+def timed(cfg) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, final val accuracy) of the compress method alone."""
     c = compress.compress_config(cfg)
     data = load_data(cfg)
     t = teacher.run(cfg)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     model, masks, history, table = compress.METHODS[c.method](cfg, c, data, t)
-    return time.perf_counter() - start, history[-1]["val_accuracy"]
+    return time.perf_counter() - wall, time.process_time() - cpu, history[-1]["val_accuracy"]
 
 
 def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     root = tempfile.mkdtemp(prefix="bench-compress-")
-    variants = {
-        "dst": ["compress=dst"],
-        "safecompress metric N=4 (batched probes)": ["compress=safecompress", "compress.variant=metric"],
-        "safecompress metric N=4 (sequential probes)": ["compress=safecompress", "compress.variant=metric",
-                                                        "runtime.batched_probes=false"],
-        "safecompress bmia N=4 (batched probes)": ["compress=safecompress", "compress.variant=bmia"],
-        "safecompress bmia N=4 (sequential probes)": ["compress=safecompress", "compress.variant=bmia",
-                                                      "runtime.batched_probes=false"],
-    }
+    cfgs = {name: cfg_for(root, *ov) for name, ov in VARIANTS.items()}
+    n_threads = cfgs["dst"].runtime.get("n_threads")
+    if n_threads:
+        torch.set_num_threads(int(n_threads))
     timed(cfg_for(root, "compress=dst", "train.epochs=2"))  # warm-up: imports, teacher cache
-    rows = {}
-    for name, ov in variants.items():
-        rows[name] = timed(cfg_for(root, *ov))
-        print(f"{name}: {rows[name][0]:.2f} s, val acc {rows[name][1]:.3f}", flush=True)
-    base = rows["dst"][0]
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
+    for r in range(repeats):
+        for name, cfg in cfgs.items():
+            runs[name].append(timed(cfg))
+            wall, cpu, acc = runs[name][-1]
+            print(f"repeat {r + 1}/{repeats} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU, val acc {acc:.3f}", flush=True)
+
+    def median_ratio(name: str, base: str, col: int) -> float:
+        return statistics.median(a[col] / b[col] for a, b in zip(runs[name], runs[base]))
+
     load = os.getloadavg()[0]
+    summary = []
+    for v in ("metric", "bmia"):
+        name = f"safecompress {v} N=4 (batched probes)"
+        summary.append(
+            f"SafeCompress {v} N=4 vs DST: {median_ratio(name, 'dst', 0):.2f}x wall, "
+            f"{median_ratio(name, 'dst', 1):.2f}x CPU (target <= 1.5x)"
+        )
+    for v in ("metric", "bmia"):
+        b, s = f"safecompress {v} N=4 (batched probes)", f"safecompress {v} N=4 (sequential probes)"
+        summary.append(f"batched vs sequential probes ({v}): {median_ratio(s, b, 0):.2f}x faster (wall)")
     lines = [
-        f"# Compress wall time on digits (MLP 64-256-256-10, 30 epochs, density 0.05, update every 20 steps), "
+        f"# Compress time on digits (MLP 64-256-256-10, 30 epochs, density 0.05, update every 20 steps, "
+        f"{torch.get_num_threads()} torch thread(s)), median of {repeats} repeats, "
         f"load average {load:.1f} on {os.cpu_count()} cores",
         "",
-        "| method | seconds | vs DST | val accuracy |",
-        "|---|---|---|---|",
+        *[f"- {s}" for s in summary],
+        "",
+        "| method | wall s | vs DST (wall) | CPU s | vs DST (CPU) | val accuracy |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, (sec, acc) in rows.items():
-        lines.append(f"| {name} | {sec:.2f} | {sec / base:.2f}x | {acc:.3f} |")
-    for v in ("metric", "bmia"):
-        b = rows[f"safecompress {v} N=4 (batched probes)"][0]
-        s = rows[f"safecompress {v} N=4 (sequential probes)"][0]
-        lines.append(f"\nbatched vs sequential probes ({v}): {s / b:.2f}x faster")
+    for name, rs in runs.items():
+        wall = statistics.median(r[0] for r in rs)
+        cpu = statistics.median(r[1] for r in rs)
+        lines.append(
+            f"| {name} | {wall:.2f} | {median_ratio(name, 'dst', 0):.2f}x | {cpu:.2f} | "
+            f"{median_ratio(name, 'dst', 1):.2f}x | {rs[-1][2]:.3f} |"
+        )
     text = "\n".join(lines)
+    print("\n".join(summary))
     print(text)
     out = Path(__file__).parent / "results" / "compress.md"
     out.parent.mkdir(exist_ok=True)

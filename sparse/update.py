@@ -48,31 +48,46 @@ def _select(
     lowest: bool,
     layer: str,
 ) -> torch.Tensor:
-    """Flat indices (as a set, in no particular order) of the ``k`` lowest (or highest) scores
-    among ``candidates``.
+    """Flat indices (a set, in no particular order) of the ``k`` lowest (or highest) scores among
+    ``candidates``.
 
-    Candidates are shuffled by a generator permutation, so equal scores are chosen at random but
-    reproducibly under ``g``; distinct scores keep their exact order. The result is the set a
-    stable sort of the shuffled scores would put first, found with one ``kthvalue`` (O(m)) instead
-    of a full sort (O(m log m), ~10x slower on a 256x256 layer): every score strictly better than
-    the k-th, then the ties at the k-th value in shuffled order.
+    Equal scores are ordered by a generator permutation of the candidates, so ties are broken at
+    random but reproducibly under ``g``; distinct scores keep their exact order. The result is
+    the set a stable sort of the shuffled scores would put first, found with one ``kthvalue``
+    over the whole layer (O(n); a full sort was ~10x slower on a 256x256 layer): every score
+    strictly better than the k-th, then the ties at the k-th value in shuffled order. The
+    permutation is drawn even when no tie needs it, so ``g`` advances as it always did.
     """
-    idx = candidates.reshape(-1).nonzero().squeeze(1)  # (m,)
-    m = idx.numel()
+    c = candidates.reshape(-1)
+    m = int(c.sum())
     if k > m:
         raise ValueError(f"layer {layer!r}: asked for {k} of {m} candidates")
-    perm = torch.randperm(m, generator=g).to(idx.device)
-    idx = idx[perm]
-    s = scores.reshape(-1)[idx]
-    if not bool(torch.isfinite(s).all()):
+    perm = torch.randperm(m, generator=g).to(c.device)
+    flat = scores.reshape(-1)
+    if 2 * m < flat.numel():  # few candidates (e.g. the active weights): work on them alone
+        where: torch.Tensor | None = c.nonzero().squeeze(1)  # (m,) flat index of each candidate
+        s = flat[where]
+        finite = bool(torch.isfinite(s).all())
+    else:  # many: mask the rest with the worst score, so they rank after every candidate
+        where = None
+        finite = bool((torch.isfinite(flat) | ~c).all())
+        s = flat.masked_fill(~c, math.inf if lowest else -math.inf)
+    if not finite:
         raise ValueError(f"layer {layer!r}: scores contain NaN/inf (check weights and gradients)")
     if k == 0 or k == m:
-        return idx[:k]
-    kth = torch.kthvalue(s, k if lowest else m - k + 1).values
-    better = s < kth if lowest else s > kth
-    tied = (s == kth).nonzero().squeeze(1)  # shuffled order, as a stable sort keeps it
-    n_better = int(better.sum())
-    return torch.cat([idx[better], idx[tied[: k - n_better]]])
+        return c.nonzero().squeeze(1)[:k]
+    kth = torch.kthvalue(s, k if lowest else s.numel() - k + 1).values
+    better = (s < kth if lowest else s > kth).nonzero().squeeze(1)
+    tied = s == kth if where is not None else (s == kth) & c
+    need = k - better.numel()
+    if int(tied.sum()) == need:
+        chosen = torch.cat([better, tied.nonzero().squeeze(1)])
+    else:  # ties straddle the k-th place: the shuffled order picks among them
+        shuffled = (
+            torch.arange(m, device=s.device) if where is not None else c.nonzero().squeeze(1)
+        )[perm]
+        chosen = torch.cat([better, shuffled[tied[shuffled].nonzero().squeeze(1)[:need]]])
+    return chosen if where is None else where[chosen]
 
 
 def _momentum_from(
