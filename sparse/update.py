@@ -70,15 +70,16 @@ def _select(
         finite = bool(torch.isfinite(s).all())
     else:  # many: mask the rest with the worst score, so they rank after every candidate
         where = None
-        finite = bool((torch.isfinite(flat) | ~c).all())
-        s = flat.masked_fill(~c, math.inf if lowest else -math.inf)
+        not_c = ~c
+        finite = bool(torch.isfinite(flat).all()) or bool((torch.isfinite(flat) | not_c).all())
+        s = flat.masked_fill(not_c, math.inf if lowest else -math.inf)
     if not finite:
         raise ValueError(f"layer {layer!r}: scores contain NaN/inf (check weights and gradients)")
     if k == 0 or k == m:
         return c.nonzero().squeeze(1)[:k]
     kth = torch.kthvalue(s, k if lowest else s.numel() - k + 1).values
     better = (s < kth if lowest else s > kth).nonzero().squeeze(1)
-    tied = s == kth if where is not None else (s == kth) & c
+    tied = s == kth  # the k-th value is a candidate's (finite) score: no non-candidate ties it
     need = k - better.numel()
     if int(tied.sum()) == need:
         chosen = torch.cat([better, tied.nonzero().squeeze(1)])
@@ -182,9 +183,9 @@ def _commit(
         flat[grow_idx] = True
         grown[grow_idx] = True
     m.copy_(flat.view(m.shape))
-    grown = grown.view(m.shape)
-    p.masked_fill_(grown | ~m, 0)
-    _zero_state(optimizer, p, grown | ~m)
+    zeroed = grown.view(m.shape) | ~m
+    p.masked_fill_(zeroed, 0)
+    _zero_state(optimizer, p, zeroed)
     for record in (masks.fired.get(name), fired.get(name) if fired is not None else None):
         if record is not None:
             record |= m.to(record.device)

@@ -686,6 +686,8 @@ class _CandidatePool:
             self.states = [like.fork(recipe) for _ in range(n)]
 
     def fork(self, state: _State) -> list[_State]:
+        if self.grouped is not None:
+            return self.grouped.fork(state)
         for cand in self.states:
             cand.copy_from(state)
         return self.states
@@ -727,10 +729,55 @@ class _GroupedCandidates:
             self.slots.append((self.group.weights[i], [v[i][0] for v in per_model], True))
             self.slots.append((self.group.biases[i], [v[i][1] for v in per_model], False))
         self.optimizer = _fused(make_optimizer(self.group.parameters(), recipe))
-        self.states = [
-            _State(m, make_optimizer(m.parameters(), recipe), like.masks.clone() if like.masks is not None else None)
-            for m in models
-        ]
+        assert like.masks is not None, "grouped candidates are sparse"
+        # masks and fired records: candidate k's are views of slot k of stacked (K, out, in) tensors
+        self.mask_stacks = {n: torch.stack([m] * k) for n, m in like.masks.masks.items()}
+        self.fired_stacks = {n: torch.stack([f] * k) for n, f in like.masks.fired.items()}
+        self.states = []
+        for k_i, m in enumerate(models):
+            masks = like.masks.clone()
+            masks.masks = {n: t[k_i] for n, t in self.mask_stacks.items()}
+            masks.fired = {n: t[k_i] for n, t in self.fired_stacks.items()}
+            self.states.append(_State(m, make_optimizer(m.parameters(), recipe), masks))
+
+    @torch.no_grad()
+    def fork(self, src: _State) -> list[_State]:
+        """Every candidate := `src` (same MLP architecture), one broadcast copy per tensor."""
+        assert src.masks is not None
+        linears = [m for m in src.model.modules() if isinstance(m, nn.Linear)]
+        src_params = [p for lin in linears for p in (lin.weight, lin.bias)]  # the order of `slots`
+        for (gp, params, transpose), sp in zip(self.slots, src_params, strict=True):
+            gp.copy_(self._broadcast(sp, gp, transpose))
+            src_state = src.optimizer.state.get(sp)
+            cand_states = [st.optimizer.state[p] for st, p in zip(self.states, params)]
+            gstate = self.optimizer.state[gp]
+            for key in [key for key in gstate if not src_state or key not in src_state]:
+                del gstate[key]
+            for cst in cand_states:
+                for key in [key for key in cst if not src_state or key not in src_state]:
+                    del cst[key]
+            for key, v in (src_state or {}).items():
+                if torch.is_tensor(v) and v.shape == sp.shape and v.dim() > 0:
+                    buf = gstate.get(key)
+                    if not (torch.is_tensor(buf) and buf.shape == gp.shape):
+                        buf = gstate[key] = torch.zeros_like(gp)
+                    buf.copy_(self._broadcast(v, buf, transpose))
+                    for k, cst in enumerate(cand_states):
+                        old = cst.get(key)
+                        if not (torch.is_tensor(old) and old.data_ptr() == self._slot(buf, k, transpose).data_ptr()):
+                            cst[key] = self._slot(buf, k, transpose)
+                else:
+                    gstate[key] = v.clone() if torch.is_tensor(v) else v
+                    for cst in cand_states:
+                        cst[key] = v.clone() if torch.is_tensor(v) else v
+        for n, stack in self.mask_stacks.items():
+            stack.copy_(src.masks.masks[n].unsqueeze(0).expand_as(stack))
+            self.fired_stacks[n].copy_(src.masks.fired[n].unsqueeze(0).expand_as(stack))
+        return self.states
+
+    @staticmethod
+    def _broadcast(t: torch.Tensor, like: torch.Tensor, transpose: bool) -> torch.Tensor:
+        return (t.t() if transpose else t).unsqueeze(0).expand_as(like)
 
     def _slot(self, gt: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
         return gt[k].t() if transpose else gt[k]
@@ -775,7 +822,7 @@ class _GroupedCandidates:
     def probe(self, batches, x, y, recipe: TrainConfig, step: int, total: int) -> list[bool]:
         """Train every candidate on `batches` at once; returns which kept a finite loss."""
         names, opt, grouped = self.names, self.optimizer, self.group
-        masks = [torch.stack([c.masks.masks[n].t() for c in self.states]).float() for n in names]  # (K, in, out)
+        masks = [self.mask_stacks[n].transpose(1, 2).float().contiguous() for n in names]  # (K, in, out)
         self._gather_optimizer_state()
         k_n = len(self.states)
         ok = torch.ones(k_n, dtype=torch.bool)

@@ -9,6 +9,7 @@ import sparse
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
 from pipeline.stages.compress import (
+    _CandidatePool,
     _Losses,
     _masked_step,
     _probe_grouped,
@@ -59,6 +60,58 @@ def test_grouped_probe_equals_sequential_probe(optimizer):
             for v in b.optimizer.state[params[name]].values():
                 if torch.is_tensor(v) and v.shape == m.shape:
                     assert (v[~m] == 0).all()
+
+
+def _assert_same_state(a, b, atol=1e-5):
+    pa, pb = dict(a.model.named_parameters()), dict(b.model.named_parameters())
+    for name in pa:
+        assert torch.allclose(pa[name], pb[name], atol=atol), name
+        sa, sb = a.optimizer.state.get(pa[name], {}), b.optimizer.state.get(pb[name], {})
+        assert sa.keys() == sb.keys(), name
+        for key in sa:
+            assert torch.allclose(torch.as_tensor(sa[key]), torch.as_tensor(sb[key]), atol=atol), (name, key)
+    for name in a.masks.masks:
+        assert torch.equal(a.masks.masks[name], b.masks.masks[name])
+        assert torch.equal(a.masks.fired[name], b.masks.fired[name])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_candidate_pool_forks_like_deep_copies_update_after_update(optimizer, batched):
+    """The pool's candidates are overwritten in place each update; they must behave like fresh copies."""
+    recipe = TrainConfig(epochs=1, batch_size=8, optimizer=optimizer, lr=0.05, weight_decay=1e-3)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 10, generator=g), torch.randint(0, 4, (64,), generator=g)
+    base = _state(0, recipe)
+    _masked_step(base, x[:8], y[:8], _Losses())
+    pool = _CandidatePool(base, 3, recipe, batched=batched)
+    assert (pool.grouped is not None) == batched
+    for update in range(3):  # later forks overwrite the earlier candidates and their probes
+        copies = [base.fork(recipe) for _ in range(3)]
+        cands = pool.fork(base)
+        for cand, ref in zip(cands, copies):
+            _assert_same_state(cand, ref, atol=0)
+        for i, (cand, ref) in enumerate(zip(cands, copies)):
+            for st in (cand, ref):
+                sparse.prune_and_grow(st.model, st.masks, 0.3, "magnitude", "random",
+                                      generator=torch.Generator().manual_seed(10 * update + i), optimizer=st.optimizer)
+            _assert_same_state(cand, ref, atol=0)
+        batches = [torch.arange(8 * j, 8 * j + 8) for j in range(1, 4)]
+        for ref in copies:
+            for idx in batches:
+                _masked_step(ref, x[idx], y[idx], _Losses())
+        if batched:
+            assert pool.grouped.probe(batches, x, y, recipe, step=0, total=10**9) == [True] * 3
+        else:
+            for cand in cands:
+                for idx in batches:
+                    _masked_step(cand, x[idx], y[idx], _Losses())
+        for cand, ref in zip(cands, copies):
+            _assert_same_state(cand, ref)
+        winner = update % 3
+        base.copy_from(cands[winner])
+        _assert_same_state(base, copies[winner])
+        _masked_step(base, x[:8], y[:8], _Losses())
 
 
 def test_sparse_fan_in_rescaling_restores_activation_scale():
