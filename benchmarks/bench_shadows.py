@@ -150,25 +150,29 @@ def run_vmap(models, xs, ys):
 def run_gemms_only(models, xs, ys):
     """Only the 8 batched GEMMs of every grouped step (3 forward, 3 weight-gradient, 2 input-gradient).
 
-    Same shapes and step count as `run_grouped`, nothing else: the floor for any grouped
-    implementation built on these GEMMs.
+    Same shapes, orientations (the head transposed, as in `train_grouped`) and step count
+    as `run_grouped`, nothing else: the floor for a grouped implementation on these GEMMs.
     """
-    dims = [64, 256, 256, 10]
     n = len(ys[0])
-    ws = [torch.randn(K, dims[i], dims[i + 1]) for i in range(3)]
+    w1, w2, w3 = torch.randn(K, 64, 256), torch.randn(K, 256, 256), torch.randn(K, 10, 256)
+    g1, g2, g3 = torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(w3)
     sizes = {min(RECIPE.batch_size, n - s) for s in range(0, n, RECIPE.batch_size)}
+    # per batch size, made once like the trainer's: x, h1, h2, dh1, dh2 (K, b, d), logits (K, 10, b)
     buffers = {
-        b: [torch.randn(K, b, d) for d in dims] for b in sizes
-    }  # made once, like the trainer's
+        b: [torch.randn(K, b, d) for d in (64, 256, 256, 256, 256)] + [torch.randn(K, 10, b)]
+        for b in sizes
+    }
     for _ in range(RECIPE.epochs):
         for s in range(0, n, RECIPE.batch_size):
-            acts = buffers[min(RECIPE.batch_size, n - s)]
-            for i in range(3):
-                torch.bmm(acts[i], ws[i], out=acts[i + 1])
-            for i in range(2, -1, -1):
-                torch.bmm(acts[i].transpose(1, 2), acts[i + 1], out=ws[i])
-                if i > 0:
-                    torch.bmm(acts[i + 1], ws[i].transpose(1, 2), out=acts[i])
+            x, h1, h2, dh1, dh2, logits = buffers[min(RECIPE.batch_size, n - s)]
+            torch.bmm(x, w1, out=h1)
+            torch.bmm(h1, w2, out=h2)
+            torch.bmm(w3, h2.transpose(1, 2), out=logits)
+            torch.bmm(logits, h2, out=g3)
+            torch.bmm(logits.transpose(1, 2), w3, out=dh2)
+            torch.bmm(h1.transpose(1, 2), dh2, out=g2)
+            torch.bmm(dh2, w2.transpose(1, 2), out=dh1)
+            torch.bmm(x.transpose(1, 2), dh1, out=g1)
 
 
 def training_flops(n: int, with_eval: bool) -> float:

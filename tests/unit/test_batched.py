@@ -10,9 +10,9 @@ from pipeline.models import MLP, SmallCNN
 from pipeline.training import NonFiniteLossError, train
 
 
-def _models(k, seed=0, act="relu"):
+def _models(k, seed=0, act="relu", hidden=(16, 8)):
     torch.manual_seed(seed)
-    return [MLP((12,), 5, (16, 8), act) for _ in range(k)]
+    return [MLP((12,), 5, hidden, act) for _ in range(k)]
 
 
 @pytest.mark.parametrize(
@@ -75,10 +75,13 @@ def test_can_batch_rejects_mixed_or_non_mlp():
         )
 
 
-@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
-def test_trainer_gradients_equal_autograd(act):
+@pytest.mark.parametrize(
+    "act, hidden",
+    [("relu", (16, 8)), ("tanh", (16, 8)), ("gelu", (16, 8)), ("relu", ()), ("tanh", (16, 8, 4))],
+)
+def test_trainer_gradients_equal_autograd(act, hidden):
     """The hand-written backward gives autograd's gradients of the summed per-model mean loss."""
-    models = _models(3, act=act)
+    models = _models(3, act=act, hidden=hidden)
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(3, 9, 12, generator=g), torch.randint(0, 5, (3, 9), generator=g)
     grouped = GroupedMLP(models)
@@ -95,10 +98,16 @@ def test_trainer_gradients_equal_autograd(act):
     )
     trainer_loss = trainer.step(x, y)
     assert torch.allclose(trainer_loss, loss.detach(), atol=1e-6)
-    for i in range(len(grouped.weights)):
-        assert torch.allclose(trainer.grad_w[i], grouped.weights[i].grad, atol=1e-6), i
+    last = len(grouped.weights) - 1
+    for i in range(last + 1):
+        # the trainer keeps the head's weights as (K, out, in), the hidden layers' as (K, in, out)
+        expected = grouped.weights[i].grad.transpose(1, 2) if i == last else grouped.weights[i].grad
+        assert torch.allclose(trainer.grad_w[i], expected, atol=1e-6), i
         assert torch.allclose(trainer.grad_b[i], grouped.biases[i].grad, atol=1e-6), i
-        assert torch.equal(trainer.weights[i], grouped.weights[i].detach())
+    trainer.write_back(models)  # lr 0: writes back the weights it started from
+    for a, b in zip(models, _models(3, act=act, hidden=hidden)):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.equal(pa, pb)
 
 
 def test_grouped_raises_on_non_finite_loss():
