@@ -24,7 +24,7 @@ from torch import nn
 
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
-from pipeline.training import NonFiniteLossError, set_lr, steps_per_epoch
+from pipeline.training import NonFiniteLossError, make_optimizer, set_lr, steps_per_epoch
 
 _ACTIVATIONS: dict[type[nn.Module], object] = {
     nn.ReLU: F.relu,
@@ -107,23 +107,16 @@ _ACT_BACKWARD = {
 
 
 def _fused_optimizer(param: torch.Tensor, recipe: TrainConfig) -> torch.optim.Optimizer:
-    """`pipeline.training.make_optimizer`'s optimizer, fused: one kernel per step instead of ~4 passes.
+    """`pipeline.training.make_optimizer`'s optimizer over `param`, with the fused kernel.
 
-    On one flat tensor the unfused SGD/Adam allocate megabyte temporaries every step
-    (weight decay, Adam's denominator); the fused CPU kernels do the same update in place.
+    Same update; the unfused SGD/Adam make several passes per step and allocate
+    megabyte temporaries (weight decay, Adam's denominator) on a flat K-model tensor.
     """
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(
-            [param],
-            lr=recipe.lr,
-            momentum=recipe.momentum,
-            nesterov=recipe.nesterov and recipe.momentum > 0,
-            weight_decay=recipe.weight_decay,
-            fused=True,
-        )
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam([param], lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: ['sgd', 'adam']")
+    optimizer = make_optimizer([param], recipe)
+    try:
+        return type(optimizer)([param], **{**optimizer.defaults, "foreach": None, "fused": True})
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+        return optimizer
 
 
 class _GroupedTrainer:
@@ -271,9 +264,8 @@ def train_grouped(
     trainer = _GroupedTrainer(models, recipe)
     x_all = torch.stack([x.flatten(1) for x in xs]).view(k * n, -1)  # (K * n, in)
     y_all = torch.stack(list(ys)).view(k * n)  # (K * n,)
-    offsets = (
-        torch.arange(k, device=y_all.device).unsqueeze(1) * n
-    )  # (K, 1): model k's rows start at k * n
+    # (K, 1): model k's rows start at k * n
+    offsets = torch.arange(k, device=y_all.device).unsqueeze(1) * n
     x_epoch, y_epoch = x_all.new_empty((k, n, x_all.shape[1])), y_all.new_empty((k, n))
     total = recipe.epochs * steps_per_epoch(n, recipe.batch_size)
     step = 0
