@@ -821,7 +821,17 @@ class _GroupedCandidates:
                         cstate[key] = v.clone() if torch.is_tensor(v) else v
 
     def probe(self, batches, x, y, recipe: TrainConfig, step: int, total: int) -> list[bool]:
-        """Train every candidate on `batches` at once; returns which kept a finite loss."""
+        """Train every candidate on `batches`; returns which kept a finite loss.
+
+        With a layer sparser than `_CSR_DENSITY` and a known activation, `_SparseProbe` trains
+        the candidates' active weights only (CSR kernels, ~2x faster at 5% density); otherwise
+        one grouped dense step trains all K. Both equal probing each candidate alone with
+        `_masked_step`, up to float rounding.
+        """
+        act = _activation(self.states[0].model)
+        dens = [float(self.mask_stacks[n][0].float().mean()) for n in self.names]
+        if act is not False and min(dens) < _CSR_DENSITY:
+            return _SparseProbe(self, act).run(batches, x, y, recipe, step, total)
         names, opt, grouped = self.names, self.optimizer, self.group
         masks = [self.mask_stacks[n].transpose(1, 2).float().contiguous() for n in names]  # (K, in, out)
         self._gather_optimizer_state()
@@ -866,10 +876,8 @@ class _GroupedCandidates:
                 if int(per_row.sum()) < _CSR_DENSITY * m.numel():
                     crow = torch.zeros(m.shape[0] + 1, dtype=torch.long)
                     torch.cumsum(per_row, 0, out=crow[1:])
-                    csr = torch.sparse_csr_tensor(crow, m.nonzero()[:, 1], w.t()[m], size=m.shape)
-                    with warnings.catch_warnings():  # torch calls CSR support "beta" on every call
-                        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                        h = torch.sparse.mm(csr, h).add_(b.unsqueeze(1))  # (out, n)
+                    csr = _csr(crow, m.nonzero()[:, 1], w.t()[m], tuple(m.shape))
+                    h = torch.sparse.mm(csr, h).add_(b.unsqueeze(1))  # (out, n)
                 else:
                     h = torch.addmm(b.unsqueeze(1), w.t(), h)  # (out, n)
                 if i < last and act is not None:
@@ -878,7 +886,14 @@ class _GroupedCandidates:
         return torch.stack(out)
 
 
-_CSR_DENSITY = 0.15  # `_GroupedCandidates.logits` multiplies layers sparser than this as CSR
+_CSR_DENSITY = 0.15  # candidate layers sparser than this multiply as CSR (probe and tests)
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """A CSR matrix from valid indices (built from a mask, so the invariant checks are skipped)."""
+    with warnings.catch_warnings():  # torch calls CSR support "beta" on every construction
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
 def _fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -894,6 +909,185 @@ def _fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         for group in optimizer.param_groups:
             group["foreach"] = True
         return optimizer
+
+
+def _activation(model: nn.Module) -> nn.Module | None | bool:
+    """The MLP's hidden activation module, None without one, False when `_SparseProbe` lacks it."""
+    acts = [m for m in model.modules() if type(m) in (nn.ReLU, nn.Tanh, nn.GELU)]
+    others = [m for m in model.modules() if not isinstance(m, (nn.Linear, nn.Flatten, nn.Sequential))]
+    if len(others) != len(acts) + 1:  # the model itself, then activations only
+        return False
+    return acts[0] if acts else None
+
+
+class _SparseProbe:
+    """The probe of `_GroupedCandidates` on active weights only, with a hand-written backward.
+
+    Each candidate's layer weight becomes a vector of its active entries (CSR order). Layers
+    sparser than `_CSR_DENSITY` multiply as CSR matrices; the weight gradient is the sampled
+    product at active entries (`torch.sparse.sampled_addmm`), so nothing is computed for the
+    ~95% inactive weights. Denser layers multiply densely. Activations are kept as
+    (features, batch). The optimizer (same recipe, fused) steps the active entries, biases and
+    their state, gathered from and scattered back to the grouped tensors.
+    """
+
+    def __init__(self, group: _GroupedCandidates, act: nn.Module | None):
+        self.group, self.act = group, act
+        self.layers: list[list[dict[str, Any]]] = []  # [candidate][layer]
+        self.params: list[nn.Parameter] = []
+        # per parameter: the grouped tensor it comes from, its active (rows, cols) (None: all),
+        # and the candidate optimizer and parameter whose state it carries
+        self.sources: list[
+            tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.optim.Optimizer, nn.Parameter]
+        ] = []
+        for k, st in enumerate(group.states):
+            per = []
+            for i, name in enumerate(group.names):
+                m = group.mask_stacks[name][k]  # (out, in)
+                w = group.group.weights[i].detach()[k].t()  # (out, in) view
+                b = group.group.biases[i].detach()[k]
+                rc = m.nonzero()  # (nnz, 2), row-major = CSR order
+                row, col = rc[:, 0], rc[:, 1]
+                pos = row * m.shape[1] + col
+                layer: dict[str, Any] = {"shape": tuple(m.shape), "pos": pos,
+                                         "csr": pos.numel() < _CSR_DENSITY * m.numel()}
+                if layer["csr"]:
+                    layer["crow"] = torch.zeros(m.shape[0] + 1, dtype=torch.long, device=m.device)
+                    torch.cumsum(torch.bincount(row, minlength=m.shape[0]), 0, out=layer["crow"][1:])
+                    layer["col"] = col
+                    tperm = torch.argsort(col * m.shape[0] + row)  # CSR order of the transpose
+                    layer["tperm"] = tperm
+                    layer["crow_t"] = torch.zeros(m.shape[1] + 1, dtype=torch.long, device=m.device)
+                    torch.cumsum(torch.bincount(col, minlength=m.shape[1]), 0, out=layer["crow_t"][1:])
+                    layer["col_t"] = row[tperm]
+                    zeros = torch.zeros(col.numel(), dtype=w.dtype, device=w.device)
+                    layer["pattern"] = _csr(layer["crow"], col, zeros, tuple(m.shape))  # sampled dL/dW
+                cand_w, cand_b = self._cand_params(st, i)
+                v, bias = nn.Parameter(w[row, col]), nn.Parameter(b.clone())
+                layer["v"], layer["b"] = v, bias
+                self.params += [v, bias]
+                self.sources += [(w, (row, col), st.optimizer, cand_w), (b, None, st.optimizer, cand_b)]
+                per.append(layer)
+            self.layers.append(per)
+
+    @staticmethod
+    def _cand_params(st: _State, i: int) -> tuple[nn.Parameter, nn.Parameter]:
+        lin = [m for m in st.model.modules() if isinstance(m, nn.Linear)][i]
+        return lin.weight, lin.bias
+
+    @staticmethod
+    def _gather(t: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        return t.clone() if at is None else t[at]
+
+    def run(self, batches, x, y, recipe: TrainConfig, step: int, total: int) -> list[bool]:
+        opt = _fused(make_optimizer(self.params, recipe))
+        for p, (src, pos, cand_opt, cand_p) in zip(self.params, self.sources):
+            state = cand_opt.state.get(cand_p)
+            if state:
+                opt.state[p] = {
+                    key: (self._gather(v, pos) if torch.is_tensor(v) and v.shape == src.shape and v.dim() > 0
+                          else v.clone() if torch.is_tensor(v) else v)
+                    for key, v in state.items()
+                }
+        ok = [True] * len(self.layers)
+        for j, idx in enumerate(batches):
+            set_lr(opt, recipe, step + j, total)
+            a0 = x[idx].flatten(1).t().contiguous()  # (in, b)
+            yb = y[idx]
+            for k, layers in enumerate(self.layers):
+                if ok[k]:
+                    ok[k] = self._step(layers, a0, yb)
+                if not ok[k]:
+                    for lay in layers:
+                        lay["v"].grad = torch.zeros_like(lay["v"])
+                        lay["b"].grad = torch.zeros_like(lay["b"])
+            opt.step()
+        with torch.no_grad():
+            for p, (src, pos, cand_opt, cand_p) in zip(self.params, self.sources):
+                self._scatter(src, pos, p)
+                new_state = opt.state.get(p, {})
+                if not new_state:
+                    continue
+                state = cand_opt.state[cand_p]
+                for key, v in new_state.items():
+                    if torch.is_tensor(v) and v.dim() > 0 and v.shape == p.shape:
+                        old = state.get(key)
+                        if not (torch.is_tensor(old) and old.shape == src.shape):
+                            old = state[key] = torch.zeros_like(src)  # inactive entries stay 0
+                        self._scatter(old, pos, v)
+                    else:
+                        state[key] = v.clone() if torch.is_tensor(v) else v
+        self.group._gather_optimizer_state()  # state tensors made here become slot views
+        return ok
+
+    @staticmethod
+    def _scatter(dst: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor] | None, v: torch.Tensor) -> None:
+        if at is None:
+            dst.copy_(v)
+        else:
+            dst.index_put_(at, v.detach())
+
+    @staticmethod
+    def _weight(lay: dict[str, Any]) -> torch.Tensor:
+        """The layer's (out, in) weight: CSR, or dense with zeros at inactive entries."""
+        v = lay["v"].detach()
+        if lay["csr"]:
+            return _csr(lay["crow"], lay["col"], v, lay["shape"])
+        w = torch.zeros(lay["shape"][0] * lay["shape"][1], dtype=v.dtype, device=v.device)
+        w[lay["pos"]] = v
+        return w.view(lay["shape"])
+
+    @torch.no_grad()
+    def _step(self, layers: list[dict[str, Any]], a0: torch.Tensor, y: torch.Tensor) -> bool:
+        """Forward and backward of one candidate; sets .grad of its parameters. False: non-finite loss."""
+        acts, pre, ws = [a0], [], []
+        last = len(layers) - 1
+        for i, lay in enumerate(layers):
+            w = self._weight(lay)
+            z = (torch.sparse.mm(w, acts[-1]) if lay["csr"] else w @ acts[-1]).add_(lay["b"].detach().unsqueeze(1))
+            ws.append(w)
+            pre.append(z)
+            if i < last:
+                acts.append(self._act(z))
+        z = pre[-1]  # (C, b) logits; the mean cross-entropy is finite iff they are
+        if not bool(torch.isfinite(z).all()):
+            return False
+        b = z.shape[1]
+        dz = torch.softmax(z, 0)  # d(mean CE)/dz = (softmax - one-hot) / b
+        dz[y, torch.arange(b, device=z.device)] -= 1.0
+        dz /= b
+        for i in range(last, -1, -1):
+            lay, a = layers[i], acts[i]
+            lay["b"].grad = dz.sum(1)
+            if lay["csr"]:  # dL/dW at the active entries only
+                lay["v"].grad = torch.sparse.sampled_addmm(lay["pattern"], dz, a.t(), beta=0.0).values()
+            else:
+                lay["v"].grad = (dz @ a.t()).reshape(-1)[lay["pos"]]
+            if i > 0:
+                if lay["csr"]:
+                    v = lay["v"].detach()[lay["tperm"]]
+                    da = torch.sparse.mm(_csr(lay["crow_t"], lay["col_t"], v, lay["shape"][::-1]), dz)
+                else:
+                    da = ws[i].t() @ dz
+                dz = self._act_backward(da, pre[i - 1], acts[i])
+        return True
+
+    def _act(self, z: torch.Tensor) -> torch.Tensor:
+        if self.act is None:
+            return z
+        if isinstance(self.act, nn.GELU):
+            return F.gelu(z, approximate=self.act.approximate)
+        return torch.relu(z) if isinstance(self.act, nn.ReLU) else torch.tanh(z)
+
+    def _act_backward(self, grad: torch.Tensor, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The gradient w.r.t. z of out = act(z), as autograd computes it."""
+        if self.act is None:
+            return grad
+        if isinstance(self.act, nn.ReLU):
+            return torch.ops.aten.threshold_backward(grad, out, 0.0)
+        if isinstance(self.act, nn.Tanh):
+            return torch.ops.aten.tanh_backward(grad, out)
+        return torch.ops.aten.gelu_backward(grad, z, approximate=self.act.approximate)
 
 
 def _linear_names(model: nn.Module) -> list[str]:

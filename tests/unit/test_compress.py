@@ -9,6 +9,7 @@ import sparse
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
 from pipeline.stages.compress import (
+    _CSR_DENSITY,
     _CandidatePool,
     _Losses,
     _masked_step,
@@ -19,20 +20,27 @@ from pipeline.stages.compress import (
 from pipeline.training import NonFiniteLossError, make_optimizer
 
 
-def _state(seed, recipe, density=0.3):
+def _state(seed, recipe, density=0.3, activation="relu"):
     torch.manual_seed(seed)
-    model = MLP((10,), 4, (16, 12))
+    model = MLP((10,), 4, (16, 12), activation=activation)
     masks = sparse.random_masks(model, density, "erk", torch.Generator().manual_seed(seed))
     masks.apply(model)
     return _State(model, make_optimizer(model.parameters(), recipe), masks)
 
 
+@pytest.mark.parametrize(
+    "density,activation",
+    # 0.3: every layer denser than _CSR_DENSITY (grouped dense step); 0.05: the sparse probe
+    [(0.3, "relu"), (0.05, "relu"), (0.05, "tanh"), (0.05, "gelu")],
+)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_grouped_probe_equals_sequential_probe(optimizer):
+def test_grouped_probe_equals_sequential_probe(optimizer, density, activation):
     recipe = TrainConfig(epochs=1, batch_size=8, optimizer=optimizer, lr=0.05, weight_decay=1e-3)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 10, generator=g), torch.randint(0, 4, (40,), generator=g)
-    base = _state(0, recipe)
+    base = _state(0, recipe, density, activation)
+    layer_densities = [float(m.float().mean()) for m in base.masks.masks.values()]
+    assert (min(layer_densities) < _CSR_DENSITY) == (density < 0.1)
     _masked_step(base, x[:8], y[:8], _Losses())  # creates optimizer state (momentum / Adam moments)
     cands = []
     for i in range(3):
@@ -75,14 +83,15 @@ def _assert_same_state(a, b, atol=1e-5):
         assert torch.equal(a.masks.fired[name], b.masks.fired[name])
 
 
+@pytest.mark.parametrize("density", [0.3, 0.05])
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_candidate_pool_forks_like_deep_copies_update_after_update(optimizer, batched):
+def test_candidate_pool_forks_like_deep_copies_update_after_update(optimizer, batched, density):
     """The pool's candidates are overwritten in place each update; they must behave like fresh copies."""
     recipe = TrainConfig(epochs=1, batch_size=8, optimizer=optimizer, lr=0.05, weight_decay=1e-3)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 10, generator=g), torch.randint(0, 4, (64,), generator=g)
-    base = _state(0, recipe)
+    base = _state(0, recipe, density)
     _masked_step(base, x[:8], y[:8], _Losses())
     pool = _CandidatePool(base, 3, recipe, batched=batched)
     assert (pool.grouped is not None) == batched
