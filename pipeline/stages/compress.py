@@ -923,154 +923,144 @@ def _activation(model: nn.Module) -> nn.Module | None | bool:
 class _SparseProbe:
     """The probe of `_GroupedCandidates` on active weights only, with a hand-written backward.
 
-    Each candidate's layer weight becomes a vector of its active entries (CSR order). Layers
-    sparser than `_CSR_DENSITY` multiply as CSR matrices; the weight gradient is the sampled
-    product at active entries (`torch.sparse.sampled_addmm`), so nothing is computed for the
-    ~95% inactive weights. Denser layers multiply densely. Activations are kept as
-    (features, batch). The optimizer (same recipe, fused) steps the active entries, biases and
-    their state, gathered from and scattered back to the grouped tensors.
+    Layer i of all K candidates is one block-diagonal (K out, K in) matrix whose parameters are
+    the active entries (a vector in CSR order); activations are (K features, batch). Layers
+    sparser than `_CSR_DENSITY` multiply as CSR, and their weight gradient is the product
+    sampled at the active entries (`torch.sparse.sampled_addmm`), so nothing is computed for
+    the ~95% inactive weights; denser layers multiply as batched dense blocks. The optimizer
+    (same recipe, fused) steps the active entries, the biases and their state, gathered from
+    and scattered back to the grouped tensors that the candidates' weights and state view.
     """
 
     def __init__(self, group: _GroupedCandidates, act: nn.Module | None):
         self.group, self.act = group, act
-        self.layers: list[list[dict[str, Any]]] = []  # [candidate][layer]
-        self.params: list[nn.Parameter] = []
-        # per parameter: the grouped tensor it comes from, its active (rows, cols) (None: all),
-        # and the candidate optimizer and parameter whose state it carries
-        self.sources: list[
-            tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.optim.Optimizer, nn.Parameter]
-        ] = []
-        for k, st in enumerate(group.states):
-            per = []
-            for i, name in enumerate(group.names):
-                m = group.mask_stacks[name][k]  # (out, in)
-                w = group.group.weights[i].detach()[k].t()  # (out, in) view
-                b = group.group.biases[i].detach()[k]
-                rc = m.nonzero()  # (nnz, 2), row-major = CSR order
-                row, col = rc[:, 0], rc[:, 1]
-                pos = row * m.shape[1] + col
-                layer: dict[str, Any] = {"shape": tuple(m.shape), "pos": pos,
-                                         "csr": pos.numel() < _CSR_DENSITY * m.numel()}
-                if layer["csr"]:
-                    layer["crow"] = torch.zeros(m.shape[0] + 1, dtype=torch.long, device=m.device)
-                    torch.cumsum(torch.bincount(row, minlength=m.shape[0]), 0, out=layer["crow"][1:])
-                    layer["col"] = col
-                    tperm = torch.argsort(col * m.shape[0] + row)  # CSR order of the transpose
-                    layer["tperm"] = tperm
-                    layer["crow_t"] = torch.zeros(m.shape[1] + 1, dtype=torch.long, device=m.device)
-                    torch.cumsum(torch.bincount(col, minlength=m.shape[1]), 0, out=layer["crow_t"][1:])
-                    layer["col_t"] = row[tperm]
-                    zeros = torch.zeros(col.numel(), dtype=w.dtype, device=w.device)
-                    layer["pattern"] = _csr(layer["crow"], col, zeros, tuple(m.shape))  # sampled dL/dW
-                cand_w, cand_b = self._cand_params(st, i)
-                v, bias = nn.Parameter(w[row, col]), nn.Parameter(b.clone())
-                layer["v"], layer["b"] = v, bias
-                self.params += [v, bias]
-                self.sources += [(w, (row, col), st.optimizer, cand_w), (b, None, st.optimizer, cand_b)]
-                per.append(layer)
-            self.layers.append(per)
+        self.k = len(group.states)
+        self.layers: list[dict[str, Any]] = []
+        for i, name in enumerate(group.names):
+            gw = group.group.weights[i].detach()  # (K, in, out)
+            gb = group.group.biases[i].detach()  # (K, out)
+            masks = group.mask_stacks[name]  # (K, out, in)
+            k, n_out, n_in = masks.shape
+            kk, r, c = masks.nonzero().unbind(1)  # row-major: the CSR order of the block matrix
+            rows, cols = kk * n_out + r, kk * n_in + c
+            lay: dict[str, Any] = {
+                "at": (kk * n_in + c) * n_out + r,  # the active entries of flat (K, in, out) tensors
+                "kk": kk, "n_out": n_out, "n_in": n_in,
+                "csr": kk.numel() < _CSR_DENSITY * masks.numel(),
+                "v": nn.Parameter(gw.reshape(-1)[(kk * n_in + c) * n_out + r]),
+                "b": nn.Parameter(gb.reshape(-1).clone()),  # (K out,)
+            }
+            if lay["csr"]:
+                size = (k * n_out, k * n_in)
+                lay["crow"] = _crow(rows, size[0])
+                lay["col"] = cols
+                lay["tperm"] = torch.argsort(cols * size[0] + rows)  # CSR order of the transpose
+                lay["crow_t"] = _crow(cols, size[1])
+                lay["col_t"] = rows[lay["tperm"]]
+                lay["size"] = size
+                lay["pattern"] = _csr(lay["crow"], cols, torch.zeros_like(lay["v"]), size)  # sampled dL/dW
+            else:
+                lay["flat"] = (kk * n_out + r) * n_in + c  # into a dense (K, out, in) block stack
+            self.layers.append(lay)
+        self.params = [p for lay in self.layers for p in (lay["v"], lay["b"])]
 
-    @staticmethod
-    def _cand_params(st: _State, i: int) -> tuple[nn.Parameter, nn.Parameter]:
-        lin = [m for m in st.model.modules() if isinstance(m, nn.Linear)][i]
-        return lin.weight, lin.bias
-
-    @staticmethod
-    def _gather(t: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        return t.clone() if at is None else t[at]
+    def _sources(self):
+        """Per parameter: its grouped tensor and where its entries sit there (None: everywhere)."""
+        for i, lay in enumerate(self.layers):
+            yield self.group.group.weights[i], lay["at"]
+            yield self.group.group.biases[i], None
 
     def run(self, batches, x, y, recipe: TrainConfig, step: int, total: int) -> list[bool]:
+        group = self.group
+        group._gather_optimizer_state()  # the grouped optimizer's state holds every candidate's
         opt = _fused(make_optimizer(self.params, recipe))
-        for p, (src, pos, cand_opt, cand_p) in zip(self.params, self.sources):
-            state = cand_opt.state.get(cand_p)
-            if state:
+        for p, (gp, at) in zip(self.params, self._sources()):
+            gstate = group.optimizer.state.get(gp)
+            if gstate:
                 opt.state[p] = {
-                    key: (self._gather(v, pos) if torch.is_tensor(v) and v.shape == src.shape and v.dim() > 0
+                    key: ((v.reshape(-1)[at] if at is not None else v.reshape(-1).clone())
+                          if torch.is_tensor(v) and v.shape == gp.shape
                           else v.clone() if torch.is_tensor(v) else v)
-                    for key, v in state.items()
+                    for key, v in gstate.items()
                 }
-        ok = [True] * len(self.layers)
+        ok = torch.ones(self.k, dtype=torch.bool)
         for j, idx in enumerate(batches):
             set_lr(opt, recipe, step + j, total)
-            a0 = x[idx].flatten(1).t().contiguous()  # (in, b)
-            yb = y[idx]
-            for k, layers in enumerate(self.layers):
-                if ok[k]:
-                    ok[k] = self._step(layers, a0, yb)
-                if not ok[k]:
-                    for lay in layers:
-                        lay["v"].grad = torch.zeros_like(lay["v"])
-                        lay["b"].grad = torch.zeros_like(lay["b"])
+            a0 = x[idx].flatten(1).t().repeat(self.k, 1)  # (K in, b)
+            ok &= self._step(a0, y[idx])
+            if not bool(ok.all()):  # rejected candidates get zero gradients (their loss is dropped)
+                for lay in self.layers:
+                    lay["v"].grad.masked_fill_(~ok[lay["kk"]], 0)
+                    lay["b"].grad.view(self.k, -1).masked_fill_(~ok.unsqueeze(1), 0)
             opt.step()
         with torch.no_grad():
-            for p, (src, pos, cand_opt, cand_p) in zip(self.params, self.sources):
-                self._scatter(src, pos, p)
-                new_state = opt.state.get(p, {})
-                if not new_state:
-                    continue
-                state = cand_opt.state[cand_p]
-                for key, v in new_state.items():
+            for p, (gp, at) in zip(self.params, self._sources()):
+                self._put(gp, at, p)
+                gstate = group.optimizer.state[gp]
+                for key, v in opt.state.get(p, {}).items():
                     if torch.is_tensor(v) and v.dim() > 0 and v.shape == p.shape:
-                        old = state.get(key)
-                        if not (torch.is_tensor(old) and old.shape == src.shape):
-                            old = state[key] = torch.zeros_like(src)  # inactive entries stay 0
-                        self._scatter(old, pos, v)
+                        if not (torch.is_tensor(gstate.get(key)) and gstate[key].shape == gp.shape):
+                            gstate[key] = torch.zeros_like(gp)  # inactive entries stay 0
+                        self._put(gstate[key], at, v)
                     else:
-                        state[key] = v.clone() if torch.is_tensor(v) else v
-        self.group._gather_optimizer_state()  # state tensors made here become slot views
-        return ok
+                        gstate[key] = v.clone() if torch.is_tensor(v) else v
+        group._scatter_optimizer_state()
+        return ok.tolist()
 
     @staticmethod
-    def _scatter(dst: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor] | None, v: torch.Tensor) -> None:
+    def _put(dst: torch.Tensor, at: torch.Tensor | None, v: torch.Tensor) -> None:
+        """Write `v` into the contiguous grouped tensor `dst` at flat positions `at` (None: all)."""
         if at is None:
-            dst.copy_(v)
+            dst.view(-1).copy_(v)
         else:
-            dst.index_put_(at, v.detach())
+            dst.view(-1).index_copy_(0, at, v.detach())
 
-    @staticmethod
-    def _weight(lay: dict[str, Any]) -> torch.Tensor:
-        """The layer's (out, in) weight: CSR, or dense with zeros at inactive entries."""
+    def _weight(self, lay: dict[str, Any]) -> torch.Tensor:
+        """Layer weights: the block-diagonal CSR matrix, or dense (K, out, in) blocks."""
         v = lay["v"].detach()
         if lay["csr"]:
-            return _csr(lay["crow"], lay["col"], v, lay["shape"])
-        w = torch.zeros(lay["shape"][0] * lay["shape"][1], dtype=v.dtype, device=v.device)
-        w[lay["pos"]] = v
-        return w.view(lay["shape"])
+            return _csr(lay["crow"], lay["col"], v, lay["size"])
+        w = torch.zeros(self.k * lay["n_out"] * lay["n_in"], dtype=v.dtype, device=v.device)
+        w[lay["flat"]] = v
+        return w.view(self.k, lay["n_out"], lay["n_in"])
 
     @torch.no_grad()
-    def _step(self, layers: list[dict[str, Any]], a0: torch.Tensor, y: torch.Tensor) -> bool:
-        """Forward and backward of one candidate; sets .grad of its parameters. False: non-finite loss."""
+    def _step(self, a0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of all candidates; sets the parameters' .grad. Returns (K,) finite."""
+        k, b = self.k, a0.shape[1]
         acts, pre, ws = [a0], [], []
-        last = len(layers) - 1
-        for i, lay in enumerate(layers):
+        last = len(self.layers) - 1
+        for i, lay in enumerate(self.layers):
             w = self._weight(lay)
-            z = (torch.sparse.mm(w, acts[-1]) if lay["csr"] else w @ acts[-1]).add_(lay["b"].detach().unsqueeze(1))
+            h = acts[-1]
+            z = torch.sparse.mm(w, h) if lay["csr"] else torch.bmm(w, h.view(k, lay["n_in"], b)).view(-1, b)
+            z.add_(lay["b"].detach().unsqueeze(1))  # (K out, b)
             ws.append(w)
             pre.append(z)
             if i < last:
                 acts.append(self._act(z))
-        z = pre[-1]  # (C, b) logits; the mean cross-entropy is finite iff they are
-        if not bool(torch.isfinite(z).all()):
-            return False
-        b = z.shape[1]
-        dz = torch.softmax(z, 0)  # d(mean CE)/dz = (softmax - one-hot) / b
-        dz[y, torch.arange(b, device=z.device)] -= 1.0
-        dz /= b
+        logits = pre[-1].view(k, -1, b)  # (K, C, b); the mean cross-entropy is finite iff they are
+        finite = torch.isfinite(logits).flatten(1).all(1)
+        dz = torch.softmax(logits, 1)  # d(mean CE)/dlogits = (softmax - one-hot) / b
+        dz[:, y, torch.arange(b, device=y.device)] -= 1.0
+        dz = dz.div_(b).view(-1, b)
         for i in range(last, -1, -1):
-            lay, a = layers[i], acts[i]
+            lay, a = self.layers[i], acts[i]
             lay["b"].grad = dz.sum(1)
+            n_out, n_in = lay["n_out"], lay["n_in"]
             if lay["csr"]:  # dL/dW at the active entries only
                 lay["v"].grad = torch.sparse.sampled_addmm(lay["pattern"], dz, a.t(), beta=0.0).values()
             else:
-                lay["v"].grad = (dz @ a.t()).reshape(-1)[lay["pos"]]
+                g = torch.bmm(dz.view(k, n_out, b), a.view(k, n_in, b).transpose(1, 2))  # (K, out, in)
+                lay["v"].grad = g.reshape(-1)[lay["flat"]]
             if i > 0:
                 if lay["csr"]:
-                    v = lay["v"].detach()[lay["tperm"]]
-                    da = torch.sparse.mm(_csr(lay["crow_t"], lay["col_t"], v, lay["shape"][::-1]), dz)
+                    wt = _csr(lay["crow_t"], lay["col_t"], lay["v"].detach()[lay["tperm"]], lay["size"][::-1])
+                    da = torch.sparse.mm(wt, dz)
                 else:
-                    da = ws[i].t() @ dz
+                    da = torch.bmm(ws[i].transpose(1, 2), dz.view(k, n_out, b)).view(-1, b)
                 dz = self._act_backward(da, pre[i - 1], acts[i])
-        return True
+        return finite
 
     def _act(self, z: torch.Tensor) -> torch.Tensor:
         if self.act is None:
@@ -1088,6 +1078,13 @@ class _SparseProbe:
         if isinstance(self.act, nn.Tanh):
             return torch.ops.aten.tanh_backward(grad, out)
         return torch.ops.aten.gelu_backward(grad, z, approximate=self.act.approximate)
+
+
+def _crow(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """CSR row pointers of sorted row indices."""
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=crow[1:])
+    return crow
 
 
 def _linear_names(model: nn.Module) -> list[str]:
