@@ -17,7 +17,9 @@ Rows, all with the shadow recipe below and the same per-model data and batch ord
 
 Within one repeat every row runs once, one after another, so a ratio compares timings
 taken seconds apart; the table reports the median over repeats of each time and of each
-ratio. The machine may be shared: the load average is recorded beside the numbers.
+ratio, in wall-clock and in process CPU time (steadier when the machine is shared; the
+load average is recorded beside the numbers). The batched GEMMs of the grouped step, run
+alone, give a floor for the grouped time and so a ceiling for its speed-up.
 Target (issue 4): grouped >= 3x the sequential loop. Writes benchmarks/results/shadows.md.
 """
 
