@@ -457,6 +457,9 @@ def study_table(frame: pd.DataFrame, trials: pd.DataFrame, c: CompareConfig) -> 
     """Each Pareto trial (tag pareto_rank=0, chosen on validation) of a study, on test data: its excess
     leakage over the frontier of its seed and density, and both fronts' hypervolumes."""
     ranks = trials["pareto_rank"].astype(str) if "pareto_rank" in trials else pd.Series("", index=trials.index)
+    if "test_accuracy" not in trials:
+        raise runs.NoRunsError(f"the trials of study {c.study!r} did not log test_accuracy (searches before "
+                               f"2026-11-24 did not); run the search again under a new search.study_name")
     pareto = with_leakage(trials[ranks == "0"], c.frontier.metrics)
     if pareto.empty:
         raise runs.NoRunsError(f"study {c.study!r} has no trial tagged pareto_rank=0; let its search finish first")

@@ -218,3 +218,5 @@ def test_study_pareto_trials_against_the_frontier():
     assert t.loc["0", "hv_union"] > hv_front  # the trial below the frontier adds area
     with pytest.raises(runs.NoRunsError, match="seed 9"):
         compare.study_table(frame, trials.assign(seed="9"), c)
+    with pytest.raises(runs.NoRunsError, match="did not log test_accuracy"):
+        compare.study_table(frame, trials.drop(columns="test_accuracy"), c)
