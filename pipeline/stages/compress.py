@@ -11,6 +11,12 @@ test (the attacker's AUC on a held-out slice of members vs non-members) and
 (`pipeline.selection`). Every candidate's numbers are recorded per update in
 `candidates.csv`.
 
+Cost (issue 6: at most ~1.5x plain DST at equal epochs): the N candidates are
+allocated once and overwritten per update; for MLPs they live in one grouped
+tensor per layer, and a sparse model's probe and tests touch only the active
+weights (block-diagonal CSR over the candidates). `benchmarks/bench_compress.py`
+measures the ratio.
+
 Baselines run through the same stage and tracking: `dense` (the teacher),
 `oneshot` (magnitude prune the teacher + fine-tune), `gmp` (gradual magnitude
 pruning, Zhu & Gupta 2017), `dst` (SET/RigL, one candidate, no safety test),
