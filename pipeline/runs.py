@@ -119,6 +119,8 @@ def run_label(row: pd.Series) -> str:
         if short == "adv_lam" and v == "0.1":  # the default is not worth a label
             continue
         extras.append(f"{short}={v}")
+    if method in ("dst", "dst_adv", "safecompress"):
+        extras += _schedule_extras(row)
     if method == "safecompress":
         extras += _selection_extras(row)
     density = _float(row.get("target_density", row.get("density")))
@@ -127,6 +129,28 @@ def run_label(row: pd.Series) -> str:
     if extras:
         label += " [" + ", ".join(extras) + "]"
     return label
+
+
+def _schedule_extras(row: pd.Series) -> list[str]:
+    """Density schedule and regrowth settings that differ from conf/compress/safecompress.yaml's defaults."""
+    def param(key: str) -> str | None:
+        v = row.get(f"params.compress.{key}")
+        return v if isinstance(v, str) and v not in ("None", "null", "") else None
+
+    def short(v: str | None) -> str:
+        try:
+            return f"{float(v):.3g}" if v is not None else "?"
+        except ValueError:
+            return v
+
+    extras = []
+    kind = param("density_schedule.kind")
+    if kind and kind != "constant":
+        extras.append(f"sched={kind}@{short(param('density_schedule.start'))}")
+    kind, start = param("regrowth.kind"), param("regrowth.start")
+    if (kind and kind != "cosine") or (start and float(start) != 0.5):
+        extras.append(f"regrow={kind or 'cosine'}@{short(start)}")
+    return extras
 
 
 def _selection_extras(row: pd.Series) -> list[str]:

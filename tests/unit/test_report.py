@@ -213,3 +213,14 @@ def test_tradeoff_plot_draws_the_frontier_of_each_density(tmp_path):
     path = report.plot_tradeoff(frame, tmp_path / "t.png", "p", frontier=curves)
     assert path.stat().st_size > 0
     assert report.frontier_curves(frame[frame["method"] == "oneshot"], ["dst"]).empty
+
+
+def test_sparse_labels_name_non_default_schedules():
+    row = {"method": "dst", "target_density": "0.05", "params.compress.density_schedule.kind": "constant",
+           "params.compress.density_schedule.start": "0.5", "params.compress.regrowth.kind": "cosine",
+           "params.compress.regrowth.start": "0.5"}
+    assert runs.run_label(pd.Series(row)) == "dst"
+    row.update({"params.compress.density_schedule.kind": "linear", "params.compress.density_schedule.start": "0.385",
+                "params.compress.regrowth.kind": "linear", "params.compress.regrowth.start": "0.49"})
+    assert runs.run_label(pd.Series(row)) == "dst [sched=linear@0.385, regrow=linear@0.49]"
+    assert runs.run_label(pd.Series({**row, "method": "oneshot"})) == "oneshot"  # no schedule there
