@@ -38,7 +38,7 @@ from sparse.scores import (
     grow_scores,
     prune_scores,
 )
-from sparse.update import prune_and_grow, resize
+from sparse.update import prune_and_grow, prune_and_grow_many, resize
 
 __all__ = [
     "DENSITY_SCHEDULES",
@@ -66,6 +66,7 @@ __all__ = [
     "magnitude_masks",
     "measure_latency",
     "prune_and_grow",
+    "prune_and_grow_many",
     "prune_scores",
     "random_masks",
     "read_export",

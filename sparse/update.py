@@ -13,7 +13,8 @@ pruning of Zhu & Gupta 2017).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,29 +41,35 @@ def check_drop_fraction(drop_fraction: float) -> float:
     return f
 
 
-def _select(
+@dataclass
+class _Ranking:
+    """The ``k`` best of some candidates' scores, up to the order of ties at the k-th score.
+
+    Computed without a generator, so candidates that share scores share it (``prune_and_grow_many``);
+    ``_pick`` then draws the tie-breaking permutation from each candidate's own generator.
+    """
+
+    m: int  # number of candidates: the length of the tie-breaking permutation
+    final: torch.Tensor | None  # flat indices of the k chosen when ties cannot change them; else:
+    better: torch.Tensor | None = None  # score-vector positions strictly better than the k-th
+    tied: torch.Tensor | None = None  # bool over the score vector: equal to the k-th score
+    need: int = 0  # how many of the tied to take
+    where: torch.Tensor | None = None  # flat index of each score (None: the whole layer)
+    base: torch.Tensor | None = None  # positions the permutation orders (a copy: masks change)
+
+
+def _rank(
     scores: torch.Tensor,
     candidates: torch.Tensor,
     k: int,
-    g: torch.Generator,
     lowest: bool,
     layer: str,
-) -> torch.Tensor:
-    """Flat indices (a set, in no particular order) of the ``k`` lowest (or highest) scores among
-    ``candidates``.
-
-    Equal scores are ordered by a generator permutation of the candidates, so ties are broken at
-    random but reproducibly under ``g``; distinct scores keep their exact order. The result is
-    the set a stable sort of the shuffled scores would put first, found with one ``kthvalue``
-    over the whole layer (O(n); a full sort was ~10x slower on a 256x256 layer): every score
-    strictly better than the k-th, then the ties at the k-th value in shuffled order. The
-    permutation is drawn even when no tie needs it, so ``g`` advances as it always did.
-    """
+) -> _Ranking:
+    """The ``k`` lowest (or highest) ``scores`` among ``candidates`` (see ``_select``)."""
     c = candidates.reshape(-1)
     m = int(c.sum())
     if k > m:
         raise ValueError(f"layer {layer!r}: asked for {k} of {m} candidates")
-    perm = torch.randperm(m, generator=g).to(c.device)
     flat = scores.reshape(-1)
     if 2 * m < flat.numel():  # few candidates (e.g. the active weights): work on them alone
         where: torch.Tensor | None = c.nonzero().squeeze(1)  # (m,) flat index of each candidate
@@ -76,19 +83,58 @@ def _select(
     if not finite:
         raise ValueError(f"layer {layer!r}: scores contain NaN/inf (check weights and gradients)")
     if k == 0 or k == m:
-        return c.nonzero().squeeze(1)[:k]
-    kth = torch.kthvalue(s, k if lowest else s.numel() - k + 1).values
-    better = (s < kth if lowest else s > kth).nonzero().squeeze(1)
-    tied = s == kth  # the k-th value is a candidate's (finite) score: no non-candidate ties it
-    need = k - better.numel()
-    if int(tied.sum()) == need:
-        chosen = torch.cat([better, tied.nonzero().squeeze(1)])
-    else:  # ties straddle the k-th place: the shuffled order picks among them
-        shuffled = (
-            torch.arange(m, device=s.device) if where is not None else c.nonzero().squeeze(1)
-        )[perm]
-        chosen = torch.cat([better, shuffled[tied[shuffled].nonzero().squeeze(1)[:need]]])
-    return chosen if where is None else where[chosen]
+        return _Ranking(m, c.nonzero().squeeze(1)[:k])
+    if 16 * k <= s.numel():  # few to take: a partial top-k is ~2-8x faster than kthvalue
+        vals, idx = torch.topk(s, k, largest=not lowest, sorted=False)
+        kth = vals.max() if lowest else vals.min()
+        tied = s == kth  # the k-th value is a candidate's (finite) score: no non-candidate ties it
+        if int(tied.sum()) == int((vals == kth).sum()):  # every tie is among the k taken
+            return _Ranking(m, idx if where is None else where[idx])
+        better = idx[vals != kth]
+    else:
+        kth = torch.kthvalue(s, k if lowest else s.numel() - k + 1).values
+        better = (s < kth if lowest else s > kth).nonzero().squeeze(1)
+        tied = s == kth
+        if int(tied.sum()) == k - better.numel():
+            chosen = torch.cat([better, tied.nonzero().squeeze(1)])
+            return _Ranking(m, chosen if where is None else where[chosen])
+    base = torch.arange(m, device=s.device) if where is not None else c.nonzero().squeeze(1)
+    return _Ranking(m, None, better, tied, k - better.numel(), where, base)
+
+
+def _pick(r: _Ranking, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Flat indices of a ranking's k chosen; ties straddling the k-th place are taken in the order
+    of a permutation drawn from ``g`` (drawn even when no tie needs it, so ``g`` always advances
+    the same way)."""
+    perm = torch.randperm(r.m, generator=g).to(device)
+    if r.final is not None:
+        return r.final
+    assert r.better is not None and r.tied is not None and r.base is not None
+    shuffled = r.base[perm]
+    chosen = torch.cat([r.better, shuffled[r.tied[shuffled].nonzero().squeeze(1)[: r.need]]])
+    return chosen if r.where is None else r.where[chosen]
+
+
+def _select(
+    scores: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    g: torch.Generator,
+    lowest: bool,
+    layer: str,
+) -> torch.Tensor:
+    """Flat indices (a set, in no particular order) of the ``k`` lowest (or highest) scores among
+    ``candidates``.
+
+    Equal scores are ordered by a generator permutation of the candidates, so ties are broken at
+    random but reproducibly under ``g``; distinct scores keep their exact order. The result is
+    the set a stable sort of the shuffled scores would put first, found without a sort (O(n); a
+    full sort was ~10x slower on a 256x256 layer): one ``topk`` when k is small next to the
+    scores, else one ``kthvalue``, gives every score strictly better than the k-th, then the
+    ties at the k-th value in shuffled order. The permutation is drawn even when no tie needs
+    it, so ``g`` advances as it always did.
+    """
+    return _pick(_rank(scores, candidates, k, lowest, layer), g, candidates.device)
 
 
 def _momentum_from(
@@ -259,6 +305,86 @@ def prune_and_grow(
     masks.apply(model)
     n = sum(v["n_dropped"] for v in per_layer.values())
     return {"n_dropped": n, "n_grown": n, "per_layer": per_layer}
+
+
+def prune_and_grow_many(
+    models: Sequence[nn.Module],
+    masks: Sequence[MaskSet],
+    drop_fraction: float,
+    criteria: Sequence[tuple[str, str]],
+    generators: Sequence[torch.Generator],
+    grads: Mapping[str, torch.Tensor] | None = None,
+    optimizers: Sequence[torch.optim.Optimizer | None] | None = None,
+) -> list[dict[str, Any]]:
+    """``prune_and_grow`` of several candidates, candidate i with ``criteria[i] = (prune, grow)``,
+    ``generators[i]`` and ``optimizers[i]``; ``grads`` are shared.
+
+    The masks, weights and optimizer states end exactly as calling ``prune_and_grow`` on each
+    candidate in turn would leave them. Candidates whose layer has the same mask and weights
+    (e.g. SafeCompress's candidates, all forked from one state) and the same prune criterion share
+    that layer's prune ranking, computed once; only the tie-breaking permutation (drawn from each
+    candidate's generator, in the same order as ``prune_and_grow`` draws it) and the growth are
+    per candidate. Returns one ``prune_and_grow`` stats dict per candidate.
+    """
+    n = len(models)
+    opts = list(optimizers) if optimizers is not None else [None] * n
+    if not (len(masks) == len(criteria) == len(generators) == len(opts) == n):
+        raise ValueError(
+            f"need one masks, criteria pair, generator and optimizer per model; got {n} models, "
+            f"{len(masks)} masks, {len(criteria)} criteria, {len(generators)} generators, {len(opts)} optimizers"
+        )
+    f = check_drop_fraction(drop_fraction)
+    for prune, grow in criteria:
+        check_criteria(prune, grow)
+    gens = [default_generator(g) for g in generators]
+    inputs = [
+        _inputs(
+            ms,
+            model,
+            _needs(prune, grow),
+            g,
+            grads,
+            opt,
+            None,
+            None,
+            f"prune={prune!r}/grow={grow!r}",
+        )
+        for model, ms, (prune, grow), g, opt in zip(models, masks, criteria, gens, opts)
+    ]
+    params = [dict(model.named_parameters()) for model in models]
+    per_layer: list[dict[str, dict[str, int]]] = [{} for _ in range(n)]
+    for name in inputs[0]:
+        shared: dict[str, tuple[torch.Tensor, torch.Tensor, _Ranking]] = {}  # prune criterion ->
+        for i in range(n):  # (mask and weights before the update, their ranking)
+            li = inputs[i][name]
+            m = li.mask
+            n_active = int(m.sum())
+            n_drop = min(int(round(f * n_active)), m.numel() - n_active)
+            masks[i].fired[name] |= m.to(masks[i].fired[name].device)
+            if li.fired is not None:
+                li.fired = li.fired | m
+            drop_idx = grow_idx = None
+            if n_drop > 0:
+                prune, grow = criteria[i]
+                ref = shared.get(prune)
+                w = li.weight.detach()
+                if ref is not None and torch.equal(ref[0], m) and torch.equal(ref[1], w):
+                    ranking = ref[2]
+                else:
+                    ranking = _rank(prune_scores(prune, li), m, n_drop, lowest=True, layer=name)
+                    if i < n - 1 and prune not in shared:
+                        shared[prune] = (m.clone(), w.clone(), ranking)
+                g_scores = grow_scores(grow, li)
+                drop_idx = _pick(ranking, gens[i], m.device)
+                grow_idx = _select(g_scores, ~m, n_drop, gens[i], lowest=False, layer=name)
+            _commit(masks[i], name, params[i][name], drop_idx, grow_idx, opts[i], None)
+            per_layer[i][name] = {"n_active": n_active, "n_dropped": n_drop, "n_grown": n_drop}
+    out = []
+    for model, ms, layers in zip(models, masks, per_layer):
+        ms.apply(model)
+        total = sum(v["n_dropped"] for v in layers.values())
+        out.append({"n_dropped": total, "n_grown": total, "per_layer": layers})
+    return out
 
 
 def resize(

@@ -613,15 +613,14 @@ def _candidates(
     safety.fit(state.model, update)
     probe_batches = [next(batches) for _ in range(c.probe_steps)]
     cands = pool.fork(state)
-    strategies = []
-    for i, cand in enumerate(cands):
-        strat = c.strategies[i % len(c.strategies)]
-        strategies.append(_strategy_name(strat.prune, strat.grow))
-        sparse.prune_and_grow(
-            cand.model, cand.masks, ratio, strat.prune, strat.grow,
-            generator=generator(seed, "update", update, "candidate", i),
-            grads=grads, optimizer=cand.optimizer,
-        )
+    criteria = [(s.prune, s.grow) for s in (c.strategies[i % len(c.strategies)] for i in range(len(cands)))]
+    strategies = [_strategy_name(*crit) for crit in criteria]
+    # equal to prune_and_grow on each candidate; candidates sharing a prune criterion share its ranking
+    sparse.prune_and_grow_many(
+        [cand.model for cand in cands], [cand.masks for cand in cands], ratio, criteria,
+        [generator(seed, "update", update, "candidate", i) for i in range(len(cands))],
+        grads=grads, optimizers=[cand.optimizer for cand in cands],
+    )
     status = ["ok"] * c.n_candidates
     plain_loss = losses.adversary is None or not losses.adversary_active
     if pool.grouped is not None and plain_loss and losses.teacher is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from sparse_testing import linear_stack
@@ -14,6 +16,7 @@ from sparse import (
     MaskSet,
     layer_target_counts,
     prune_and_grow,
+    prune_and_grow_many,
     random_masks,
     resize,
 )
@@ -222,6 +225,103 @@ def test_ties_are_broken_by_the_generator_reproducibly():
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
     assert int(run(3).sum()) == 200
+
+
+@pytest.mark.parametrize("n_scores,k", [(400, 3), (400, 200), (5000, 40), (5000, 4000)])
+@pytest.mark.parametrize("lowest", [True, False])
+@pytest.mark.parametrize("few", [True, False])
+def test_select_equals_a_stable_sort_of_the_shuffled_scores(n_scores, k, lowest, few):
+    """Both paths (top-k for small k, kthvalue otherwise) pick the set the docstring promises,
+    with many ties straddling the k-th place, and leave the generator where the permutation does."""
+    from sparse.update import _select
+
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randint(0, 7, (n_scores,), generator=g).float()  # heavy ties
+    cand = torch.rand(n_scores, generator=g) < (0.3 if few else 0.9)
+    k = min(k, int(cand.sum()))
+    got = _select(scores, cand, k, torch.Generator().manual_seed(11), lowest, "layer")
+    ref_g = torch.Generator().manual_seed(11)
+    where = cand.nonzero().squeeze(1)
+    shuffled = where[torch.randperm(len(where), generator=ref_g)]
+    s = scores[shuffled]
+    order = torch.sort(s if lowest else -s, stable=True).indices
+    assert set(got.tolist()) == set(shuffled[order[:k]].tolist())
+    assert len(got) == k
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_prune_and_grow_many_equals_one_candidate_at_a_time(optimizer):
+    """Shared prune rankings give exactly the masks, weights and state of sequential calls,
+    also with ties in the prune scores (zeroed active weights) and mixed criteria."""
+    model, masks, _ = setup(mlp, 0.2)
+    with torch.no_grad():  # a third of the active weights exactly 0: ties straddle the k-th place
+        for name, p in model.named_parameters():
+            if name in masks.masks:
+                p[
+                    masks.masks[name]
+                    & (torch.rand(p.shape, generator=torch.Generator().manual_seed(3)) < 0.3)
+                ] = 0
+    x, y = data(mlp)
+    make = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+        "adam": lambda ps: torch.optim.Adam(ps),
+    }
+    base_opt = make[optimizer](model.parameters())
+    grads = step(model, masks, base_opt, x, y)
+    criteria = [
+        ("magnitude", "random"),
+        ("magnitude", "random"),
+        ("set", "gradient"),
+        ("magnitude", "unfired"),
+        ("taylor", "momentum"),
+        ("set", "random"),
+    ]
+
+    def fork():
+        out = []
+        for _ in criteria:
+            m = copy.deepcopy(model)
+            opt = make[optimizer](m.parameters())
+            opt.load_state_dict(copy.deepcopy(base_opt.state_dict()))
+            ms = masks.clone()
+            out.append((m, ms, opt))
+        return out
+
+    seq, many = fork(), fork()
+    seq_stats = [
+        prune_and_grow(
+            m, ms, 0.3, p, gr, torch.Generator().manual_seed(i), grads=grads, optimizer=opt
+        )
+        for i, ((m, ms, opt), (p, gr)) in enumerate(zip(seq, criteria))
+    ]
+    many_stats = prune_and_grow_many(
+        [m for m, _, _ in many],
+        [ms for _, ms, _ in many],
+        0.3,
+        criteria,
+        [torch.Generator().manual_seed(i) for i in range(len(criteria))],
+        grads=grads,
+        optimizers=[opt for _, _, opt in many],
+    )
+    assert many_stats == seq_stats
+    assert not torch.equal(seq[0][1].masks["0.weight"], seq[1][1].masks["0.weight"])  # own seeds
+    for (m1, ms1, o1), (m2, ms2, o2) in zip(seq, many):
+        for n in ms1.masks:
+            assert torch.equal(ms1.masks[n], ms2.masks[n]) and torch.equal(
+                ms1.fired[n], ms2.fired[n]
+            )
+        for p1, p2 in zip(m1.parameters(), m2.parameters()):
+            assert torch.equal(p1, p2)
+            for key, v in o1.state[p1].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(o2.state[p2][key]))
+
+
+def test_prune_and_grow_many_checks_its_lists():
+    model, masks, opt = setup()
+    with pytest.raises(ValueError, match="one masks, criteria pair, generator"):
+        prune_and_grow_many(
+            [model], [masks], 0.3, [("magnitude", "random")] * 2, [torch.Generator()]
+        )
 
 
 def test_fully_dense_layer_swaps_nothing():
