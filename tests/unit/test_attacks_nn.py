@@ -91,6 +91,39 @@ def test_train_attack_model_learns_and_is_seeded():
         train_attack_model(model, blackbox_tensors(m.subset(np.arange(0))), blackbox_tensors(n))
 
 
+class _AutogradBlackBox(BlackBoxAttackModel):
+    """Same model; a subclass, so train_attack_model takes the autograd path."""
+
+
+@pytest.mark.parametrize("use_label_branch", [True, False])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_train_attack_model_fast_steps_equal_autograd(use_label_branch, weight_decay):
+    """The black-box model's hand-written step trains like autograd (up to float rounding),
+    with unbalanced classes (the BCE weights matter) and a last partial batch."""
+    rng = np.random.default_rng(1)
+    m, n = toy_signals(170, True, rng), toy_signals(90, False, rng)
+    outs = []
+    for cls in (BlackBoxAttackModel, _AutogradBlackBox):
+        torch.manual_seed(0)
+        model = cls(5, (32, 16), (16,), (16, 8), use_label_branch=use_label_branch)
+        init = torch.cat([p.detach().flatten() for p in model.parameters()])
+        train_attack_model(
+            model,
+            blackbox_tensors(m),
+            blackbox_tensors(n),
+            epochs=4,
+            batch_size=64,
+            weight_decay=weight_decay,
+            generator=torch.Generator().manual_seed(3),
+        )
+        with torch.no_grad():
+            outs.append(torch.cat([model(*blackbox_tensors(m)), model(*blackbox_tensors(n))]))
+        outs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(outs[0], outs[2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outs[1], outs[3], rtol=1e-4, atol=1e-5)
+    assert (outs[1] - init).abs().max() > 1e-3  # it trained
+
+
 def test_whitebox_model_reads_gradients():
     model = WhiteBoxAttackModel(
         3, 4, n_filters=2, prediction_widths=(8,), label_widths=(8,), merged_widths=(8,)
