@@ -226,10 +226,11 @@ def train_attack_model(
     fit_normalization = getattr(model_nn, "fit_normalization", None)
     if callable(fit_normalization):  # input statistics from members and non-members alike
         fit_normalization(*xs)
-    opt = _adam(list(model_nn.parameters()), lr=lr, weight_decay=weight_decay)
+    fast = _BlackBoxSteps.of(model_nn, xs)
+    params = [fast.flat] if fast is not None else list(model_nn.parameters())
+    opt = _adam(params, lr=lr, weight_decay=weight_decay)
     model_nn.train()
     n = n1 + n0
-    fast = _BlackBoxSteps.of(model_nn, xs)
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for i in range(0, n, batch_size):
@@ -254,8 +255,10 @@ class _BlackBoxSteps:
     normalized prediction features are computed once per training call (they depend on the
     inputs and the fixed normalization only), and each step runs the same products as autograd
     (addmm forward; grad W = dz^T a, grad b = sum dz, grad a = dz W), writing the gradients of
-    the class-weighted mean BCE into `.grad`. Equal to the autograd step up to float rounding
-    (a unit test compares them).
+    the class-weighted mean BCE into `.grad`. The parameters and their gradients become views of
+    one flat tensor (`flat`), so the optimizer steps one tensor: Adam's per-tensor bookkeeping
+    cost ~5x its fused kernel for the ~16 small tensors. Equal to the autograd step up to float
+    rounding (a unit test compares them).
     """
 
     def __init__(self, model: BlackBoxAttackModel, feats: torch.Tensor, onehot: torch.Tensor):
@@ -265,6 +268,15 @@ class _BlackBoxSteps:
             [m for m in model.label if isinstance(m, nn.Linear)] if model.use_label_branch else []
         )
         self.merged = [m for m in model.merged if isinstance(m, nn.Linear)]
+        params = list(model.parameters())
+        self.flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+        self.flat.grad = torch.zeros_like(self.flat)
+        offset = 0
+        for p in params:
+            k = p.numel()
+            p.data = self.flat.data[offset : offset + k].view_as(p)
+            p.grad = self.flat.grad[offset : offset + k].view_as(p)
+            offset += k
 
     @classmethod
     def of(cls, model: nn.Module, xs: Sequence[torch.Tensor]) -> Optional[_BlackBoxSteps]:
@@ -298,8 +310,9 @@ class _BlackBoxSteps:
         """Set the layers' grads from dL/d(last pre-activation); returns dL/d(input) if needed."""
         for j in range(len(layers) - 1, -1, -1):
             lin = layers[j]
-            lin.weight.grad = dz.t().mm(acts[j])
-            lin.bias.grad = dz.sum(0)
+            assert lin.weight.grad is not None and lin.bias.grad is not None  # views of flat.grad
+            torch.mm(dz.t(), acts[j], out=lin.weight.grad)
+            torch.sum(dz, 0, out=lin.bias.grad)
             if j == 0 and not need_input:
                 return None
             da = dz.mm(lin.weight)
