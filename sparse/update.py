@@ -380,8 +380,7 @@ def prune_and_grow_many(
             _commit(masks[i], name, params[i][name], drop_idx, grow_idx, opts[i], None)
             per_layer[i][name] = {"n_active": n_active, "n_dropped": n_drop, "n_grown": n_drop}
     out = []
-    for model, ms, layers in zip(models, masks, per_layer):
-        ms.apply(model)
+    for layers in per_layer:  # no masks.apply: _commit zeroed every inactive weight already
         total = sum(v["n_dropped"] for v in layers.values())
         out.append({"n_dropped": total, "n_grown": total, "per_layer": layers})
     return out

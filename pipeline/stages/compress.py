@@ -14,7 +14,9 @@ test (the attacker's AUC on a held-out slice of members vs non-members) and
 Cost (issue 6: at most ~1.5x plain DST at equal epochs): the N candidates are
 allocated once and overwritten per update; for MLPs they live in one grouped
 tensor per layer, and a sparse model's probe and tests touch only the active
-weights (block-diagonal CSR over the candidates). `benchmarks/bench_compress.py`
+weights (block-diagonal CSR over the candidates); candidates sharing a prune
+criterion share its ranking (`sparse.prune_and_grow_many`), and the black-box
+attacker trains without autograd (`attacks.nn`). `benchmarks/bench_compress.py`
 measures the ratio.
 
 Baselines run through the same stage and tracking: `dense` (the teacher),
