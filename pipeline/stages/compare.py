@@ -496,7 +496,8 @@ def format_study(t: pd.DataFrame) -> str:
     hv = t.drop_duplicates(["dataset", "density", "seed"])
     lines = [f"- {r.dataset} @ {r.density:g}, seed {r.seed}: hypervolume (reference accuracy 0, AUC 1) "
              f"study {r.hv_study:.4f}, frontier {r.hv_frontier:.4f}, union {r.hv_union:.4f} "
-             f"(the study adds {r.hv_union - r.hv_frontier:+.4f} to the frontier)" for r in hv.itertuples()]
+             f"(the study adds {r.hv_union - r.hv_frontier:+.4f} to the frontier's staircase; the excess column, "
+             f"against the interpolated frontier, is the stricter test)" for r in hv.itertuples()]
     return _md(cells) + "\n\n" + "\n".join(lines)
 
 

@@ -270,7 +270,7 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     ok = frame.dropna(subset=[c for c in ("test_accuracy", "audit_auc") if c in frame])
     if {"test_accuracy", "audit_auc"} <= set(frame.columns):
         for label, g in ok.groupby("label"):
@@ -293,7 +293,7 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{dataset}\naccuracy vs membership leakage (point labels: density)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the points stay visible
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
