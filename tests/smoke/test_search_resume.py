@@ -32,6 +32,8 @@ def search_cmd(root: Path, *extra: str) -> list[str]:
         f"search.n_trials={N_TRIALS}",
         "search.heartbeat_interval=1",
         "search.grace_period=3",
+        # trials long enough (~1.5 s) that the one seen running is still running when the signal lands
+        "compress.epochs=60",
         *extra,
     ]
 
