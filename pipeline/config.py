@@ -185,6 +185,11 @@ class SearchConfig:
     constraints: dict[str, float] = field(default_factory=dict)  # e.g. {accuracy_min: 0.9}
 
 
+# the train-less frontier's members: "method" (its runs at the compared density or dense) or
+# "method@density" (only there; dst_adv@1.0 = dense + adversarial regularization)
+FRONTIER_METHODS = ("dst", "dense", "dst_adv@1.0", "dpsgd")
+
+
 @dataclass
 class ReportConfig:
     experiment_name: str = "default"  # whose tracked runs (tag experiment_name) the report reads
@@ -192,15 +197,13 @@ class ReportConfig:
     audit_reports: bool = True  # one audit report per run of the table, logged to that run
     study_name: Optional[str] = None  # also one audit report per Pareto trial of this study
     plots: bool = True
-    # frontier members drawn on the trade-off plots (same syntax as compare.frontier.methods)
-    frontier: list[str] = field(default_factory=lambda: ["dst", "dense", "dst_adv@1.0", "dpsgd"])
+    frontier: list[str] = field(default_factory=lambda: list(FRONTIER_METHODS))  # drawn on trade-off plots
 
 
 @dataclass
 class FrontierConfig:
     enabled: bool = True
-    # frontier members: "method" (runs at the compared density or dense) or "method@density"
-    methods: list[str] = field(default_factory=lambda: ["dst", "dense", "dst_adv@1.0", "dpsgd"])
+    methods: list[str] = field(default_factory=lambda: list(FRONTIER_METHODS))
     epoch_budgets: Optional[list[int]] = None  # DST budgets to use; null: every budget tracked
     # the leakage measure the frontier is drawn in: a logged metric, or several (their maximum
     # per run), e.g. [audit_loss_auc, audit_lira_offline_auc] = the strongest dense-reference attack

@@ -107,8 +107,8 @@ def run_label(row: pd.Series) -> str:
     extras = []
     method = str(row.get("method"))
     for col, short in LABEL_PARAMS.items():
-        v = row.get(col)
-        if not isinstance(v, str) or v in ("None", "null", ""):
+        v = _param(row, col.removeprefix("params."))
+        if v is None:
             continue
         if short == "eps" and method != "dpsgd":
             continue
@@ -131,11 +131,16 @@ def run_label(row: pd.Series) -> str:
     return label
 
 
+def _param(row: pd.Series, key: str) -> str | None:
+    """A logged param (`params.<key>`) as its string, None when absent or null."""
+    v = row.get(f"params.{key}")
+    return v if isinstance(v, str) and v not in ("None", "null", "") else None
+
+
 def _schedule_extras(row: pd.Series) -> list[str]:
     """Density schedule and regrowth settings that differ from conf/compress/safecompress.yaml's defaults."""
     def param(key: str) -> str | None:
-        v = row.get(f"params.compress.{key}")
-        return v if isinstance(v, str) and v not in ("None", "null", "") else None
+        return _param(row, f"compress.{key}")
 
     def short(v: str | None) -> str:
         try:
@@ -148,7 +153,7 @@ def _schedule_extras(row: pd.Series) -> list[str]:
     if kind and kind != "constant":
         extras.append(f"sched={kind}@{short(param('density_schedule.start'))}")
     kind, start = param("regrowth.kind"), param("regrowth.start")
-    if (kind and kind != "cosine") or (start and float(start) != 0.5):
+    if (kind and kind != "cosine") or (start and _float(start) != 0.5):
         extras.append(f"regrow={kind or 'cosine'}@{short(start)}")
     return extras
 
@@ -156,8 +161,7 @@ def _schedule_extras(row: pd.Series) -> list[str]:
 def _selection_extras(row: pd.Series) -> list[str]:
     """SafeCompress selection settings that differ from conf/compress/safecompress.yaml's defaults."""
     def param(key: str) -> str | None:
-        v = row.get(f"params.compress.{key}")
-        return v if isinstance(v, str) and v not in ("None", "null", "") else None
+        return _param(row, f"compress.{key}")
 
     rule = param("selection.rule")
     extras = []

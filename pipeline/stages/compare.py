@@ -88,7 +88,7 @@ def run(cfg: DictConfig) -> CompareResult:
             files.append(out / "frontier.csv")
             frontier.to_csv(files[-1], index=False)
             text += "\n\n## Excess audit AUC over the train-less frontier (per seed, then mean)\n\n"
-            text += _md(format_frontier(frontier))
+            text += _md(format_frontier(frontier)) + FRONTIER_NOTE
             files += plots
         if c.study:
             study = study_table(leak, runs.load_study_trials(uri, c.study, mlflow_exp), c)
@@ -463,27 +463,24 @@ def study_table(frame: pd.DataFrame, trials: pd.DataFrame, c: CompareConfig) -> 
     pareto = with_leakage(trials[ranks == "0"], c.frontier.metrics)
     if pareto.empty:
         raise runs.NoRunsError(f"study {c.study!r} has no trial tagged pareto_rank=0; let its search finish first")
-    rows = []
+    pareto["seed"] = pd.to_numeric(pareto["seed"], errors="coerce").astype("Int64")  # as load_runs types it
+    parts = []
     for (dataset, density, seed), g in pareto.groupby(["dataset", "target_density", "seed"]):
         front = frontier_runs(frame, dataset, float(density), c.frontier.methods)
-        front = front[front["seed"].astype(str) == str(seed)]
+        front = front[front["seed"] == seed]
         if front.empty:
             raise runs.NoRunsError(
                 f"no frontier runs ({c.frontier.methods}) for {dataset} at density {float(density):g}, seed {seed} "
                 f"in experiment {c.experiment_name!r}: run the frontier grid with that seed first")
-        env = frontier_envelope(front["test_accuracy"], front["audit_auc"])
-        hv_front = front_hypervolume(front["test_accuracy"], front["audit_auc"])
-        hv_study = front_hypervolume(g["test_accuracy"], g["audit_auc"])
-        for _, r in g.iterrows():
-            f = frontier_auc(env, float(r["test_accuracy"]))
-            rows.append({"dataset": dataset, "density": float(density), "seed": seed,
-                         "trial": r.get("trial_number"), "test_accuracy": float(r["test_accuracy"]),
-                         "audit_auc": float(r["audit_auc"]), "frontier_auc": f,
-                         "excess_auc": float(r["audit_auc"]) - f,
-                         "hv_study": hv_study, "hv_frontier": hv_front,
-                         "hv_union": front_hypervolume(np.r_[g["test_accuracy"], front["test_accuracy"]],
-                                                       np.r_[g["audit_auc"], front["audit_auc"]])})
-    return pd.DataFrame(rows)
+        ex = excess_auc(g, front)
+        parts.append(ex.assign(
+            dataset=dataset, density=float(density), trial=g["trial_number"].to_numpy() if "trial_number" in g else None,
+            hv_study=front_hypervolume(g["test_accuracy"], g["audit_auc"]),
+            hv_frontier=front_hypervolume(front["test_accuracy"], front["audit_auc"]),
+            hv_union=front_hypervolume(np.r_[g["test_accuracy"], front["test_accuracy"]],
+                                       np.r_[g["audit_auc"], front["audit_auc"]]),
+        ))
+    return pd.concat(parts, ignore_index=True)
 
 
 def format_study(t: pd.DataFrame) -> str:
@@ -506,10 +503,13 @@ def _plot_frontier(frame: pd.DataFrame, front: pd.DataFrame, dataset: str, densi
 
     sub = frame[(frame["dataset"] == dataset) & (
         np.isclose(frame["target_density"], density) | frame["run_id"].isin(front["run_id"]))]
+    return plot_tradeoff(sub, path, f"{dataset} @ density {density:g}", frontier=mean_envelope(front))
+
+
+def mean_envelope(front: pd.DataFrame) -> pd.DataFrame:
+    """The envelope (columns accuracy, auc) of the frontier members' means over seeds, one point per label."""
     means = front.groupby("label")[["test_accuracy", "audit_auc"]].mean()
-    env = frontier_envelope(means["test_accuracy"], means["audit_auc"])
-    return plot_tradeoff(sub, path, f"{dataset} @ density {density:g}",
-                         frontier=pd.DataFrame(env, columns=["accuracy", "auc"]))
+    return pd.DataFrame(frontier_envelope(means["test_accuracy"], means["audit_auc"]), columns=["accuracy", "auc"])
 
 
 # ---------------------------------------------------------------- printing
@@ -557,14 +557,14 @@ def format_frontier(f: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+FRONTIER_NOTE = ("\n\n`*`: a frontier member (its excess is >= 0 by construction). Excess < 0 with an interval "
+                 "below 0: beats the frontier. `above range`: seeds whose accuracy exceeds every frontier model.")
+
+
 def _md(t: pd.DataFrame) -> str:
     if t.empty:
         return "(nothing to show)"
     head = "| " + " | ".join(t.columns) + " |"
     sep = "|" + "---|" * len(t.columns)
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
-    note = ""
-    if "excess AUC" in t.columns:
-        note = ("\n\n`*`: a frontier member (its excess is >= 0 by construction). Excess < 0 with an interval "
-                "below 0: beats the frontier. `above range`: seeds whose accuracy exceeds every frontier model.")
-    return "\n".join([head, sep, *body]) + note
+    return "\n".join([head, sep, *body])

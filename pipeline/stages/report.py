@@ -303,7 +303,7 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
 def frontier_curves(frame: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     """Per compressed density of one data set: the envelope of the frontier members' seed means
     (compare stage, `compare.frontier.methods`). Columns accuracy, auc, density; empty if none ran."""
-    from pipeline.stages.compare import frontier_envelope, frontier_runs
+    from pipeline.stages.compare import frontier_runs, mean_envelope
 
     parts = []
     if not {"test_accuracy", "audit_auc"} <= set(frame.columns) or frame.empty:
@@ -313,9 +313,7 @@ def frontier_curves(frame: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
         front = frontier_runs(frame, dataset, float(density), methods)
         if front.empty:
             continue
-        means = front.groupby(["label", "target_density"])[["test_accuracy", "audit_auc"]].mean()
-        env = frontier_envelope(means["test_accuracy"], means["audit_auc"])
-        parts.append(pd.DataFrame({"accuracy": env[:, 0], "auc": env[:, 1], "density": float(density)}))
+        parts.append(mean_envelope(front).assign(density=float(density)))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["accuracy", "auc", "density"])
 
 
