@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +69,34 @@ def run(cfg: DictConfig) -> CompareResult:
     if c.dataset is not None:
         frame = frame[frame["dataset"] == c.dataset]
     out = Path(str(cfg.paths.output_dir)) / "compare" / c.experiment_name / _slug(f"{c.a}_vs_{c.b}")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # everything is written to a staging folder that replaces `out` only when all of it succeeded:
+    # bad input found late (an unknown study, an epoch budget) leaves no half-written comparison
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        paired, frontier, text, names = _compare(c, frame, uri, mlflow_exp, stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    stage.rename(out)
+    files = [out / name for name in names]
+    print(text)
+    for f in files:
+        tracking.log_artifact(f, "compare")
+        print(f"written: {f}")
+    return CompareResult(paired, frontier, out, tuple(files))
+
+
+def _compare(
+    c: CompareConfig, frame: pd.DataFrame, uri: str, mlflow_exp: str, out: Path
+) -> tuple[pd.DataFrame, pd.DataFrame | None, str, list[str]]:
+    """The paired table, the frontier and the study comparison, written under `out`:
+    (paired, frontier, the Markdown text, the written files' names in logging order)."""
     with tempfile.TemporaryDirectory() as tmp:
         loader = (lambda run_id: runs.load_scores(uri, run_id, Path(tmp))) if c.use_examples else None
         paired = paired_table(frame, c, loader)
-    files = [out / "paired.csv", out / "paired.md"]
+    files = [out / "paired.csv", out / "compare.md"]
     paired.to_csv(files[0], index=False)
     text = f"## {c.a} − {c.b} (paired over seeds, {c.confidence:.0%} bootstrap intervals)\n\n"
     text += _md(format_paired(paired))
@@ -96,14 +120,8 @@ def run(cfg: DictConfig) -> CompareResult:
             study.to_csv(files[-1], index=False)
             text += f"\n\n## Study {c.study!r}: its Pareto trials against the frontier\n\n"
             text += format_study(study)
-    files.insert(2, out / "compare.md")
-    files[2].write_text(text + "\n")
-    files.remove(out / "paired.md")
-    print(text)
-    for f in files:
-        tracking.log_artifact(f, "compare")
-        print(f"written: {f}")
-    return CompareResult(paired, frontier, out, tuple(files))
+    files[1].write_text(text + "\n")
+    return paired, frontier, text, [f.name for f in files]
 
 
 def _slug(s: str) -> str:

@@ -220,3 +220,21 @@ def test_study_pareto_trials_against_the_frontier():
         compare.study_table(frame, trials.assign(seed="9"), c)
     with pytest.raises(runs.NoRunsError, match="did not log test_accuracy"):
         compare.study_table(frame, trials.drop(columns="test_accuracy"), c)
+
+
+def test_bad_input_found_late_leaves_nothing_half_written(store):
+    cfg, *_ = store
+    out = run_stage(cfg).out_dir  # a_vs_b, complete
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    cfg.compare.a, cfg.compare.b = "b", "a"  # a new comparison, b_vs_a
+    cfg.compare.frontier.enabled = True
+    cfg.compare.frontier.metrics = ["audit_nonexistent_auc"]  # fails after the paired table is computed
+    try:
+        with pytest.raises(ValueError, match=r"\['audit_nonexistent_auc'\] are not logged"):
+            run_stage(cfg)
+    finally:
+        cfg.compare.a, cfg.compare.b = "a", "b"
+        cfg.compare.frontier.enabled = False
+        cfg.compare.frontier.metrics = ["audit_auc"]
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no b_vs_a, no staging folder
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
