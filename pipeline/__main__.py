@@ -16,7 +16,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import tracking
+from pipeline import interrupt, tracking
 from pipeline.config import STAGES, validate
 
 log = logging.getLogger("pipeline")
@@ -110,7 +110,8 @@ def run_stage(cfg: DictConfig) -> Any:
     if cfg.runtime.get("n_threads"):
         torch.set_num_threads(int(cfg.runtime.n_threads))
     logging.getLogger().setLevel(str(cfg.runtime.get("log_level", "INFO")))
-    return STAGE_FUNCTIONS[name](cfg)
+    with interrupt.guarded():  # a Ctrl-C swallowed by a garbage-collector callback is raised again
+        return STAGE_FUNCTIONS[name](cfg)
 
 
 def _print_pareto(result: Any) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import interrupt
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
 from pipeline.training import NonFiniteLossError, make_optimizer, set_lr, steps_per_epoch
@@ -276,6 +277,7 @@ def train_grouped(
         torch.index_select(x_all, 0, rows, out=x_epoch.view(k * n, -1))
         torch.index_select(y_all, 0, rows, out=y_epoch.view(k * n))
         for start in range(0, n, recipe.batch_size):
+            interrupt.check()
             set_lr(trainer.optimizer, recipe, step, total)
             loss = trainer.step(
                 x_epoch[:, start : start + recipe.batch_size],

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import interrupt
 from pipeline.config import TrainConfig
 
 
@@ -114,6 +115,7 @@ def train(
     for epoch in range(recipe.epochs):
         losses = []
         for idx in batch_indices(len(y), recipe.batch_size, generator):
+            interrupt.check()
             set_lr(optimizer, recipe, step, total)
             xb = augment(x[idx], generator) if augment is not None else x[idx]
             losses.append(train_step(model, optimizer, xb, y[idx]))

@@ -50,7 +50,7 @@ from attacks.inputs import AttackInputs
 from attacks.metrics import roc_auc
 from attacks.nn import NNBlackBoxAttack, NNWhiteBoxAttack, train_attack_model
 from attacks.signals import Signals, compute_signals
-from pipeline import tracking
+from pipeline import interrupt, tracking
 from pipeline.adversarial import Adversary, last_layer_inputs
 from pipeline.batched import GroupedMLP, can_batch
 from pipeline.cache import cache_key
@@ -531,6 +531,7 @@ def _train_loop(cfg, c: CompressConfig, data: DataBundle, teacher):
     pool: _CandidatePool | None = None  # allocated at the first mask update
     bar = tqdm(total=total, desc=f"compress[{c.method}]", disable=not cfg.runtime.progress, leave=False)
     while step < total:
+        interrupt.check()
         idx = next(batches)
         set_lr(state.optimizer, recipe, step, total)
         losses.adversary_active = use_adv and step >= warmup_step

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import tracking
+from pipeline import interrupt, tracking
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_schema
 from pipeline.stages import attack as attack_stage
 from pipeline.stages import compress as compress_stage
@@ -392,12 +392,13 @@ def _worker_main(
         torch.set_num_threads(int(cfg.runtime.n_threads))
     s = to_schema(SearchConfig, cfg.search)
     try:
-        storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
-        study = _create_study(cfg, s, storage, worker=index)
-        exp_id = tracking.setup(cfg)
-        teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
-        shadows = shadows_stage.run(cfg)
-        work(cfg, study, s, parent_id, teacher, shadows, exp_id)
+        with interrupt.guarded():
+            storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
+            study = _create_study(cfg, s, storage, worker=index)
+            exp_id = tracking.setup(cfg)
+            teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
+            shadows = shadows_stage.run(cfg)
+            work(cfg, study, s, parent_id, teacher, shadows, exp_id)
     except KeyboardInterrupt:
         log.warning("worker %d interrupted", index)
         sys.exit(130)
@@ -425,6 +426,7 @@ def work(cfg, study, s: SearchConfig, parent_id, teacher, shadows, exp_id) -> No
     heartbeat = _storage_has_heartbeat(study._storage)
     n_failed = 0
     while True:
+        interrupt.check()
         if heartbeat:
             fail_stale_trials(study)
         complete, running = _counts(study)
@@ -720,6 +722,7 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
         trial.set_user_attr("wall_s", wall)
         tracking.log_metrics({"trial_wall_s": wall})
         try:
+            interrupt.check()  # a Ctrl-C swallowed during the trial fails it rather than completing it
             study.tell(trial, objective)
             told = True
         except Exception as err:  # noqa: BLE001 - e.g. failed as stale by another worker meanwhile

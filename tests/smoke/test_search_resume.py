@@ -91,6 +91,9 @@ def start_and_kill(
             wait_for(storage, proc, n_complete)
             proc.send_signal(sig)
             proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log = (root / log_name).read_text()[-4000:]
+            raise AssertionError(f"the study did not stop within 60 s of {sig.name}; its log ends:\n{log}")
         finally:
             if proc.poll() is None:
                 proc.kill()
