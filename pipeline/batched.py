@@ -16,6 +16,7 @@ so a step is the 8 GEMMs of forward and backward plus a few small kernels
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from pipeline import interrupt
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
-from pipeline.training import NonFiniteLossError, make_optimizer, set_lr, steps_per_epoch
+from pipeline.training import NonFiniteLossError, lr_factor, make_optimizer, steps_per_epoch
 
 _ACTIVATIONS: dict[type[nn.Module], object] = {
     nn.ReLU: F.relu,
@@ -74,6 +75,13 @@ class GroupedMLP(nn.Module):
                 h = self.activation(h)
         return h
 
+    def set_lr(self, lr: float) -> None:
+        if isinstance(self.optimizer, _FusedSGD):
+            self.optimizer.lr = lr
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
     @torch.no_grad()
     def write_back(self, models: Sequence[MLP]) -> None:
         """Copy model k's trained weights into `models[k]`."""
@@ -120,6 +128,45 @@ def _fused_optimizer(param: torch.Tensor, recipe: TrainConfig) -> torch.optim.Op
         return optimizer
 
 
+class _FusedSGD:
+    """SGD with momentum on one flat tensor: torch's fused SGD kernel, called directly.
+
+    The same kernel and update as `torch.optim.SGD(fused=True)` (weight decay added to
+    the gradient, momentum buffer initialised to the first gradient, optional Nesterov),
+    without `Optimizer.step`'s per-call Python (hooks, state lookup, grouping): about a
+    tenth of a grouped digits step. `lr` is set per step like a param group's.
+    """
+
+    def __init__(self, param: torch.Tensor, grad: torch.Tensor, recipe: TrainConfig):
+        self.params, self.grads = [param], [grad]
+        self.momentum = recipe.momentum
+        self.buffers = [torch.zeros_like(param)] if recipe.momentum > 0 else []
+        self.options = {
+            "weight_decay": recipe.weight_decay,
+            "momentum": recipe.momentum,
+            "dampening": 0.0,
+            "nesterov": recipe.nesterov and recipe.momentum > 0,
+            "maximize": False,
+        }
+        self.lr = recipe.lr
+        self.first = True
+
+    @staticmethod
+    def available(param: torch.Tensor, recipe: TrainConfig) -> bool:
+        return (
+            recipe.optimizer == "sgd"
+            and hasattr(torch.ops.aten, "_fused_sgd_")
+            and param.device.type == "cpu"
+            and param.dtype in (torch.float32, torch.float64)
+        )
+
+    def step(self) -> None:
+        torch.ops.aten._fused_sgd_(
+            self.params, self.grads, self.buffers, lr=self.lr, is_first_step=self.first, **self.options
+        )
+        self.first = False
+
+
 class _GroupedTrainer:
     """Forward, hand-written backward and optimizer step for K stacked MLPs, allocation-free per step.
 
@@ -164,7 +211,11 @@ class _GroupedTrainer:
                     torch.stack([ls[i].weight if i == last else ls[i].weight.t() for ls in linears])
                 )
                 self.biases[i].copy_(torch.stack([ls[i].bias for ls in linears]))
-        self.optimizer = _fused_optimizer(self.flat, recipe)
+        self.optimizer: torch.optim.Optimizer | _FusedSGD = (
+            _FusedSGD(self.flat.detach(), self.flat.grad, recipe)
+            if _FusedSGD.available(self.flat, recipe)
+            else _fused_optimizer(self.flat, recipe)
+        )
         self._workspaces: dict[int, dict[str, list[torch.Tensor]]] = {}
 
     @staticmethod
@@ -233,6 +284,13 @@ class _GroupedTrainer:
         self.optimizer.step()
         return loss
 
+    def set_lr(self, lr: float) -> None:
+        if isinstance(self.optimizer, _FusedSGD):
+            self.optimizer.lr = lr
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
     @torch.no_grad()
     def write_back(self, models: Sequence[MLP]) -> None:
         """Copy model k's trained weights into `models[k]`."""
@@ -278,12 +336,12 @@ def train_grouped(
         torch.index_select(y_all, 0, rows, out=y_epoch.view(k * n))
         for start in range(0, n, recipe.batch_size):
             interrupt.check()
-            set_lr(trainer.optimizer, recipe, step, total)
+            trainer.set_lr(recipe.lr * lr_factor(recipe, step, total))
             loss = trainer.step(
                 x_epoch[:, start : start + recipe.batch_size],
                 y_epoch[:, start : start + recipe.batch_size],
-            )
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"shadow training loss is {loss.item()}; lower train.lr")
+            ).item()
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"shadow training loss is {loss}; lower train.lr")
             step += 1
     trainer.write_back(models)
