@@ -75,13 +75,6 @@ class GroupedMLP(nn.Module):
                 h = self.activation(h)
         return h
 
-    def set_lr(self, lr: float) -> None:
-        if isinstance(self.optimizer, _FusedSGD):
-            self.optimizer.lr = lr
-        else:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-
     @torch.no_grad()
     def write_back(self, models: Sequence[MLP]) -> None:
         """Copy model k's trained weights into `models[k]`."""
