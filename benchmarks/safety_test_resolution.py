@@ -18,7 +18,7 @@ import tempfile
 
 import pandas as pd
 
-from pipeline import runs
+from pipeline import runs, selection
 
 
 def resolution(tracking_uri: str, experiment: str, mlflow_experiment: str = "safecompress") -> pd.DataFrame:
@@ -33,18 +33,13 @@ def resolution(tracking_uri: str, experiment: str, mlflow_experiment: str = "saf
             for rid in sub["run_id"]:
                 path = client.download_artifacts(rid, "candidates.csv", os.path.join(tmp, rid))
                 tables.append(pd.read_csv(path).assign(run=rid))
-            t = pd.concat(tables)
-            t = t[t["status"].astype(str) == "ok"]  # rejected candidates (non-finite loss) have no risk
-            by_update = t.groupby(["run", "update"])
-            spread = by_update["risk"].agg(lambda r: r.max() - r.min())
-            se = by_update["risk_se"].mean()
-            most_accurate = by_update.apply(lambda d: d.loc[d["accuracy"].idxmax(), "candidate"])
-            chosen = by_update.apply(lambda d: d.loc[d["chosen"].astype(bool), "candidate"].max())
+            summary = selection.resolution(pd.concat(tables))  # the same summary each run logs
             rows.append({
-                "setting": label, "runs": len(sub), "updates": len(spread),
-                "median risk spread": spread.median(), "median risk SE": se.median(),
-                "updates with spread > 2 SE": float((spread > 2 * se).mean()),
-                "chosen != most accurate": float((chosen != most_accurate).mean()),
+                "setting": label, "runs": len(sub), "updates": int(summary.get("updates", 0)),
+                "median risk spread": summary.get("median_risk_spread"),
+                "median risk SE": summary.get("median_risk_se"),
+                "updates with spread > 2 SE": summary.get("resolved_fraction"),
+                "chosen != most accurate": summary.get("less_accurate_chosen_fraction"),
             })
     return pd.DataFrame(rows)
 

@@ -147,3 +147,38 @@ def select(rule: str, t: CandidateTests, **params: float) -> Choice:
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; valid: {sorted(RULES)}")
     return RULES[rule](t, **params)
+
+
+def resolution(table) -> dict[str, float]:
+    """Did the safety test tell the candidates apart? A summary of a run's candidate table.
+
+    `table` holds one row per candidate per mask update (the compress stage's
+    `candidates.csv`: update, candidate, accuracy, risk, risk_se, status, chosen; an
+    optional `run` column groups several runs). Over the updates with at least two
+    candidates tested: the median spread of their risks (max − min), the median
+    standard error of one risk, the share of updates whose spread exceeds two standard
+    errors (a difference the safety test resolves), and the share where the chosen
+    candidate is not the most accurate one. Empty when no update tested two candidates.
+    """
+    import pandas as pd
+
+    t = pd.DataFrame(table).reset_index(drop=True)
+    if t.empty or "risk" not in t or "risk_se" not in t:
+        return {}
+    t = t[(t["status"].astype(str) == "ok") & np.isfinite(t["risk"].astype(float))]
+    keys = ["run", "update"] if "run" in t else ["update"]
+    t = t[t.groupby(keys)["candidate"].transform("size") >= 2]
+    if t.empty:
+        return {}
+    by_update = t.groupby(keys)
+    spread = by_update["risk"].max() - by_update["risk"].min()
+    se = by_update["risk_se"].mean()
+    most_accurate = t.loc[by_update["accuracy"].idxmax()].set_index(keys)["candidate"]
+    chosen = t[t["chosen"].astype(str).str.lower() == "true"].groupby(keys)["candidate"].max()
+    return {
+        "updates": float(len(spread)),
+        "median_risk_spread": float(spread.median()),
+        "median_risk_se": float(se.median()),
+        "resolved_fraction": float((spread > 2 * se).mean()),
+        "less_accurate_chosen_fraction": float((chosen.reindex(spread.index) != most_accurate).mean()),
+    }

@@ -65,7 +65,7 @@ from pipeline.context import (
     train_recipe,
 )
 from pipeline.seeds import derive_seed, generator
-from pipeline.selection import CandidateTests, accuracy_standard_error, auc_standard_error, select
+from pipeline.selection import CandidateTests, accuracy_standard_error, auc_standard_error, resolution, select
 from pipeline.stages import teacher as teacher_stage
 from pipeline.training import (
     NonFiniteLossError,
@@ -142,7 +142,7 @@ def run(cfg: DictConfig, teacher: teacher_stage.TeacherResult | None = None) -> 
         "compress", key, {**the_spec, "data": data_spec(cfg), "teacher": teacher.key}, build
     )
     stored = json.loads((entry.path / "metrics.json").read_text())
-    result = CompressResult(key, entry.path, entry.hit, stored["metrics"])
+    result = CompressResult(key, entry.path, entry.hit, {**stored["metrics"], **_safety_resolution(entry.path)})
     _log_tracking(result, stored["history"])
     log.info(
         "compress %s (%s, %s): val acc %.3f, test acc %.3f, density %.4f, %d bytes",
@@ -155,6 +155,26 @@ def run(cfg: DictConfig, teacher: teacher_stage.TeacherResult | None = None) -> 
         int(result.metrics["model_size_bytes"]),
     )
     return result
+
+
+def _safety_resolution(path: Path) -> dict[str, float]:
+    """`safety_*` metrics: how often the safety test told the candidates apart (see `selection.resolution`).
+
+    Read from the entry's candidates.csv, so entries cached before these metrics existed have them too.
+    """
+    table_path = path / "candidates.csv"
+    if not table_path.exists() or table_path.stat().st_size <= 1:
+        return {}
+    summary = resolution(pd.read_csv(table_path))
+    if summary and summary["updates"] >= 5 and summary["resolved_fraction"] == 0:
+        log.warning(
+            "the safety test told the candidates apart in none of %d mask updates (risk spread, median "
+            "%.4f, never above 2 standard errors, median %.4f): selection fell back on accuracy, so this "
+            "run is plain DST at a higher cost. Candidates that differ more, or a larger safety holdout, "
+            "would be needed for the test to act.",
+            int(summary["updates"]), summary["median_risk_spread"], summary["median_risk_se"],
+        )
+    return {f"safety_{k}": v for k, v in summary.items()}
 
 
 def load(cfg: DictConfig, result: CompressResult) -> nn.Module:
@@ -192,9 +212,7 @@ def _log_tracking(result: CompressResult, history: list[dict[str, float]]) -> No
             for _, row in table[table["chosen"]].iterrows():
                 tracking.log_metrics({"chosen_candidate": row["candidate"]}, step=int(row["update"]))
         tracking.log_artifact(result.candidates_path)
-    for k, v in result.metrics.items():
-        if k.startswith("wins_"):
-            tracking.log_metrics({k: v})
+    tracking.log_metrics({k: v for k, v in result.metrics.items() if k.startswith(("wins_", "safety_"))})
 
 
 # ----------------------------------------------------------------------------- state and steps

@@ -53,6 +53,13 @@ def test_safecompress_variants_record_every_candidate(cfg_factory, variant):
     assert (table.groupby("update")["chosen"].sum() == 1).all()
     assert set(table["strategy"]) == {"magnitude/random", "magnitude/gradient"}
     assert table.loc[table["chosen"], "reason"].str.len().gt(0).all()
+    # the run says whether the safety test told its candidates apart, from the same table
+    n_updates = table["update"].nunique()
+    assert result.metrics["safety_updates"] == n_updates
+    assert 0 <= result.metrics["safety_resolved_fraction"] <= 1
+    client = MlflowClient(tracking_uri=str(cfg.tracking.uri))
+    (run,) = client.search_runs([client.get_experiment_by_name(str(cfg.tracking.experiment)).experiment_id])
+    assert run.data.metrics["safety_median_risk_se"] == pytest.approx(result.metrics["safety_median_risk_se"])
 
 
 def _train_with_adversary(lam: float, x, y, ref_x, ref_y, seed=0) -> torch.nn.Module:

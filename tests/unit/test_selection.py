@@ -68,3 +68,34 @@ def test_standard_errors():
     assert abs(auc_standard_error(0.5, 270, 270) - 0.0248) < 0.002
     assert auc_standard_error(0.9, 1000, 1000) < auc_standard_error(0.9, 100, 100)
     assert abs(accuracy_standard_error(0.9, 100) - 0.03) < 1e-9
+
+
+def test_resolution_counts_updates_whose_risk_spread_exceeds_two_standard_errors():
+    import pandas as pd
+
+    from pipeline.selection import resolution
+
+    rows = []
+    # update 1: spread 0.10 > 2 * 0.02, the less accurate candidate chosen
+    # update 2: spread 0.01 < 2 * 0.02, the most accurate chosen
+    # update 3: one candidate rejected, one left: not a comparison, skipped
+    for update, cands in {
+        1: [(0.80, 0.70, False), (0.78, 0.60, True)],
+        2: [(0.81, 0.70, True), (0.79, 0.69, False)],
+        3: [(0.82, 0.70, True), (float("nan"), float("nan"), False)],
+    }.items():
+        for i, (acc, risk, chosen) in enumerate(cands):
+            rows.append({"update": update, "candidate": i, "accuracy": acc, "risk": risk, "risk_se": 0.02,
+                         "status": "ok" if risk == risk else "rejected: non-finite loss", "chosen": chosen})
+    summary = resolution(pd.DataFrame(rows))
+    assert summary["updates"] == 2
+    assert summary["resolved_fraction"] == 0.5
+    assert summary["less_accurate_chosen_fraction"] == 0.5
+    assert summary["median_risk_spread"] == pytest.approx(0.055)
+    assert summary["median_risk_se"] == pytest.approx(0.02)
+    # several runs: updates are told apart by run
+    both = pd.concat([pd.DataFrame(rows).assign(run="a"), pd.DataFrame(rows).assign(run="b")])
+    assert resolution(both)["updates"] == 4
+    # a DST run (one candidate, no risk) has nothing to summarise
+    assert resolution(pd.DataFrame([{"update": 1, "candidate": 0, "accuracy": float("nan"), "risk": float("nan"),
+                                     "risk_se": float("nan"), "status": "ok", "chosen": True}])) == {}
