@@ -211,8 +211,8 @@ def _median_ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den))
 
 
-def measure(n_threads: int, n_repeats: int) -> list[str]:
-    """Markdown lines for one thread count."""
+def measure(n_threads: int, n_repeats: int) -> tuple[list[str], str]:
+    """Markdown lines for one thread count, and its one-line summary."""
     torch.set_num_threads(n_threads)
     xs, ys, models = setup()
     trained = {}
@@ -268,7 +268,13 @@ def measure(n_threads: int, n_repeats: int) -> list[str]:
         f"{_median_ratio(cpu[BASELINE], cpu['gemms']):.2f}x CPU time",
         "",
     ]
-    return lines
+    summary = (
+        f"summary: grouped vs sequential `train`, {n_threads} thread(s): "
+        f"{_median_ratio(wall[BASELINE], wall[GROUPED]):.2f}x wall, "
+        f"{_median_ratio(cpu[BASELINE], cpu[GROUPED]):.2f}x CPU time (target >= 3x; GEMM-bound ceiling "
+        f"{_median_ratio(wall[BASELINE], wall['gemms']):.2f}x)"
+    )
+    return lines, summary
 
 
 def main() -> None:
@@ -277,7 +283,7 @@ def main() -> None:
         "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs of every method per thread count"
+        "--repeats", type=int, default=5, help="timed runs of every method per thread count"
     )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -290,10 +296,14 @@ def main() -> None:
         f"load average {load_before:.1f} before. Target (issue 4): grouped >= 3x sequential `train`.",
         "",
     ]
+    summaries = []
     for n_threads in args.threads:
-        block = measure(n_threads, args.repeats)
+        block, summary = measure(n_threads, args.repeats)
         print("\n".join(block), flush=True)
         lines += block
+        summaries.append(summary)
+    print("\n".join(summaries))  # benchmarks/run_all.py reports these lines
+    lines += ["## Summary", "", *(f"- {s[len('summary: '):]}" for s in summaries)]
     text = "\n".join(lines)
     out = Path(__file__).parent / "results" / "shadows.md"
     out.parent.mkdir(exist_ok=True)

@@ -31,7 +31,13 @@ MAX_LINES = 8
 
 
 def ratio_lines(output: str) -> list[str]:
-    """The lines of `output` that state a ratio (deduplicated, in order, at most MAX_LINES)."""
+    """The lines of `output` that state a ratio (deduplicated, in order, at most MAX_LINES).
+
+    A script that prints lines starting with `summary:` has those reported instead.
+    """
+    summaries = [ln.strip()[len("summary:"):].strip() for ln in output.splitlines() if ln.strip().startswith("summary:")]
+    if summaries:
+        return summaries[:MAX_LINES]
     seen: list[str] = []
     for line in output.splitlines():
         line = line.strip().strip("|").strip()

@@ -23,6 +23,15 @@ def test_ratio_lines_keep_only_ratios():
         "sequential loop | 1.16 | 1.00x", "grouped (baddbmm) | 0.54 | 2.16x", "torch.func 39.6× faster"]
 
 
+
+def test_summary_lines_replace_the_ratio_lines():
+    out = "\n".join([
+        "| sequential loop | 1.16 | 1.00x |", "| grouped | 0.54 | 2.16x |",
+        "summary: grouped vs loop, 1 thread(s): 2.16x wall", "  summary: 2 threads: 3.20x wall",
+    ])
+    assert run_all.ratio_lines(out) == ["grouped vs loop, 1 thread(s): 2.16x wall", "2 threads: 3.20x wall"]
+
+
 def test_one_failing_script_is_reported(tmp_path):
     bad = tmp_path / "bench_bad.py"
     bad.write_text("print('ratio 3.0x')\nraise SystemExit(3)\n")
