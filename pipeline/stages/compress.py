@@ -169,9 +169,9 @@ def _safety_resolution(path: Path) -> dict[str, float]:
     if summary and summary["updates"] >= 5 and summary["resolved_fraction"] == 0:
         log.warning(
             "the safety test told the candidates apart in none of %d mask updates (risk spread, median "
-            "%.4f, never above 2 standard errors, median %.4f): selection fell back on accuracy, so this "
-            "run is plain DST at a higher cost. Candidates that differ more, or a larger safety holdout, "
-            "would be needed for the test to act.",
+            "%.4f, never above 2 standard errors, median %.4f): the selection rule could only act on "
+            "validation accuracy, so the safety test did not act on this run's privacy. Candidates that "
+            "differ more, or a larger safety holdout, would be needed for it to act.",
             int(summary["updates"]), summary["median_risk_spread"], summary["median_risk_se"],
         )
     return {f"safety_{k}": v for k, v in summary.items()}
