@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py                    # all of them, one after another
     python benchmarks/run_all.py --only shadows     # the scripts whose name contains "shadows"
+                                                    # (their rows replace those of the last run)
     python benchmarks/run_all.py --timeout 1200     # seconds per script
 
 Writes `benchmarks/results/README.md`: per script its status (ok / failed (exit code) /
@@ -67,19 +68,36 @@ def run_one(script: Path, timeout: float) -> dict[str, object]:
     return {"script": script.name, "status": status, "wall_s": wall, "lines": lines}
 
 
-def write_table(rows: list[dict[str, object]], path: Path) -> str:
+def _row_line(r: dict[str, object]) -> str:
+    ratios = "<br>".join(str(x).replace("|", "/") for x in r["lines"]) or "—"
+    return f"| `{r['script']}` | {r['status']} | {r['wall_s']:.1f} | {ratios} |"
+
+
+def _previous_rows(path: Path) -> dict[str, str]:
+    """Script name -> its table line in an existing results file."""
+    if not path.exists():
+        return {}
+    rows = (re.match(r"\| `(bench_[^`]+)` \|", ln) for ln in path.read_text().splitlines())
+    return {m.group(1): m.string for m in rows if m}
+
+
+def write_table(rows: list[dict[str, object]], path: Path, keep_others: bool = False) -> str:
+    """Write the results table; with `keep_others`, rows of scripts not in `rows` stay as they were."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    table = {str(r["script"]): _row_line(r) for r in rows}
+    kept = {k: v for k, v in _previous_rows(path).items() if k not in table} if keep_others else {}
+    table.update(kept)
+    note = f" Rows of {', '.join(f'`{k}`' for k in sorted(kept))} are from an earlier run." if kept else ""
     text = "\n".join([
         "# Benchmark results",
         "",
         f"Written by `python benchmarks/run_all.py` on {dt.datetime.now():%Y-%m-%d %H:%M}; "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"load average {load:.1f} at the end. Each script's own file in this folder has the details.",
+        f"load average {load:.1f} at the end. Each script's own file in this folder has the details.{note}",
         "",
         "| script | status | wall time (s) | key ratios |",
         "|---|---|---|---|",
-        *(f"| `{r['script']}` | {r['status']} | {r['wall_s']:.1f} | "
-          + ("<br>".join(str(x).replace("|", "/") for x in r["lines"]) or "—") + " |" for r in rows),
+        *(table[k] for k in sorted(table)),
         "",
     ])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_one(script, args.timeout)
         print(f"  {row['status']} in {row['wall_s']:.1f} s", flush=True)
         rows.append(row)
-    print(write_table(rows, args.out))
+    print(write_table(rows, args.out, keep_others=bool(args.only)))
     print(f"written: {args.out}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

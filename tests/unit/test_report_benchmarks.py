@@ -44,3 +44,16 @@ def test_one_failing_script_is_reported(tmp_path):
     text = run_all.write_table([row, row2], tmp_path / "README.md")
     assert "| `bench_bad.py` | failed (exit 3) |" in text and "ratio 3.0x" in text
     assert (tmp_path / "README.md").read_text() == text
+
+
+def test_only_replaces_the_rows_it_ran(tmp_path):
+    out = tmp_path / "README.md"
+    first = [{"script": "bench_a.py", "status": "ok", "wall_s": 1.0, "lines": ["a 2.0x"]},
+             {"script": "bench_b.py", "status": "ok", "wall_s": 2.0, "lines": ["b 3.0x"]}]
+    run_all.write_table(first, out)
+    again = [{"script": "bench_b.py", "status": "failed (exit 1)", "wall_s": 0.5, "lines": []}]
+    text = run_all.write_table(again, out, keep_others=True)
+    assert "| `bench_a.py` | ok | 1.0 | a 2.0x |" in text  # kept, and said so
+    assert "| `bench_b.py` | failed (exit 1) | 0.5 | — |" in text and "b 3.0x" not in text
+    assert "Rows of `bench_a.py` are from an earlier run." in text
+    assert "bench_a" not in run_all.write_table(again, out)  # a full run writes only what it ran
