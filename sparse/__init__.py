@@ -40,6 +40,16 @@ from sparse.scores import (
 )
 from sparse.update import prune_and_grow, prune_and_grow_many, resize
 
+
+class SparseArray:
+    """Never instantiated: keeps scipy working beside this package.
+
+    This package's import name is also that of pydata/sparse. SciPy's array-API helpers
+    recognise pydata arrays by looking up ``sys.modules["sparse"].SparseArray`` and raised
+    AttributeError on this package instead (e.g. ``scipy.stats.tstd`` on a list, once
+    ``sparse`` was imported). No object is an instance of this class, so they find none.
+    """
+
 __all__ = [
     "DENSITY_SCHEDULES",
     "DISTRIBUTIONS",

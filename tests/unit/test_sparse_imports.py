@@ -40,3 +40,15 @@ def test_no_forbidden_imports_and_a_module_docstring(path):
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_no_hidden_cuda(path):
     assert ".cuda(" not in path.read_text()
+
+
+def test_scipy_array_api_helpers_still_work_after_importing_sparse():
+    """Our package shares its import name with pydata/sparse; scipy looks up `sparse.SparseArray`."""
+    import sys
+
+    from scipy import stats
+
+    import sparse
+
+    assert sys.modules["sparse"] is sparse
+    assert abs(stats.tstd([1.0, 2.0, 3.0, 4.0]) - 1.2909944) < 1e-6  # raised AttributeError before
