@@ -171,7 +171,8 @@ def _safety_resolution(path: Path) -> dict[str, float]:
             "the safety test told the candidates apart in none of %d mask updates (risk spread, median "
             "%.4f, never above 2 standard errors, median %.4f): the selection rule could only act on "
             "validation accuracy, so the safety test did not act on this run's privacy. Candidates that "
-            "differ more, or a larger safety holdout, would be needed for it to act.",
+            "differ more (e.g. several prune/grow criteria in compress.strategies, as in "
+            "conf/frontier/safecompress_mixed.yaml) or a larger safety holdout let it act.",
             int(summary["updates"]), summary["median_risk_spread"], summary["median_risk_se"],
         )
     return {f"safety_{k}": v for k, v in summary.items()}
