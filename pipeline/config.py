@@ -335,6 +335,11 @@ def validate_compress(c: CompressConfig) -> None:
         )
     if not c.strategies:
         raise ValueError("compress.strategies must list at least one {prune, grow} strategy")
+    from sparse import GROW_CRITERIA, PRUNE_CRITERIA
+
+    for i, st in enumerate(c.strategies):  # checked here, not at the first mask update after training
+        _check_choice(f"compress.strategies[{i}].prune", st.prune, PRUNE_CRITERIA)
+        _check_choice(f"compress.strategies[{i}].grow", st.grow, GROW_CRITERIA)
     ds = c.density_schedule
     if not 0.0 < ds.start <= 1.0:
         raise ValueError(f"compress.density_schedule.start must be in (0, 1], got {ds.start}")

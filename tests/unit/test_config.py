@@ -22,6 +22,9 @@ from pipeline.config import validate
         ("search.objectives=[accuracy,speed]", "unknown search objective 'speed'; valid"),
         ("attack.n_bootstrap=10", "n_bootstrap must be 0 \\(off\\) or >= 100"),
         ("compress.density_schedule.begin=0.9", "window"),
+        ("compress.strategies=[{prune: magnitude, grow: random}, {prune: random, grow: random}]",
+         "unknown compress.strategies\\[1\\].prune 'random'; valid: \\['magnitude', 'set', 'taylor'\\]"),
+        ("compress.strategies=[{prune: magnitude, grow: best}]", "unknown compress.strategies\\[0\\].grow 'best'"),
     ],
 )
 def test_bad_values_raise_before_training(cfg_factory, override, message):
