@@ -25,6 +25,7 @@ from pipeline.config import validate
         ("compress.strategies=[{prune: magnitude, grow: random}, {prune: random, grow: random}]",
          "unknown compress.strategies\\[1\\].prune 'random'; valid: \\['magnitude', 'set', 'taylor'\\]"),
         ("compress.strategies=[{prune: magnitude, grow: best}]", "unknown compress.strategies\\[0\\].grow 'best'"),
+        ("runtime.device=cuda", "runtime.device='cuda': every stage runs on the CPU; GPU execution is not implemented"),
     ],
 )
 def test_bad_values_raise_before_training(cfg_factory, override, message):
