@@ -341,12 +341,14 @@ def validate_compress(c: CompressConfig) -> None:
         )
     if not c.strategies:
         raise ValueError("compress.strategies must list at least one {prune, grow} strategy")
-    from sparse import GROW_CRITERIA, PRUNE_CRITERIA
+    from sparse import DENSITY_SCHEDULES, GROW_CRITERIA, PRUNE_CRITERIA, REGROWTH_SCHEDULES
 
     for i, st in enumerate(c.strategies):  # checked here, not at the first mask update after training
         _check_choice(f"compress.strategies[{i}].prune", st.prune, PRUNE_CRITERIA)
         _check_choice(f"compress.strategies[{i}].grow", st.grow, GROW_CRITERIA)
     ds = c.density_schedule
+    _check_choice("compress.density_schedule.kind", ds.kind, DENSITY_SCHEDULES)
+    _check_choice("compress.regrowth.kind", c.regrowth.kind, REGROWTH_SCHEDULES)
     if not 0.0 < ds.start <= 1.0:
         raise ValueError(f"compress.density_schedule.start must be in (0, 1], got {ds.start}")
     if not 0.0 <= ds.begin < ds.end <= 1.0:

@@ -25,6 +25,8 @@ from pipeline.config import validate
         ("compress.strategies=[{prune: magnitude, grow: random}, {prune: random, grow: random}]",
          "unknown compress.strategies\\[1\\].prune 'random'; valid: \\['magnitude', 'set', 'taylor'\\]"),
         ("compress.strategies=[{prune: magnitude, grow: best}]", "unknown compress.strategies\\[0\\].grow 'best'"),
+        ("compress.density_schedule.kind=bogus", "unknown compress.density_schedule.kind 'bogus'; valid"),
+        ("compress.regrowth.kind=bogus", "unknown compress.regrowth.kind 'bogus'; valid"),
         ("runtime.device=cuda", "runtime.device='cuda': every stage runs on the CPU; GPU execution is not implemented"),
     ],
 )
