@@ -8,6 +8,7 @@ metrics (`roc_auc`, `tpr_at_fpr`, `summarize`) and `loss_attack_auc` (the in-loo
 from attacks.base import (
     ATTACKS,
     AuditResult,
+    check_specs,
     loss_attack_auc,
     make_attack,
     register,
@@ -24,6 +25,7 @@ __all__ = [
     "AuditResult",
     "MissingInputError",
     "Signals",
+    "check_specs",
     "compute_signals",
     "loss_attack_auc",
     "make_attack",

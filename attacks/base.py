@@ -123,6 +123,16 @@ def _specs(attacks: AttackSpec) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
+def check_specs(attacks: AttackSpec) -> None:
+    """Build every attack of `attacks` once, so unknown names, parameters and values raise now
+    (before any model is trained), each error naming the attack it came from."""
+    for label, reg, params in _specs(attacks):
+        try:
+            make_attack(reg, **params)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"attack {label!r}: {err}") from err
+
+
 @dataclass
 class AuditResult:
     """Per attack: the metric row, the scores and the ROC; attacks skipped and why."""

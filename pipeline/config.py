@@ -279,6 +279,14 @@ def validate(cfg: DictConfig) -> None:
     validate_compress(compress)
     attack = to_schema(AttackConfig, cfg.attack)
     _check_choice("attack.reference", attack.reference, ("dense", "matched", "both"))
+    import attacks
+
+    try:
+        attacks.check_specs(attack.audit)
+    except ValueError as err:
+        raise ValueError(f"attack.audit: {err}") from err
+    if attack.primary != "max" and attack.primary not in attack.audit:
+        raise ValueError(f"attack.primary={attack.primary!r} must be 'max' or one of {list(attack.audit)}")
     _check_choice("attack.search_reference", attack.search_reference, ("dense", "matched", "both"))
     if attack.n_bootstrap and attack.n_bootstrap < 100:
         raise ValueError(f"attack.n_bootstrap must be 0 (off) or >= 100, got {attack.n_bootstrap}")
@@ -338,6 +346,11 @@ def validate_compress(c: CompressConfig) -> None:
     if not 0.0 < c.safety.holdout_fraction < 1.0:
         raise ValueError(
             f"compress.safety.holdout_fraction must be in (0, 1), got {c.safety.holdout_fraction}"
+        )
+    sel = c.selection
+    if min(sel.lam, sel.delta, sel.z) < 0:
+        raise ValueError(
+            f"compress.selection lam, delta and z must be >= 0, got {sel.lam}, {sel.delta}, {sel.z}"
         )
     if not c.strategies:
         raise ValueError("compress.strategies must list at least one {prune, grow} strategy")

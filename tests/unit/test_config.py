@@ -27,11 +27,18 @@ from pipeline.config import validate
         ("compress.strategies=[{prune: magnitude, grow: best}]", "unknown compress.strategies\\[0\\].grow 'best'"),
         ("compress.density_schedule.kind=bogus", "unknown compress.density_schedule.kind 'bogus'; valid"),
         ("compress.regrowth.kind=bogus", "unknown compress.regrowth.kind 'bogus'; valid"),
+        ("+attack.audit.lira_offline.variance=bogus", "attack.audit: attack 'lira_offline': variance must be one of"),
+        ("attack.primary=bogus", "attack.primary='bogus' must be 'max' or one of"),
+        ("compress.selection.lam=-1", "compress.selection lam, delta and z must be >= 0"),
         ("runtime.device=cuda", "runtime.device='cuda': every stage runs on the CPU; GPU execution is not implemented"),
     ],
 )
-def test_bad_values_raise_before_training(cfg_factory, override, message):
-    cfg = cfg_factory("experiment=smoke", override)
+def test_bad_values_raise_before_training(cfg_factory, monkeypatch, override, message):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a model was trained before the bad value was reported")
+
+    monkeypatch.setattr("pipeline.stages.teacher.train", no_training)
+    cfg = cfg_factory("experiment=smoke", "stage=attack", override)
     with pytest.raises(ValueError, match=message):
         run_stage(cfg)
 
