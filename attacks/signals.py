@@ -173,8 +173,9 @@ class Signals:
 @torch.no_grad()
 def _forward_batches(model: nn.Module, x: torch.Tensor, batch_size: int, with_features: bool):
     logits, feats = [], []
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size]
+        xb = x[i : i + batch_size].to(device)  # data stays on the CPU; the model may not
         if with_features:
             f = model.features(xb)  # type: ignore[operator]
             feats.append(f)

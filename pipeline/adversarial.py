@@ -90,6 +90,15 @@ class Adversary:
             self.attacker_step(model, members_x[idx], members_y[idx])
         self.is_warm = True
 
+    def _follow(self, model: nn.Module) -> torch.device:
+        """Keep the attackers and the reference batch on the classifier's device."""
+        device = next(model.parameters()).device
+        if self.ref_x.device != device:
+            self.ref_x, self.ref_y = self.ref_x.to(device), self.ref_y.to(device)
+            for attacker in self.attackers:
+                attacker.to(device)  # Adam's state is created on first step, on the same device
+        return device
+
     def _call(self, attacker: nn.Module, inputs) -> torch.Tensor:
         _, probs, onehot, loss, grads = inputs
         if isinstance(attacker, WhiteBoxAttackModel):
@@ -99,6 +108,8 @@ class Adversary:
     def attacker_step(self, model: nn.Module, xm: torch.Tensor, ym: torch.Tensor) -> float:
         """One Adam step of every attacker on members (xm, ym) vs a reference non-member batch."""
         idx = torch.randint(0, len(self.ref_y), (len(ym),), generator=self.generator)
+        device = self._follow(model)
+        xm, ym, idx = xm.to(device), ym.to(device), idx.to(device)
         was = model.training
         model.eval()
         with torch.no_grad():
@@ -106,7 +117,7 @@ class Adversary:
             non = [t.detach() for t in last_layer_inputs(model, self.ref_x[idx], self.ref_y[idx])]
         model.train(was)
         total = 0.0
-        target = torch.cat([torch.ones(len(ym)), torch.zeros(len(idx))])
+        target = torch.cat([torch.ones(len(ym)), torch.zeros(len(idx))]).to(device)
         for attacker, opt in zip(self.attackers, self.optimizers):
             attacker.train()
             logit = torch.cat([self._call(attacker, mem), self._call(attacker, non)])
@@ -119,7 +130,7 @@ class Adversary:
 
     def penalty(self, inputs) -> torch.Tensor:
         """λ · mean log h(member): the attackers' log-likelihood of calling members members."""
-        gain = torch.zeros(())
+        gain = torch.zeros((), device=inputs[0].device)
         for attacker in self.attackers:
             attacker.eval()
             with _frozen(attacker):

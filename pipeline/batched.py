@@ -36,8 +36,11 @@ _ACTIVATIONS: dict[type[nn.Module], object] = {
 
 
 def can_batch(models: Sequence[nn.Module]) -> bool:
-    """Whether these models can be trained as one grouped MLP."""
+    """Whether these models can be trained as one grouped MLP (CPU models only: the grouped
+    and sparse probe kernels are tuned for CPU GEMMs; on a GPU models train one by one)."""
     if not models or not all(type(m) is MLP for m in models):
+        return False
+    if any(p.device.type != "cpu" for m in models for p in m.parameters()):
         return False
     shapes = [tuple((n, p.shape) for n, p in m.named_parameters()) for m in models]
     return all(s == shapes[0] for s in shapes)

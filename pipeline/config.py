@@ -254,15 +254,31 @@ def _check_count(what: str, value: int, minimum: int = 1) -> None:
         raise ValueError(f"{what} must be >= {minimum}, got {value}")
 
 
+def validate_device(device: str) -> None:
+    """`runtime.device`: cpu, cuda, cuda:<index> or mps, and present in this torch build and machine."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ValueError(f"unknown runtime.device {device!r}; valid: ['cpu', 'cuda', 'cuda:<index>', 'mps']")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"runtime.device={device!r} but torch {torch.__version__} sees no CUDA device (a CPU-only build "
+                "or no GPU): install a CUDA build of torch (make install TORCH=...) or use runtime.device=cpu"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"runtime.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("runtime.device='mps' but torch sees no MPS device; use runtime.device=cpu")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the composed config before any training; raises ValueError naming the bad value."""
     _check_choice("stage", str(cfg.stage), STAGES)
-    device = str(cfg.runtime.get("device", "cpu"))
-    if device != "cpu":
-        raise ValueError(
-            f"runtime.device={device!r}: every stage runs on the CPU; GPU execution is not implemented yet "
-            "(valid: ['cpu']). The CIFAR presets are sized for a GPU: VGG-C trains at ~150 images/s on 2 CPU cores."
-        )
+    validate_device(str(cfg.runtime.get("device", "cpu")))
     _check_choice("dataset", str(cfg.dataset.name), DATASETS)
     train = to_schema(TrainConfig, cfg.train)
     _check_count("train.epochs", train.epochs)

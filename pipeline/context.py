@@ -93,8 +93,18 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
     return plain(cfg.model)
 
 
+def device(cfg: DictConfig) -> torch.device:
+    """`runtime.device` (checked by `pipeline.config.validate`): where models live and compute.
+
+    Data stays on the CPU and batches move to the model; initial weights are drawn on the
+    CPU, so a seed gives the same starting model on every device.
+    """
+    return torch.device(str(cfg.runtime.get("device", "cpu")))
+
+
 def build_model(cfg: DictConfig, data: DataBundle, *seed_path: object) -> nn.Module:
-    """Instantiate `cfg.model` for the data's shape, initialised from `derive_seed(seed, *seed_path)`."""
+    """Instantiate `cfg.model` for the data's shape, initialised from `derive_seed(seed, *seed_path)`,
+    on `runtime.device`."""
     target = str(cfg.model.get("_target_", ""))
     if target not in MODELS:
         raise ValueError(f"unknown model {target!r}; valid: {list(MODELS)} (model=mlp | cnn | mlp_purchase | vgg_c | resnet18 | text_bag)")
@@ -103,7 +113,7 @@ def build_model(cfg: DictConfig, data: DataBundle, *seed_path: object) -> nn.Mod
         model = instantiate(
             cfg.model, input_shape=list(data.dataset.input_shape), n_classes=data.dataset.n_classes
         )
-    return model
+    return model.to(device(cfg))
 
 
 def train_recipe(cfg: DictConfig) -> TrainConfig:
@@ -121,7 +131,7 @@ def save_model(model: nn.Module, path: Path) -> None:
 def load_model(cfg: DictConfig, data: DataBundle, path: Path) -> nn.Module:
     model = build_model(cfg, data, "load")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=device(cfg), weights_only=True)
         model.load_state_dict(state)
     except (RuntimeError, OSError, EOFError) as err:
         raise RuntimeError(f"cannot load model weights from {path}: {err}") from err

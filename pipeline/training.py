@@ -67,6 +67,13 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live; batches are moved there (data stays on the CPU)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -76,6 +83,8 @@ def train_step(
 ) -> float:
     """One optimizer step on a batch; `before_step` runs between backward and step (e.g. masking grads)."""
     model.train()
+    device = model_device(model)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
     if not torch.isfinite(loss):
@@ -131,13 +140,15 @@ def train(
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = model_device(model)
+    return torch.cat([model(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on (x, y)."""
     logits = predict_logits(model, x)
+    y = y.to(logits.device)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return float(loss), float(acc)

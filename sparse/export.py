@@ -119,7 +119,7 @@ def export_model(
             "enc": "dense",
         }
         if name in sparse:
-            keep = sparse[name].reshape(-1).numpy()
+            keep = sparse[name].reshape(-1).cpu().numpy()
             n, k = keep.size, int(keep.sum())
             vb = arr.itemsize
             idx_dtype = _index_dtype(n)

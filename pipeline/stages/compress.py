@@ -72,6 +72,7 @@ from pipeline.training import (
     batch_indices,
     evaluate,
     make_optimizer,
+    model_device,
     set_lr,
     steps_per_epoch,
 )
@@ -313,6 +314,8 @@ def _masked_step(
     """One optimizer step; masks applied to gradients, weights and optimizer state."""
     model, opt, masks = state.model, state.optimizer, state.masks
     model.train()
+    device = model_device(model)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     opt.zero_grad(set_to_none=True)
     loss = losses(state, x, y)
     if not torch.isfinite(loss):
@@ -529,7 +532,7 @@ def _train_loop(cfg, c: CompressConfig, data: DataBundle, teacher):
         losses.temperature, losses.distill_weight = c.distill.temperature, c.distill.weight
     use_adv = c.adversarial.enabled or c.method == "dst_adv"
     if use_adv:
-        feats = state.model.features(x[:1]).shape[1]
+        feats = state.model.features(x[:1].to(model_device(state.model))).shape[1]
         rng = np.random.default_rng(derive_seed(seed, "adversary_reference"))
         ref = torch.from_numpy(np.sort(rng.permutation(data.splits.val)[: max(2, len(data.splits.val) // 2)]))
         losses.adversary = Adversary(
@@ -1173,6 +1176,7 @@ def _dpsgd(cfg, c: CompressConfig, data: DataBundle, teacher):
             for xb, yb in dp_loader:
                 if len(yb) == 0:
                     continue
+                xb, yb = xb.to(model_device(model)), yb.to(model_device(model))
                 dp_opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(dp_model(xb), yb)
                 if not torch.isfinite(loss):

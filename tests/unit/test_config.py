@@ -30,7 +30,7 @@ from pipeline.config import validate
         ("+attack.audit.lira_offline.variance=bogus", "attack.audit: attack 'lira_offline': variance must be one of"),
         ("attack.primary=bogus", "attack.primary='bogus' must be 'max' or one of"),
         ("compress.selection.lam=-1", "compress.selection lam, delta and z must be >= 0"),
-        ("runtime.device=cuda", "runtime.device='cuda': every stage runs on the CPU; GPU execution is not implemented"),
+        ("runtime.device=tpu", "unknown runtime.device 'tpu'; valid: \\['cpu', 'cuda'"),
     ],
 )
 def test_bad_values_raise_before_training(cfg_factory, monkeypatch, override, message):
@@ -71,3 +71,12 @@ def test_unknown_model_and_attack_names(cfg_factory):
 def test_the_default_config_validates(cfg_factory):
     validate(cfg_factory())
     validate(cfg_factory("experiment=smoke"))
+
+
+def test_a_missing_gpu_is_reported_before_training(cfg_factory, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = cfg_factory("experiment=smoke", "runtime.device=cuda")
+    with pytest.raises(ValueError, match="runtime.device='cuda' but torch .* sees no CUDA device"):
+        run_stage(cfg)
