@@ -34,7 +34,7 @@ def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[D
         with mlflow.start_run(experiment_id=exp_id, run_name=stage_name):
             tracking.set_tags({"stage": stage_name, "git_commit": tracking.git_commit(), **tracking.run_tags(cfg)})
             tracking.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            mlflow.log_text(tracking.config_yaml(cfg), "config.yaml")
             return fn(cfg)
 
     return wrapped

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,30 @@ def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None)
     import mlflow
 
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def config_yaml(cfg: DictConfig) -> str:
+    """The run's config as logged (`config.yaml`): resolved, except values built from `paths`
+    (cache, MLflow and Optuna stores, data files), which keep their interpolations, so the file
+    re-runs elsewhere with `paths.root=...`:
+
+        python -m pipeline --config-dir DIR --config-name logged paths.root=/tmp/rerun
+
+    (DIR/logged.yaml is the downloaded file; a name other than `config`, which the package's
+    own conf/ would shadow.)
+    """
+    return OmegaConf.to_yaml(
+        _keep_path_interpolations(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg, resolve=False))
+    )
+
+
+def _keep_path_interpolations(resolved: Any, raw: Any) -> Any:
+    """`resolved`, except values whose raw form refers to `${paths.…}` (cache, MLflow store, data files)."""
+    if isinstance(resolved, dict) and isinstance(raw, dict):
+        return {k: _keep_path_interpolations(v, raw.get(k)) for k, v in resolved.items()}
+    if isinstance(resolved, list) and isinstance(raw, list) and len(resolved) == len(raw):
+        return [_keep_path_interpolations(v, r) for v, r in zip(resolved, raw)]
+    return raw if isinstance(raw, str) and "${paths." in raw else resolved
 
 
 def git_commit() -> str:

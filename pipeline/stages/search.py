@@ -101,7 +101,7 @@ def suggest(trial, space: list[SearchParam]) -> dict[str, Any]:
 
 
 def apply_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
-    trial_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    trial_cfg = OmegaConf.create(tracking.config_yaml(cfg))  # resolved, paths relocatable
     for k, v in params.items():
         OmegaConf.update(trial_cfg, k, v, merge=False)
     return trial_cfg
@@ -354,7 +354,7 @@ def _spawn_workers(cfg: DictConfig, n: int, parent_id: str | None) -> list:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    text = OmegaConf.to_yaml(cfg, resolve=True)
+    text = tracking.config_yaml(cfg)
     level = logging.getLogger().getEffectiveLevel()
     procs = [
         ctx.Process(target=_worker_main, args=(text, parent_id, i + 1, level), daemon=False)
@@ -686,7 +686,7 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
                     "shadow_keys": ",".join(shadows.keys),
                 }
             )
-            mlflow.log_text(OmegaConf.to_yaml(trial_cfg), "config.yaml")
+            mlflow.log_text(tracking.config_yaml(trial_cfg), "config.yaml")
         try:
             comp = compress_stage.run(trial_cfg, teacher)
             att = attack_stage.run(trial_cfg, comp, shadows)
