@@ -65,7 +65,13 @@ from pipeline.context import (
     train_recipe,
 )
 from pipeline.seeds import derive_seed, generator
-from pipeline.selection import CandidateTests, accuracy_standard_error, auc_standard_error, resolution, select
+from pipeline.selection import (
+    CandidateTests,
+    accuracy_standard_error,
+    auc_standard_error,
+    resolution,
+    select,
+)
 from pipeline.stages import teacher as teacher_stage
 from pipeline.training import (
     NonFiniteLossError,

@@ -93,7 +93,7 @@ def start_and_kill(
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             log = (root / log_name).read_text()[-4000:]
-            raise AssertionError(f"the study did not stop within 60 s of {sig.name}; its log ends:\n{log}")
+            raise AssertionError(f"the study did not stop within 60 s of {sig.name}; its log ends:\n{log}") from None
         finally:
             if proc.poll() is None:
                 proc.kill()
