@@ -1180,6 +1180,7 @@ def _dpsgd(cfg, c: CompressConfig, data: DataBundle, teacher):
             dp_model.train()
             ls = []
             for xb, yb in dp_loader:
+                interrupt.check()
                 if len(yb) == 0:
                     continue
                 xb, yb = xb.to(model_device(model)), yb.to(model_device(model))
