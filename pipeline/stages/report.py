@@ -39,7 +39,11 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("audit_auc", "AUC", "frac"),
     ("audit_tpr_at_0.1pct_fpr", "TPR@0.1%FPR", "frac"),
     ("model_size_bytes", "bytes", "int"),
+    # SafeCompress only, shown when some run logged it: the share of mask updates at which the
+    # safety test told the candidates apart (risk spread > 2 standard errors)
+    ("safety_resolved_fraction", "safety resolved", "frac"),
 )
+OPTIONAL_COLUMNS = ("safety_resolved_fraction",)
 # metrics whose bootstrap interval (per run: the strongest attack's) gets its own column
 CI_METRICS = ("audit_auc", "audit_tpr_at_0.1pct_fpr")
 NA = "n/a"
@@ -181,6 +185,8 @@ def _columns(summary: pd.DataFrame) -> list[tuple[str, str, str]]:
     """The table's metric columns, plus a CI column after each metric that has intervals."""
     cols: list[tuple[str, str, str]] = []
     for metric, header, kind in COLUMNS:
+        if metric in OPTIONAL_COLUMNS and not (summary[f"{metric}_n"] > 0).any():
+            continue
         cols.append((metric, header, kind))
         if metric in CI_METRICS and summary[f"{metric}_ci_low_mean"].notna().any():
             cols.append((metric, f"{header} 95% CI", "ci"))

@@ -224,3 +224,16 @@ def test_sparse_labels_name_non_default_schedules():
                 "params.compress.regrowth.kind": "linear", "params.compress.regrowth.start": "0.49"})
     assert runs.run_label(pd.Series(row)) == "dst [sched=linear@0.385, regrow=linear@0.49]"
     assert runs.run_label(pd.Series({**row, "method": "oneshot"})) == "oneshot"  # no schedule there
+
+
+def test_safety_resolved_column_appears_only_when_some_run_logged_it():
+    from pipeline.stages.report import COLUMNS, _columns
+
+    def summary(n_safety: int) -> pd.DataFrame:
+        row = {f"{m}_n": 3 for m, _, _ in COLUMNS}
+        row["safety_resolved_fraction_n"] = n_safety
+        row.update({"audit_auc_ci_low_mean": float("nan"), "audit_tpr_at_0.1pct_fpr_ci_low_mean": float("nan")})
+        return pd.DataFrame([row])
+
+    assert "safety resolved" not in [h for _, h, _ in _columns(summary(0))]
+    assert "safety resolved" in [h for _, h, _ in _columns(summary(5))]
