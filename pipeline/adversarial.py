@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.nn import BlackBoxAttackModel, WhiteBoxAttackModel
+from pipeline.training import model_device
 
 ADVERSARY_KINDS = ("bmia", "wmia", "both")
 
@@ -92,7 +93,7 @@ class Adversary:
 
     def _follow(self, model: nn.Module) -> torch.device:
         """Keep the attackers and the reference batch on the classifier's device."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         if self.ref_x.device != device:
             self.ref_x, self.ref_y = self.ref_x.to(device), self.ref_y.to(device)
             for attacker in self.attackers:

@@ -26,7 +26,7 @@ from torch import nn
 from pipeline import interrupt
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
-from pipeline.training import NonFiniteLossError, lr_factor, make_optimizer, steps_per_epoch
+from pipeline.training import NonFiniteLossError, make_optimizer, set_lr, steps_per_epoch
 
 _ACTIVATIONS: dict[type[nn.Module], object] = {
     nn.ReLU: F.relu,
@@ -130,12 +130,13 @@ class _FusedSGD:
     The same kernel and update as `torch.optim.SGD(fused=True)` (weight decay added to
     the gradient, momentum buffer initialised to the first gradient, optional Nesterov),
     without `Optimizer.step`'s per-call Python (hooks, state lookup, grouping): about a
-    tenth of a grouped digits step. `lr` is set per step like a param group's.
+    tenth of a grouped digits step. Its one param group holds `lr`, so
+    `pipeline.training.set_lr` schedules it like a torch optimizer.
     """
 
     def __init__(self, param: torch.Tensor, grad: torch.Tensor, recipe: TrainConfig):
         self.params, self.grads = [param], [grad]
-        self.momentum = recipe.momentum
+        self.param_groups = [{"lr": recipe.lr}]
         self.buffers = [torch.zeros_like(param)] if recipe.momentum > 0 else []
         self.options = {
             "weight_decay": recipe.weight_decay,
@@ -144,7 +145,6 @@ class _FusedSGD:
             "nesterov": recipe.nesterov and recipe.momentum > 0,
             "maximize": False,
         }
-        self.lr = recipe.lr
         self.first = True
 
     @staticmethod
@@ -158,7 +158,8 @@ class _FusedSGD:
 
     def step(self) -> None:
         torch.ops.aten._fused_sgd_(
-            self.params, self.grads, self.buffers, lr=self.lr, is_first_step=self.first, **self.options
+            self.params, self.grads, self.buffers, lr=self.param_groups[0]["lr"], is_first_step=self.first,
+            **self.options,
         )
         self.first = False
 
@@ -280,13 +281,6 @@ class _GroupedTrainer:
         self.optimizer.step()
         return loss
 
-    def set_lr(self, lr: float) -> None:
-        if isinstance(self.optimizer, _FusedSGD):
-            self.optimizer.lr = lr
-        else:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-
     @torch.no_grad()
     def write_back(self, models: Sequence[MLP]) -> None:
         """Copy model k's trained weights into `models[k]`."""
@@ -332,7 +326,7 @@ def train_grouped(
         torch.index_select(y_all, 0, rows, out=y_epoch.view(k * n))
         for start in range(0, n, recipe.batch_size):
             interrupt.check()
-            trainer.set_lr(recipe.lr * lr_factor(recipe, step, total))
+            set_lr(trainer.optimizer, recipe, step, total)  # _FusedSGD has param_groups too
             loss = trainer.step(
                 x_epoch[:, start : start + recipe.batch_size],
                 y_epoch[:, start : start + recipe.batch_size],

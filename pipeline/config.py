@@ -275,6 +275,19 @@ def validate_device(device: str) -> None:
         raise ValueError("runtime.device='mps' but torch sees no MPS device; use runtime.device=cpu")
 
 
+def validate_attack(attack: AttackConfig) -> None:
+    """The audit's attacks (each built once: unknown names, parameters and values raise) and `primary`."""
+    import attacks
+
+    _check_choice("attack.reference", attack.reference, ("dense", "matched", "both"))
+    try:
+        attacks.check_specs(attack.audit)
+    except ValueError as err:
+        raise ValueError(f"attack.audit: {err}") from err
+    if attack.primary != "max" and attack.primary not in attack.audit:
+        raise ValueError(f"attack.primary={attack.primary!r} must be 'max' or one of {list(attack.audit)}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the composed config before any training; raises ValueError naming the bad value."""
     _check_choice("stage", str(cfg.stage), STAGES)
@@ -294,15 +307,7 @@ def validate(cfg: DictConfig) -> None:
     compress = to_schema(CompressConfig, cfg.compress)
     validate_compress(compress)
     attack = to_schema(AttackConfig, cfg.attack)
-    _check_choice("attack.reference", attack.reference, ("dense", "matched", "both"))
-    import attacks
-
-    try:
-        attacks.check_specs(attack.audit)
-    except ValueError as err:
-        raise ValueError(f"attack.audit: {err}") from err
-    if attack.primary != "max" and attack.primary not in attack.audit:
-        raise ValueError(f"attack.primary={attack.primary!r} must be 'max' or one of {list(attack.audit)}")
+    validate_attack(attack)
     _check_choice("attack.search_reference", attack.search_reference, ("dense", "matched", "both"))
     if attack.n_bootstrap and attack.n_bootstrap < 100:
         raise ValueError(f"attack.n_bootstrap must be 0 (off) or >= 100, got {attack.n_bootstrap}")

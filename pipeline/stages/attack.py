@@ -33,7 +33,7 @@ import attacks
 from attacks.signals import compute_signals
 from pipeline import tracking
 from pipeline.cache import cache_key
-from pipeline.config import AttackConfig, to_schema
+from pipeline.config import AttackConfig, to_schema, validate_attack
 from pipeline.context import DataBundle, get_cache, load_data, plain
 from pipeline.seeds import derive_seed
 from pipeline.stages import compress as compress_stage
@@ -57,12 +57,7 @@ class AttackResult:
 
 def attack_config(cfg: DictConfig) -> AttackConfig:
     a = to_schema(AttackConfig, cfg.attack)
-    valid = set(attacks.ATTACKS)
-    unknown = [n for n, p in a.audit.items() if (p or {}).get("attack", n) not in valid]
-    if unknown:
-        raise ValueError(f"unknown attack(s) {unknown}; valid: {sorted(valid)}")
-    if a.primary != "max" and a.primary not in a.audit:
-        raise ValueError(f"attack.primary={a.primary!r} must be 'max' or one of {list(a.audit)}")
+    validate_attack(a)
     return a
 
 

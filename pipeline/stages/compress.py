@@ -149,8 +149,9 @@ def run(cfg: DictConfig, teacher: teacher_stage.TeacherResult | None = None) -> 
         "compress", key, {**the_spec, "data": data_spec(cfg), "teacher": teacher.key}, build
     )
     stored = json.loads((entry.path / "metrics.json").read_text())
-    result = CompressResult(key, entry.path, entry.hit, {**stored["metrics"], **_safety_resolution(entry.path)})
-    _log_tracking(result, stored["history"])
+    table = _candidates_table(entry.path)
+    result = CompressResult(key, entry.path, entry.hit, {**stored["metrics"], **_safety_resolution(table)})
+    _log_tracking(result, stored["history"], table)
     log.info(
         "compress %s (%s, %s): val acc %.3f, test acc %.3f, density %.4f, %d bytes",
         c.method,
@@ -164,15 +165,22 @@ def run(cfg: DictConfig, teacher: teacher_stage.TeacherResult | None = None) -> 
     return result
 
 
-def _safety_resolution(path: Path) -> dict[str, float]:
-    """`safety_*` metrics: how often the safety test told the candidates apart (see `selection.resolution`).
-
-    Read from the entry's candidates.csv, so entries cached before these metrics existed have them too.
-    """
+def _candidates_table(path: Path) -> pd.DataFrame | None:
+    """The entry's candidates.csv (None when the method wrote an empty one)."""
     table_path = path / "candidates.csv"
     if not table_path.exists() or table_path.stat().st_size <= 1:
+        return None
+    return pd.read_csv(table_path)
+
+
+def _safety_resolution(table: pd.DataFrame | None) -> dict[str, float]:
+    """`safety_*` metrics: how often the safety test told the candidates apart (see `selection.resolution`).
+
+    From the entry's candidates table, so entries cached before these metrics existed have them too.
+    """
+    if table is None:
         return {}
-    summary = resolution(pd.read_csv(table_path))
+    summary = resolution(table)
     if summary and summary["updates"] >= 5 and summary["resolved_fraction"] == 0:
         log.warning(
             "the safety test told the candidates apart in none of %d mask updates (risk spread, median "
@@ -203,13 +211,12 @@ def _final_metrics(model: nn.Module, data: DataBundle) -> dict[str, float]:
     return out
 
 
-def _log_tracking(result: CompressResult, history: list[dict[str, float]]) -> None:
+def _log_tracking(result: CompressResult, history: list[dict[str, float]], table: pd.DataFrame | None) -> None:
     if not tracking.active():
         return
     for h in history:
         tracking.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]), prefix="compress_")
-    if result.candidates_path.exists() and result.candidates_path.stat().st_size > 1:
-        table = pd.read_csv(result.candidates_path)
+    if table is not None:
         if "accuracy" in table and table["accuracy"].notna().any():
             for (u, i), row in table.set_index(["update", "candidate"]).iterrows():
                 tracking.log_metrics(
@@ -1176,6 +1183,7 @@ def _dpsgd(cfg, c: CompressConfig, data: DataBundle, teacher):
             target_delta=delta, epochs=recipe.epochs, max_grad_norm=c.dp.max_grad_norm,
         )
         history = []
+        device = model_device(model)
         for epoch in range(recipe.epochs):
             dp_model.train()
             ls = []
@@ -1183,7 +1191,7 @@ def _dpsgd(cfg, c: CompressConfig, data: DataBundle, teacher):
                 interrupt.check()
                 if len(yb) == 0:
                     continue
-                xb, yb = xb.to(model_device(model)), yb.to(model_device(model))
+                xb, yb = xb.to(device), yb.to(device)
                 dp_opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(dp_model(xb), yb)
                 if not torch.isfinite(loss):
