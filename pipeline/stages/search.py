@@ -8,13 +8,16 @@ the same names in Optuna and MLflow. Tracking: one MLflow parent run per study,
 one nested run per trial; the Pareto front is printed, and logged to the parent
 as `pareto.csv` and `pareto.png`. The study lives in an Optuna RDB storage
 (default `sqlite:///mlruns/optuna.db`) and resumes where it stopped.
+
+This module holds the objective (one trial: compress + audit) and the Pareto outputs;
+storage, worker processes, heartbeats, retries and the MLflow run lifecycle live in
+`pipeline.study`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,20 +32,10 @@ from pipeline.stages import attack as attack_stage
 from pipeline.stages import compress as compress_stage
 from pipeline.stages import shadows as shadows_stage
 from pipeline.stages import teacher as teacher_stage
+from pipeline.study import mlflow_runs, storage, workers
 
 log = logging.getLogger(__name__)
 
-# Optuna marks heartbeats, set_metric_names and fail_stale_trials experimental, and warns that
-# heartbeats are "supposed to be used with Study.optimize": we drive them ourselves (ask/tell).
-warnings.filterwarnings("ignore", category=UserWarning, message="Heartbeat of storage")
-try:
-    from optuna.exceptions import ExperimentalWarning
-
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)
-except ImportError:  # pragma: no cover
-    pass
-
-PARENT_TAG = "safecompress.study"
 TRACKED_METRICS = (
     "accuracy",
     "attack_auc",
@@ -105,72 +98,6 @@ def apply_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     for k, v in params.items():
         OmegaConf.update(trial_cfg, k, v, merge=False)
     return trial_cfg
-
-
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """An Optuna storage from a URL: RDB (sqlite:///, postgresql://, ...) or `journal:<file>`.
-
-    RDB storages get heartbeats: a RUNNING trial whose process died (SIGKILL, a lost
-    machine) is failed after `grace_period` seconds and retried with the same params.
-    """
-    import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-
-            path = Path(url[len("journal:") :])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        lock = None
-        if url.startswith("sqlite:///"):
-            db = Path(url[len("sqlite:///") :])
-            db.parent.mkdir(parents=True, exist_ok=True)
-            lock = db.with_name(
-                db.name + ".lock"
-            )  # parallel jobs creating one new file: one at a time
-        kwargs: dict[str, Any] = {}
-        if heartbeat_interval:
-            kwargs = {
-                "heartbeat_interval": heartbeat_interval,
-                "grace_period": grace_period,
-                "heartbeat_stale_trial_callback": _RetryAndCloseRun(
-                    RetryHeartbeatStaleTrialCallback()
-                ),
-            }
-        with tracking.file_lock(lock):
-            return optuna.storages.RDBStorage(url, **kwargs)
-    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
-        raise ValueError(
-            f"cannot open Optuna storage {url!r}: {err} (valid: sqlite:///<file>, an SQLAlchemy URL such as "
-            "postgresql://user:pw@host/db with its driver installed, or journal:<file>)"
-        ) from err
-
-
-class _RetryAndCloseRun:
-    """Stale-trial callback: re-enqueue the trial's params and mark its MLflow run KILLED."""
-
-    def __init__(self, retry):
-        self.retry = retry
-
-    def __call__(self, study, trial) -> None:
-        log.warning(
-            "trial %d lost its worker (no heartbeat): failed, retrying its params", trial.number
-        )
-        self.retry(study, trial)
-        _close_mlflow_run(trial.user_attrs.get("mlflow_run_id"), "KILLED")
-
-
-def _close_mlflow_run(run_id: str | None, status: str) -> None:
-    if not run_id:
-        return
-    import mlflow
-
-    try:
-        mlflow.MlflowClient().set_terminated(run_id, status=status)
-    except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
-        log.warning("could not mark MLflow run %s %s: %s", run_id, status, err)
 
 
 def nondominated_ranks(
@@ -244,38 +171,6 @@ def normalised_objectives(
     return np.stack(cols, axis=1)
 
 
-def _storage_has_heartbeat(storage) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(storage)
-
-
-def _create_study(cfg: DictConfig, s: SearchConfig, storage, worker: int = 0):
-    import optuna
-
-    from pipeline.seeds import derive_seed
-
-    directions = [OBJECTIVE_DIRECTIONS[o] for o in s.objectives]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=s.study_name, storage=storage, directions=directions, load_if_exists=True
-    )
-    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
-        raise ValueError(
-            f"study {s.study_name!r} exists with objectives {study.metric_names} "
-            f"({[d.name.lower() for d in study.directions]}); use a new search.study_name for {list(s.objectives)}"
-        )
-    # A reloaded study keeps its trials but not its sampler: pass NSGA-II every time. Its seed
-    # depends on the trials so far and the worker, so a resumed run or a second worker does
-    # not replay the first run's random generation (same params twice); a fresh study with
-    # one worker is reproducible.
-    n_existing = len(study.get_trials(deepcopy=False))
-    seed = derive_seed(int(cfg.seed), "search", s.study_name, n_existing, worker) % (2**32)
-    study.sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
-    study.set_metric_names(list(s.objectives))
-    return study
-
-
 def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
     """Space, objectives and constraints are checked before any storage, run or trial exists."""
     validate_space(cfg, s.space)
@@ -310,36 +205,32 @@ def run(cfg: DictConfig) -> SearchResult:
     """Run (or resume) the study until `search.n_trials` trials are complete."""
     s = to_schema(SearchConfig, cfg.search)
     validate_search(cfg, s)
-    storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
-    study = _create_study(cfg, s, storage)
-    if not _storage_has_heartbeat(storage):
-        _recover_running_without_heartbeat(study)
+    shared = storage.open_study(cfg, s)
+    workers.recover_running_without_heartbeat(shared)
     exp_id = tracking.setup(cfg)
-    parent_id = (_parent_run(s.study_name, exp_id) or _new_parent(s, exp_id)) if exp_id else None
+    parent_id = mlflow_runs.ensure_parent(s, exp_id)
 
-    with _maybe_run(parent_id):
+    with mlflow_runs.maybe_run(parent_id):
         teacher = teacher_stage.run(cfg)
         shadows = shadows_stage.run(cfg)
-    workers = _spawn_workers(cfg, s.n_workers - 1, parent_id)
+    procs = workers.spawn(cfg, s.n_workers - 1, parent_id, _worker_body)
     try:
-        work(cfg, study, s, parent_id, teacher, shadows, exp_id)
+        workers.work(shared, s, _trial_runner(cfg, s, shared, teacher, shadows, exp_id, parent_id))
     except KeyboardInterrupt:
-        _interrupt(
-            workers
-        )  # a terminal's Ctrl-C reaches them anyway; a `kill -INT` of this process does not
+        # a terminal's Ctrl-C reaches them anyway; a `kill -INT` of this process does not
+        workers.interrupt_all(procs)
         raise
     finally:
-        for w in workers:
-            w.join()
+        workers.join(procs)
         if parent_id is not None:
-            _reconcile_runs(study, parent_id)
-    bad = [w.exitcode for w in workers if w.exitcode != 0]
-    if bad:
-        raise RuntimeError(f"{len(bad)} search worker process(es) failed (exit codes {bad})")
+            mlflow_runs.reconcile_runs(shared.study, parent_id)
+    workers.raise_if_failed(procs)
     out_dir = Path(str(cfg.paths.output_dir)) / "studies" / s.study_name
-    with _maybe_run(parent_id):
-        pareto, csv = _pareto(study, s, out_dir, float(teacher_dense_bytes(cfg, teacher)))
-    return SearchResult(s.study_name, s.storage, _counts(study)[0], pareto, parent_id, csv)
+    with mlflow_runs.maybe_run(parent_id):
+        pareto, csv = _pareto(shared.study, s, out_dir, float(teacher_dense_bytes(cfg, teacher)))
+    return SearchResult(
+        s.study_name, s.storage, workers.counts(shared.study)[0], pareto, parent_id, csv
+    )
 
 
 def teacher_dense_bytes(cfg: DictConfig, teacher) -> int:
@@ -348,297 +239,24 @@ def teacher_dense_bytes(cfg: DictConfig, teacher) -> int:
     return sparse.dense_size_bytes(teacher_stage.load(cfg, teacher))
 
 
-def _spawn_workers(cfg: DictConfig, n: int, parent_id: str | None) -> list:
-    if n <= 0:
-        return []
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    text = tracking.config_yaml(cfg)
-    level = logging.getLogger().getEffectiveLevel()
-    procs = [
-        ctx.Process(target=_worker_main, args=(text, parent_id, i + 1, level), daemon=False)
-        for i in range(n)
-    ]
-    for p in procs:
-        p.start()
-    log.info("started %d extra search worker process(es)", n)
-    return procs
-
-
-def _interrupt(workers: list) -> None:
-    import os
-    import signal
-
-    for w in workers:
-        if w.is_alive() and w.pid is not None:
-            try:
-                os.kill(w.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-
-
-def _worker_main(
-    cfg_yaml: str, parent_id: str | None, index: int, level: int = logging.INFO
-) -> None:
-    """Entry point of a spawned worker: the same loop against the shared storage."""
-    import sys
-
-    logging.basicConfig(level=level, format=f"[worker {index}] %(levelname)s %(name)s: %(message)s")
-    cfg = OmegaConf.create(cfg_yaml)
-    if cfg.runtime.get("n_threads"):
-        import torch
-
-        torch.set_num_threads(int(cfg.runtime.n_threads))
+def _worker_body(cfg: DictConfig, parent_id: str | None, index: int) -> None:
+    """What a spawned worker process runs (inside `workers.worker_main`): the same loop."""
     s = to_schema(SearchConfig, cfg.search)
-    try:
-        with interrupt.guarded():
-            storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
-            study = _create_study(cfg, s, storage, worker=index)
-            exp_id = tracking.setup(cfg)
-            teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
-            shadows = shadows_stage.run(cfg)
-            work(cfg, study, s, parent_id, teacher, shadows, exp_id)
-    except KeyboardInterrupt:
-        log.warning("worker %d interrupted", index)
-        sys.exit(130)
+    shared = storage.open_study(cfg, s, worker=index)
+    exp_id = tracking.setup(cfg)
+    teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
+    shadows = shadows_stage.run(cfg)
+    workers.work(shared, s, _trial_runner(cfg, s, shared, teacher, shadows, exp_id, parent_id))
 
 
-def _counts(study) -> tuple[int, int]:
-    from optuna.trial import TrialState
+def _trial_runner(cfg, s: SearchConfig, shared, teacher, shadows, exp_id, parent_id):
+    """The per-trial callback of `workers.work`: suggest the trial's params, then run it."""
 
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    return complete, len(trials) - complete
+    def run_trial(trial) -> bool:
+        params = suggest(trial, s.space)
+        return _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id)
 
-
-def work(cfg, study, s: SearchConfig, parent_id, teacher, shadows, exp_id) -> None:
-    """Ask, run and tell trials until `n_trials` are complete (several processes may share this).
-
-    A process asks for a new trial only while fewer than `n_trials` are complete or
-    running, so parallel workers stop at exactly `n_trials`; with heartbeats it then
-    waits for the others, so that a trial whose worker died is retried here.
-    """
-    import time
-
-    from optuna.storages import fail_stale_trials
-
-    heartbeat = _storage_has_heartbeat(study._storage)
-    n_failed = 0
-    while True:
-        interrupt.check()
-        if heartbeat:
-            fail_stale_trials(study)
-        complete, running = _counts(study)
-        if complete >= s.n_trials:
-            return
-        if complete + running >= s.n_trials:
-            if not heartbeat:
-                return  # nothing left to ask; the other workers finish theirs
-            time.sleep(min(2.0, s.heartbeat_interval))
-            continue
-        trial = study.ask()
-        beat = (
-            _Heartbeat(study._storage, trial._trial_id, s.heartbeat_interval) if heartbeat else None
-        )
-        try:
-            if _is_surplus(study, trial, s.n_trials):
-                continue
-            params = suggest(trial, s.space)
-            ok = _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id)
-        except KeyboardInterrupt:
-            _give_back(study, trial)
-            raise
-        finally:
-            if beat is not None:
-                beat.stop()
-        n_failed = 0 if ok else n_failed + 1
-        if n_failed >= max(3, s.n_trials):
-            raise RuntimeError(
-                f"{n_failed} trials failed in a row; see the failed MLflow runs for the errors"
-            )
-
-
-def _is_surplus(study, trial, n_trials: int) -> bool:
-    """Two workers that asked at the same moment may overshoot `n_trials`; the later trial yields.
-
-    Trial numbers are given out in creation order, so the later of two racing
-    asks always sees the earlier one here. A surplus trial is failed unrun (its
-    params, if queued, are queued again) and marked with the user attr `surplus`.
-    """
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    earlier = sum(t.number < trial.number for t in trials)
-    if earlier < n_trials:
-        return False
-    frozen = study._storage.get_trial(trial._trial_id)
-    fixed = (
-        frozen.system_attrs.get("fixed_params") or frozen.params
-    )  # queued, or a stale trial's retry
-    retry_of = frozen.user_attrs.get("retry_of", frozen.system_attrs.get("failed_trial"))
-    trial.set_user_attr("surplus", True)
-    study.tell(trial, state=TrialState.FAIL)
-    if fixed:
-        study.enqueue_trial(fixed, user_attrs={} if retry_of is None else {"retry_of": retry_of})
-    log.info("trial %d not run: %d trials are already complete or running", trial.number, earlier)
-    return True
-
-
-def _give_back(study, trial) -> None:
-    """Interrupted by the user: fail the trial now and queue its params again, so the next run
-    retries it at once instead of waiting for its heartbeat to go stale."""
-    from optuna.trial import TrialState
-
-    frozen = study._storage.get_trial(trial._trial_id)
-    if frozen.state != TrialState.RUNNING:
-        return  # told already (complete or failed): nothing to give back
-    study.tell(trial, state=TrialState.FAIL)
-    params = frozen.params or study._storage.get_trial_system_attrs(trial._trial_id).get(
-        "fixed_params"
-    )
-    if params:
-        study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
-    log.warning("trial %d interrupted: failed, its params queued to be retried", trial.number)
-    _close_mlflow_run(frozen.user_attrs.get("mlflow_run_id"), "KILLED")
-
-
-class _Heartbeat:
-    """Records a trial's heartbeat every `interval` seconds in a background thread."""
-
-    def __init__(self, storage, trial_id: int, interval: int):
-        import threading
-
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat, args=(storage, trial_id, interval), daemon=True
-        )
-        self._thread.start()
-
-    def _beat(self, storage, trial_id: int, interval: int) -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as err:  # noqa: BLE001 - a missed beat is retried next interval
-                log.debug("heartbeat failed: %s", err)
-            if self._stop.wait(interval):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _recover_running_without_heartbeat(study) -> None:
-    """Storages without heartbeats (journal): RUNNING trials at start are failed and re-enqueued.
-
-    Correct for one command at a time (its spawned workers start after this); a second
-    command on a journal storage already in use would fail the first one's trials.
-    """
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        log.warning(
-            "trial %d was left running by an interrupted run: failing and retrying it", t.number
-        )
-        study.tell(t.number, state=TrialState.FAIL)
-        params = t.params or t.system_attrs.get("fixed_params")
-        if params:
-            study.enqueue_trial(params, user_attrs={"retry_of": t.number})
-        _close_mlflow_run(t.user_attrs.get("mlflow_run_id"), "KILLED")
-
-
-def _reconcile_runs(study, parent_id: str) -> None:
-    """Make the nested MLflow runs agree with the study: Optuna's storage is the record.
-
-    A process killed between starting a trial's run and telling Optuna leaves the run
-    RUNNING; once its trial is finished (told, or failed as stale) the run is marked
-    FINISHED (trial COMPLETE) or KILLED (trial FAIL). Runs of trials still running are
-    left alone: another worker may own them.
-    """
-    import mlflow
-    from optuna.trial import TrialState
-
-    try:
-        runs = mlflow.search_runs(
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
-            search_all_experiments=True,
-            output_format="list",
-        )
-    except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
-        log.warning("could not list the study's MLflow runs: %s", err)
-        return
-    if not runs:
-        return
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for r in runs:
-        number = r.data.tags.get("trial_number")
-        t = by_number.get(int(number)) if number is not None and number.isdigit() else None
-        if t is None or t.state == TrialState.RUNNING:
-            continue
-        status = "FINISHED" if t.state == TrialState.COMPLETE else "KILLED"
-        log.info("MLflow run of trial %d was left RUNNING: marking it %s", t.number, status)
-        _close_mlflow_run(r.info.run_id, status)
-
-
-def _parent_run(study_name: str, exp_id: str) -> str | None:
-    import mlflow
-
-    runs = mlflow.search_runs(
-        experiment_ids=[exp_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{study_name}'",
-        output_format="list",
-    )
-    parents = [r for r in runs if r.data.tags.get("mlflow.parentRunId") is None]
-    return parents[0].info.run_id if parents else None
-
-
-def _new_parent(s: SearchConfig, exp_id: str) -> str:
-    import mlflow
-
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"study-{s.study_name}") as run:
-        tracking.set_tags({PARENT_TAG: s.study_name, "git_commit": tracking.git_commit()})
-        tracking.log_params(
-            {
-                "n_trials": s.n_trials,
-                "objectives": ",".join(s.objectives),
-                "storage": s.storage,
-                "space": ",".join(p.key for p in s.space),
-            }
-        )
-        return run.info.run_id
-
-
-class _NullRun:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _maybe_run(run_id):
-    import mlflow
-
-    return _NullRun() if run_id is None else mlflow.start_run(run_id=run_id)
-
-
-def _end_run(run, status: str) -> None:
-    if run is None:
-        return
-    import mlflow
-
-    try:
-        mlflow.end_run(status=status)
-    except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
-        log.warning("could not end MLflow run %s: %s", run.info.run_id, err)
-
-
-def _worker_name() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return run_trial
 
 
 def _short(key: str) -> str:
@@ -649,7 +267,7 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id) -> bool:
+def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id) -> bool:
     """Run one trial inside its nested MLflow run; the run ends only after Optuna was told."""
     import time
 
@@ -660,19 +278,12 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
     trial_cfg = apply_params(cfg, params)
     # trials audit against dense references (fast); a chosen model's final audit uses attack.reference
     OmegaConf.update(trial_cfg, "attack.reference", str(cfg.attack.get("search_reference", "dense")), merge=False)
+    study = shared.study
     run = None
     if exp_id is not None:
-        # Tags given at creation, so a run whose process dies at once still names its trial.
-        run = mlflow.start_run(
-            experiment_id=exp_id,
-            run_name=f"trial-{trial.number}",
-            parent_run_id=parent_id,
-            tags={
-                "study_name": s.study_name,
-                "trial_number": str(trial.number),
-                "optuna_trial_id": str(trial._trial_id),
-                "worker": _worker_name(),
-            },
+        run = mlflow_runs.start_trial_run(
+            exp_id, parent_id, s.study_name, trial.number, shared.trial_id(trial.number),
+            workers.worker_name(),
         )
     told = False
     try:
@@ -703,7 +314,7 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
             tracking.set_tags({"error": f"{type(err).__name__}: {err}"[:4000]})
             study.tell(trial, state=TrialState.FAIL)
             told = True
-            _end_run(run, "FAILED")
+            mlflow_runs.end_run(run, "FAILED")
             return False
         tracking.set_tags({"compress_key": comp.key, "attack_key": att.key, "stage": "search", **tracking.run_tags(trial_cfg)})
         # the objectives are on validation data; test accuracy sits beside the audit's test numbers
@@ -731,13 +342,13 @@ def _run_trial(cfg, s, study, trial, params, teacher, shadows, exp_id, parent_id
                 trial.number,
                 err,
             )
-            _end_run(run, "KILLED")
+            mlflow_runs.end_run(run, "KILLED")
             return False
     except KeyboardInterrupt:
-        _end_run(run, "FINISHED" if told else "KILLED")
+        mlflow_runs.end_run(run, "FINISHED" if told else "KILLED")
         raise
-    _end_run(run, "FINISHED")
-    complete = _counts(study)[0]
+    mlflow_runs.end_run(run, "FINISHED")
+    complete = workers.counts(study)[0]
     log.info(
         "trial %d done in %.1f s [%d/%d complete]: %s | %s",
         trial.number,
