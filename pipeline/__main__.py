@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -124,7 +125,21 @@ def _print_pareto(result: Any) -> None:
         print(f"written: {result.pareto_csv}")
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def config_dir() -> str:
+    """The Hydra config tree, as an absolute path: inside the package in a wheel install
+    (`pipeline/conf`, see setup.py), beside it in a checkout or an editable install (`conf/`).
+
+    Absolute, so the entry point works from any folder: with a relative path Hydra looks
+    for a Python module `conf` when `pipeline.__main__` is imported by the console script.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no Hydra config tree (config.yaml) in {here / 'conf'} or {here.parent / 'conf'}")
+
+
+@hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_stage(cfg)
 
