@@ -74,6 +74,7 @@ def _run_search(cfg: DictConfig) -> Any:
 
     result = search.run(cfg)
     _print_pareto(result)
+    _print_where(cfg, result)
     return result
 
 
@@ -120,9 +121,31 @@ def _print_pareto(result: Any) -> None:
     cols = [c for c in ("trial", "accuracy", "attack_auc", "attack_tpr_at_0.1pct_fpr", "density",
                         "model_size_bytes", "test_accuracy", "audit_auc") if c in table.columns]
     print(f"\nPareto front of study {result.study_name!r} ({result.n_complete} complete trials):")
-    print(table[cols].to_string(index=False, na_rep="n/a", float_format=lambda v: f"{v:.4f}"))
+    print(table[cols].to_string(
+        index=False, na_rep="n/a", float_format=lambda v: f"{v:.4f}",
+        formatters={"model_size_bytes": lambda v: "n/a" if v != v else f"{v:,.0f}"},
+    ))
+
+
+def _print_where(cfg: DictConfig, result: Any) -> None:
+    """The demo's last lines: where the results are and how to open both UIs."""
     if result.pareto_csv is not None:
-        print(f"written: {result.pareto_csv}")
+        out = result.pareto_csv.parent
+        print(f"\nResults in {out}/: pareto.csv (the front), trials.csv (every trial), pareto.png (the plot)")
+    uri = str(cfg.tracking.uri)
+    if bool(cfg.tracking.get("enabled", True)):
+        exp_id = tracking.setup(cfg)
+        if uri.startswith(("http://", "https://")):
+            print(f"MLflow: {tracking.ui_url(exp_id, uri.rstrip('/'))}")
+        else:
+            print(f"MLflow: `make ui` (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1), then open\n"
+                  f"        {tracking.ui_url(exp_id)}  (expand the study's run; README: 'Compare trials')")
+    storage = str(result.storage)
+    if storage.startswith("journal:"):
+        shown = storage[len("journal:"):]  # optuna-dashboard reads a journal file by its path
+    else:
+        shown = storage if storage.startswith("sqlite:") else "<the storage URL>"  # never print a password
+    print(f"Optuna: `make dashboard` (or: optuna-dashboard {shown} --host 127.0.0.1), then open http://127.0.0.1:8080")
 
 
 def config_dir() -> str:

@@ -17,7 +17,7 @@ so a step is the 8 GEMMs of forward and backward plus a few small kernels
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -298,11 +298,12 @@ def train_grouped(
     ys: Sequence[torch.Tensor],
     recipe: TrainConfig,
     generators: Sequence[torch.Generator],
+    on_epoch: Callable[[int], None] | None = None,
 ) -> None:
     """Train `models[k]` on `(xs[k], ys[k])` with `generators[k]`'s batch order, all at once.
 
     Same recipe, same per-model batch order as `pipeline.training.train`; every
-    model's training set must have the same size.
+    model's training set must have the same size. `on_epoch(epoch)` runs after each epoch.
     """
     sizes = {len(y) for y in ys}
     if len(sizes) != 1 or not (len(models) == len(xs) == len(ys) == len(generators)):
@@ -318,7 +319,7 @@ def train_grouped(
     x_epoch, y_epoch = x_all.new_empty((k, n, x_all.shape[1])), y_all.new_empty((k, n))
     total = recipe.epochs * steps_per_epoch(n, recipe.batch_size)
     step = 0
-    for _ in range(recipe.epochs):
+    for epoch in range(recipe.epochs):
         perms = torch.stack([torch.randperm(n, generator=g) for g in generators])  # (K, n)
         # one gather per epoch into reused buffers; every batch is then a slice
         rows = (perms.to(offsets.device) + offsets).view(-1)
@@ -334,4 +335,6 @@ def train_grouped(
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"shadow training loss is {loss}; lower train.lr")
             step += 1
+        if on_epoch is not None:
+            on_epoch(epoch)
     trainer.write_back(models)

@@ -16,6 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+# MLflow 3 records what an experiment is for in this tag; "custom_model_development" (model
+# training, not GenAI) is the kind whose UI leads with the runs table. MLflow 3.17's UI decides
+# by its own GenAI / Model training switch instead (`?workflowType=machine_learning`, see ui_url).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
 
 def setup(cfg: DictConfig) -> str | None:
     """Point MLflow at `tracking.uri` and make sure the experiment exists; returns its id.
@@ -49,14 +55,24 @@ def _experiment_id(cfg: DictConfig, uri: str) -> str:
     if experiment is None:
         artifact_dir = Path(str(cfg.tracking.artifact_dir)).resolve()
         artifact_dir.mkdir(parents=True, exist_ok=True)
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
         if uri.startswith(("http://", "https://")):
-            exp_id = mlflow.create_experiment(name)
+            exp_id = mlflow.create_experiment(name, tags=tags)
         else:
-            exp_id = mlflow.create_experiment(name, artifact_location=artifact_dir.as_uri())
+            exp_id = mlflow.create_experiment(name, artifact_location=artifact_dir.as_uri(), tags=tags)
     else:
         exp_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag; a user's own kind stays
+            mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def ui_url(exp_id: str | None, host: str = "http://127.0.0.1:5000") -> str:
+    """Where `make ui` shows the experiment's runs (MLflow 3's UI opens on its GenAI pages
+    unless told the workflow is model training)."""
+    path = f"#/experiments/{exp_id}/runs" if exp_id else "#/experiments"
+    return f"{host}/{path}?workflowType=machine_learning"
 
 
 @contextmanager
@@ -86,8 +102,43 @@ def active() -> bool:
     return mlflow.active_run() is not None
 
 
+class _Held:
+    """Metrics held back by `summary_first`; `first` is logged before them."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+        self.calls: list[tuple[dict[str, float], int | None]] = []
+
+
+_held: _Held | None = None
+
+
+@contextmanager
+def summary_first() -> Iterator[dict[str, float]]:
+    """Hold back the metrics logged inside; at the end log the yielded dict's metrics first,
+    then the held ones, without logging a summary metric twice.
+
+    MLflow's UI lists a run's metrics in the order they were logged: a trial's objectives
+    should lead, not the training curves and candidate tables its stages log on the way.
+    Also on an error inside, so a failed run keeps what its stages logged.
+    """
+    global _held
+    outer, _held = _held, _Held()
+    held = _held
+    try:
+        yield held.first
+    finally:
+        _held = outer
+        log_metrics(held.first)
+        for metrics, step in held.calls:
+            log_metrics({k: v for k, v in metrics.items() if step is not None or k not in held.first}, step)
+
+
 def log_metrics(metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
     """Log finite numeric metrics to the active run (NaN values are skipped, not logged as 0)."""
+    if _held is not None:
+        _held.calls.append(({f"{prefix}{k}": v for k, v in metrics.items()}, step))
+        return
     if not active():
         return
     import mlflow

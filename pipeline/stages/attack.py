@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from omegaconf import DictConfig
 
 import attacks
 from attacks.signals import compute_signals
-from pipeline import tracking
+from pipeline import progress, tracking
 from pipeline.cache import cache_key
 from pipeline.config import AttackConfig, to_schema, validate_attack
 from pipeline.context import DataBundle, get_cache, load_data, plain
@@ -106,7 +107,8 @@ def run(
         evaluations = [("select", data.splits.audit_members, ctx.val_eval), ("audit", data.splits.audit_members, None)]
         if len(data.splits.canaries):
             evaluations.append(("canary", None, None))
-        for name, members, nonmembers in evaluations:
+        show = bool(cfg.runtime.progress)
+        for name, members, nonmembers in progress.iterate(evaluations, len(evaluations), "attack", "audit", show, False):
             audit, idx, labels = ctx.evaluate(name, members, nonmembers)
             audit.to_csv(out / f"{name}.csv")
             if name == "audit":
@@ -121,6 +123,7 @@ def run(
         np.savez_compressed(out / "scores.npz", **all_scores)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
+    t0 = time.perf_counter()
     entry = get_cache(cfg).get_or_create(
         "attack", key, {**the_spec, "compress": compressed.key, "shadows": ref_keys}, build
     )
@@ -131,8 +134,9 @@ def run(
         if (entry.path / f).exists():
             tracking.log_artifact(entry.path / f, "audit")
     log.info(
-        "attack (%s): select AUC %.3f, audit AUC %.3f, audit TPR@1%%FPR %s, TPR@0.1%%FPR %s",
+        "attack (%s in %.1f s): select AUC %.3f, audit AUC %.3f, audit TPR@1%%FPR %s, TPR@0.1%%FPR %s",
         "cached" if entry.hit else "computed",
+        time.perf_counter() - t0,
         metrics.get("attack_auc", math.nan),
         metrics.get("audit_auc", math.nan),
         _fmt(metrics.get("audit_tpr_at_1pct_fpr")),

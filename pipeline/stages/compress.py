@@ -31,6 +31,7 @@ import copy
 import json
 import logging
 import math
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -43,7 +44,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
-from tqdm.auto import tqdm
 
 import sparse
 from attacks.inputs import AttackInputs
@@ -64,6 +64,7 @@ from pipeline.context import (
     model_spec,
     train_recipe,
 )
+from pipeline.progress import Progress, warn_once
 from pipeline.seeds import derive_seed, generator
 from pipeline.selection import (
     CandidateTests,
@@ -145,6 +146,7 @@ def run(cfg: DictConfig, teacher: teacher_stage.TeacherResult | None = None) -> 
         table.to_csv(out / "candidates.csv", index=False)
         (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": history}, indent=1))
 
+    t0 = time.perf_counter()
     entry = get_cache(cfg).get_or_create(
         "compress", key, {**the_spec, "data": data_spec(cfg), "teacher": teacher.key}, build
     )
@@ -153,14 +155,15 @@ def run(cfg: DictConfig, teacher: teacher_stage.TeacherResult | None = None) -> 
     result = CompressResult(key, entry.path, entry.hit, {**stored["metrics"], **_safety_resolution(table)})
     _log_tracking(result, stored["history"], table)
     log.info(
-        "compress %s (%s, %s): val acc %.3f, test acc %.3f, density %.4f, %d bytes",
+        "compress %s (%s, %s in %.1f s): val acc %.3f, test acc %.3f, density %.4f, %s bytes",
         c.method,
         key,
         "cached" if entry.hit else "trained",
+        time.perf_counter() - t0,
         result.metrics["accuracy"],
         result.metrics["test_accuracy"],
         result.metrics["density"],
-        int(result.metrics["model_size_bytes"]),
+        f"{int(result.metrics['model_size_bytes']):,}",
     )
     return result
 
@@ -182,7 +185,8 @@ def _safety_resolution(table: pd.DataFrame | None) -> dict[str, float]:
         return {}
     summary = resolution(table)
     if summary and summary["updates"] >= 5 and summary["resolved_fraction"] == 0:
-        log.warning(
+        warn_once(
+            log, "the safety test never told the candidates apart",
             "the safety test told the candidates apart in none of %d mask updates (risk spread, median "
             "%.4f, never above 2 standard errors, median %.4f): the selection rule could only act on "
             "validation accuracy, so the safety test did not act on this run's privacy. Candidates that "
@@ -564,7 +568,7 @@ def _train_loop(cfg, c: CompressConfig, data: DataBundle, teacher):
     step, update, epoch_losses = 0, 0, []
     last_grads = None
     pool: _CandidatePool | None = None  # allocated at the first mask update
-    bar = tqdm(total=total, desc=f"compress[{c.method}]", disable=not cfg.runtime.progress, leave=False)
+    bar = Progress(total, f"compress[{c.method}]", "step", bool(cfg.runtime.progress), leave=False)
     while step < total:
         interrupt.check()
         idx = next(batches)

@@ -294,7 +294,9 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
         for (density, f), style in zip(by_density, ("k--", "k:", "k-.", "k-"), strict=False):
             f = f.sort_values("accuracy")
             name = "train-less frontier" + (f" (density {density:g})" if density is not None else "")
-            ax.plot(f["auc"], f["accuracy"], style, lw=1.5, label=name)
+            # a one-point frontier has no line to draw: mark the point, so the legend shows what is there
+            ax.plot(f["auc"], f["accuracy"], style, lw=1.5, label=name, marker="x" if len(f) == 1 else None,
+                    markersize=8)
     ax.set_xlabel("audit AUC (strongest attack; lower is safer)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{dataset}\naccuracy vs membership leakage (point labels: density)", fontsize=10)

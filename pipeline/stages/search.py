@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import interrupt, tracking
+from pipeline import interrupt, progress, tracking
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_schema
 from pipeline.stages import attack as attack_stage
 from pipeline.stages import compress as compress_stage
@@ -215,7 +215,8 @@ def run(cfg: DictConfig) -> SearchResult:
         shadows = shadows_stage.run(cfg)
     procs = workers.spawn(cfg, s.n_workers - 1, parent_id, _worker_body)
     try:
-        workers.work(shared, s, _trial_runner(cfg, s, shared, teacher, shadows, exp_id, parent_id))
+        with progress.collapsed_warnings("this study's trials"):  # a per-trial warning once, counted
+            workers.work(shared, s, _trial_runner(cfg, s, shared, teacher, shadows, exp_id, parent_id))
     except KeyboardInterrupt:
         # a terminal's Ctrl-C reaches them anyway; a `kill -INT` of this process does not
         workers.interrupt_all(procs)
@@ -246,7 +247,8 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int) -> None:
     exp_id = tracking.setup(cfg)
     teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
     shadows = shadows_stage.run(cfg)
-    workers.work(shared, s, _trial_runner(cfg, s, shared, teacher, shadows, exp_id, parent_id))
+    with progress.collapsed_warnings(f"worker {index}'s trials"):
+        workers.work(shared, s, _trial_runner(cfg, s, shared, teacher, shadows, exp_id, parent_id))
 
 
 def _trial_runner(cfg, s: SearchConfig, shared, teacher, shadows, exp_id, parent_id):
@@ -299,9 +301,15 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
             )
             mlflow.log_text(tracking.config_yaml(trial_cfg), "config.yaml")
         try:
-            comp = compress_stage.run(trial_cfg, teacher)
-            att = attack_stage.run(trial_cfg, comp, shadows)
-            values = {**comp.metrics, **att.metrics}
+            # the objectives lead the run's metrics (MLflow lists them in logging order)
+            with tracking.summary_first() as summary:
+                comp = compress_stage.run(trial_cfg, teacher)
+                att = attack_stage.run(trial_cfg, comp, shadows)
+                values = {**comp.metrics, **att.metrics}
+                # the objectives are on validation data; test accuracy sits beside the audit's test numbers
+                for k in (*s.objectives, *TRACKED_METRICS, "test_accuracy"):
+                    if k in values:
+                        summary[k] = values[k]
             objective = [float(values[o]) for o in s.objectives]
             if not all(math.isfinite(v) for v in objective):
                 raise FloatingPointError(
@@ -317,8 +325,6 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
             mlflow_runs.end_run(run, "FAILED")
             return False
         tracking.set_tags({"compress_key": comp.key, "attack_key": att.key, "stage": "search", **tracking.run_tags(trial_cfg)})
-        # the objectives are on validation data; test accuracy sits beside the audit's test numbers
-        tracking.log_metrics({k: values[k] for k in (*TRACKED_METRICS, "test_accuracy") if k in values})
         for k in (*TRACKED_METRICS, "test_accuracy", "audit_auc"):
             if k in values:
                 trial.set_user_attr(k, float(values[k]))
@@ -424,27 +430,43 @@ def _pareto(
 
 
 def _plot(table: pd.DataFrame, path: Path) -> None:
+    """Accuracy vs attack AUC per trial, Pareto-optimal trials ringed in red and joined.
+
+    Points are coloured by model size when sizes differ (at a fixed density they differ by a
+    few bytes, and a colour bar over them only shows matplotlib's offset); otherwise the title
+    gives the one size.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sizes = table["model_size_bytes"].to_numpy(float)
+    finite = sizes[np.isfinite(sizes)]
+    varied = len(finite) > 1 and finite.max() - finite.min() > 0.01 * finite.max()
     sc = ax.scatter(
         table["attack_auc"],
         table["accuracy"],
-        c=table["model_size_bytes"],
-        cmap="viridis",
+        c=sizes if varied else "tab:blue",
+        cmap="viridis" if varied else None,
         s=40,
         edgecolors=np.where(table["pareto_rank"] == 0, "red", "none"),
         linewidths=1.5,
     )
     front = table[table["pareto_rank"] == 0].sort_values("attack_auc")
-    ax.plot(front["attack_auc"], front["accuracy"], "r--", lw=1, label="Pareto front")
-    fig.colorbar(sc, ax=ax, label="model size (bytes)")
+    if len(front) > 1:
+        ax.plot(front["attack_auc"], front["accuracy"], "r--", lw=1, label="Pareto front")
+    ax.scatter([], [], s=40, facecolors="none", edgecolors="red", linewidths=1.5, label="Pareto-optimal trial")
+    if varied:
+        fig.colorbar(sc, ax=ax, label="model size (bytes)", format=FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_title(f"{len(table)} trials", fontsize=10)
+    elif len(finite):
+        ax.set_title(f"{len(table)} trials, all of model size ≈ {np.median(finite):,.0f} bytes", fontsize=10)
     ax.set_xlabel("attack AUC (val, lower is safer)")
     ax.set_ylabel("accuracy (val)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

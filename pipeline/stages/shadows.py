@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from pipeline import tracking
+from pipeline import progress, tracking
 from pipeline.batched import can_batch, train_grouped
 from pipeline.cache import cache_key
 from pipeline.config import ShadowsConfig, to_schema
@@ -99,10 +99,10 @@ def run(cfg: DictConfig, recipe: str | None = None) -> ShadowsResult:
         k for k in range(shadows.n_models)
         if cache.lookup("shadow", keys_all[k], {**specs[k], "data": data.key}) is None
     ]
+    t0 = time.perf_counter()
     trained = _train_missing(cfg, data, missing, rows_all) if missing else {}
     keys, paths, rows, hits = [], [], [], 0
-    bar = tqdm(range(shadows.n_models), desc="shadows", disable=not cfg.runtime.progress)
-    for k in bar:
+    for k in range(shadows.n_models):
         s, key, row = specs[k], keys_all[k], rows_all[k]
         entry = cache.get_or_create(
             "shadow", key, {**s, "data": data.key},
@@ -114,7 +114,7 @@ def run(cfg: DictConfig, recipe: str | None = None) -> ShadowsResult:
         rows.append(row)
     membership = np.stack(rows) if rows else np.zeros((0, n_pop), dtype=bool)
     tracking.log_metrics({"shadows_n_models": len(keys), "shadows_cache_hits": hits})
-    log.info("shadows: %d models (%d from cache)", len(keys), hits)
+    log.info("shadows[dense]: %d models (%d from cache) in %.1f s", len(keys), hits, time.perf_counter() - t0)
     return ShadowsResult(tuple(keys), tuple(paths), membership, hits)
 
 
@@ -137,11 +137,20 @@ def _train(
     models = [build_model(cfg, data, "shadow", k) for k in indices]
     parts = [torch.from_numpy(data.splits.population[rows[k]]) for k in indices]
     gens = [generator(int(cfg.seed), "shadow", k, "batches") for k in indices]
+    show = bool(cfg.runtime.progress)
     if _batched(cfg) and len(indices) > 1 and can_batch(models) and data.dataset.augment is None:
-        train_grouped(models, [data.dataset.x[i] for i in parts], [data.dataset.y[i] for i in parts], recipe, gens)
+        # all models advance together: count epochs
+        desc = f"shadows[dense] {len(indices)} models together"
+        with progress.Progress(recipe.epochs, desc, "epoch", show) as bar:
+            train_grouped(
+                models, [data.dataset.x[i] for i in parts], [data.dataset.y[i] for i in parts], recipe, gens,
+                on_epoch=lambda _: bar.update(1),
+            )
     else:
-        for model, idx, g in zip(models, parts, gens):
-            train(model, data.dataset.x[idx], data.dataset.y[idx], recipe, g, augment=data.dataset.augment)
+        with progress.Progress(len(indices), "shadows[dense]", "model", show) as bar:
+            for model, idx, g in zip(models, parts, gens):
+                train(model, data.dataset.x[idx], data.dataset.y[idx], recipe, g, augment=data.dataset.augment)
+                bar.update(1)
     return dict(zip(indices, models))
 
 
@@ -170,6 +179,9 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
     c_spec = compress_stage.spec(cfg)
     pop = data.splits.population
     keys, paths, hits = [], [], 0
+    t0 = time.perf_counter()
+    # one count over the references (each is a whole compress run: its own bar stays off)
+    bar = progress.Progress(len(dense.keys), f"references[{c.method}]", "model", bool(cfg.runtime.progress))
     for k, (dense_key, dense_path) in enumerate(zip(dense.keys, dense.paths)):
         row = dense.membership[k]
         spec = {"compress": c_spec, "dense_shadow": dense_key, "index": k}
@@ -192,6 +204,7 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
             )
             shadow_cfg = cfg.copy()
             shadow_cfg.seed = derive_seed(int(cfg.seed), "shadow", k, "matched") % (2**31)
+            shadow_cfg.runtime.progress = False
             teacher = TeacherResult(dense_key, dense_path, True, {}, [])
             model, masks, _, _ = compress_stage.METHODS[c.method](shadow_cfg, c, view, teacher)
             save_model(model, out / "model.pt")
@@ -201,5 +214,10 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
         hits += int(entry.hit)
         keys.append(key)
         paths.append(entry.path)
-    log.info("matched shadows (%s): %d models (%d from cache)", c.method, len(keys), hits)
+        bar.update(1)
+    bar.close()
+    log.info(
+        "references[%s] (matched recipe): %d models (%d from cache) in %.1f s",
+        c.method, len(keys), hits, time.perf_counter() - t0,
+    )
     return ShadowsResult(tuple(keys), tuple(paths), dense.membership, hits)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline import tracking
+from pipeline import progress, tracking
 from pipeline.cache import cache_key
 from pipeline.context import (
     build_model,
@@ -62,15 +63,18 @@ def run(cfg: DictConfig) -> TeacherResult:
         log.info("training the teacher (%d epochs on %d members)", recipe.epochs, len(data.splits.train))
         model = build_model(cfg, data, "teacher")
         x, y = data.part("train")
-        history = train(
-            model, x, y, recipe, generator(int(cfg.seed), "teacher", "batches"), augment=data.dataset.augment
-        )
+        with progress.Progress(recipe.epochs, "teacher", "epoch", bool(cfg.runtime.progress)) as bar:
+            history = train(
+                model, x, y, recipe, generator(int(cfg.seed), "teacher", "batches"), augment=data.dataset.augment,
+                on_epoch=lambda h: bar.update(1, loss=h.loss, train_acc=h.train_accuracy),
+            )
         save_model(model, out / "model.pt")
         metrics = _evaluate_all(model, data)
         (out / "metrics.json").write_text(
             json.dumps({"metrics": metrics, "history": [asdict(h) for h in history]}, indent=1)
         )
 
+    t0 = time.perf_counter()
     entry = get_cache(cfg).get_or_create("teacher", k, the_spec, build)
     stored = json.loads((entry.path / "metrics.json").read_text())
     result = TeacherResult(k, entry.path, entry.hit, stored["metrics"], stored["history"])
@@ -80,9 +84,10 @@ def run(cfg: DictConfig) -> TeacherResult:
         )
     tracking.log_metrics(result.metrics, prefix="teacher_")
     log.info(
-        "teacher %s (%s): train acc %.3f, val acc %.3f, test acc %.3f",
+        "teacher %s (%s in %.1f s): train acc %.3f, val acc %.3f, test acc %.3f",
         k,
         "cached" if entry.hit else "trained",
+        time.perf_counter() - t0,
         result.metrics["train_accuracy"],
         result.metrics["val_accuracy"],
         result.metrics["test_accuracy"],

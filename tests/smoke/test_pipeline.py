@@ -46,6 +46,11 @@ def test_search_tracks_every_trial_and_resumes_from_cache(cfg_factory, monkeypat
         assert abs(child.data.metrics["density"] - 0.2) < 0.002  # exact count: round(0.2 * n_weights)
         assert child.data.metrics["model_size_bytes"] > 0
         assert "config.yaml" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        # the objectives lead the run's metrics (the UI's order), and each is logged once
+        assert list(child.data.metrics)[:2] == ["accuracy", "attack_auc"]
+        assert len(client.get_metric_history(child.info.run_id, "attack_auc")) == 1
+    exp = client.get_experiment_by_name(str(cfg.tracking.experiment))
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens as model training
 
     storage = str(cfg.search.storage)
     study = optuna.load_study(study_name=str(cfg.search.study_name), storage=storage)

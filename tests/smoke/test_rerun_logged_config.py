@@ -36,7 +36,7 @@ def test_logged_config_reruns_to_the_same_metrics(cfg_factory, tmp_path):
     second = tmp_path / "second"
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "--config-dir", str(conf_dir), "--config-name", "logged",
-         f"paths.root={second}"],
+         f"paths.root={second}", f"hydra.run.dir={second}/outputs/run"],  # not outputs/ in the checkout
         cwd=REPO, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
