@@ -38,9 +38,11 @@ benchmarks: install
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 ui: install
+	@echo "MLflow UI (ready in ~15 s): http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root mlruns/artifacts --host 127.0.0.1
 
 dashboard: install
+	@echo "Optuna dashboard: http://127.0.0.1:8080"
 	$(BIN)/optuna-dashboard sqlite:///mlruns/optuna.db --host 127.0.0.1
 
 clean:
