@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,14 +28,17 @@ def setup(cfg: DictConfig) -> str | None:
     """Point MLflow at `tracking.uri` and make sure the experiment exists; returns its id.
 
     Always sets the URI from config: without it MLflow writes `mlflow.db` into the
-    working folder.
+    working folder. A remote server's HTTP calls are bounded by `tracking.call_timeout_s`;
+    when it cannot be reached this returns None and tracking is paused (see `call`).
     """
+    mask_logs()
     if not bool(cfg.tracking.get("enabled", True)):
         return None
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     uri = str(cfg.tracking.uri)
+    bound_http_calls(float(cfg.tracking.get("call_timeout_s", DEFAULT_CALL_TIMEOUT_S)))
     lock_path = None
     if uri.startswith("sqlite:///"):
         db_path = Path(uri[len("sqlite:///") :])
@@ -44,7 +48,96 @@ def setup(cfg: DictConfig) -> str | None:
     # Parallel jobs (Hydra's joblib launcher) opening a new SQLite store at once race in
     # MLflow's schema migration ("duplicate column name"): one process at a time creates it.
     with file_lock(lock_path):
-        return _experiment_id(cfg, uri)
+        return call(_experiment_id, cfg, uri)
+
+
+# --- tracking server outages ---------------------------------------------------------------
+# One MLflow call against a server that is down would retry for ~4 minutes with MLflow's
+# defaults (7 retries, exponential backoff, 120 s timeout per request). `bound_http_calls`
+# caps it; `call` turns an unreachable server into a pause of tracking in this process
+# (the study goes on: Optuna's storage keeps every result) instead of an error, and
+# `reconnect` ends the pause once the server answers. The search then logs what the
+# pause missed (`pipeline.study.mlflow_runs.reconcile_runs`).
+
+DEFAULT_CALL_TIMEOUT_S = 60.0
+_HTTP_RETRIES = 2  # retries after the first attempt
+_HTTP_BACKOFF_FACTOR = 1  # urllib3: no sleep before the first retry, then 2 s (+ jitter)
+_HTTP_BACKOFF_JITTER = 0.5
+_outage: str | None = None  # why the server is taken as unreachable, None while it answers
+
+
+def bound_http_calls(call_timeout_s: float) -> None:
+    """Set MLflow's HTTP retry and timeout variables so that one call (all its retries and
+    back-off sleeps) ends within about `call_timeout_s` seconds."""
+    if call_timeout_s <= 0:
+        raise ValueError(f"tracking.call_timeout_s must be > 0 seconds, got {call_timeout_s}")
+    backoff = _HTTP_BACKOFF_FACTOR * 2 * (_HTTP_RETRIES - 1) + _HTTP_BACKOFF_JITTER * _HTTP_RETRIES
+    per_request = max(1, int((call_timeout_s - backoff) // (_HTTP_RETRIES + 1)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(_HTTP_RETRIES)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(_HTTP_BACKOFF_FACTOR)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = str(_HTTP_BACKOFF_JITTER)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(per_request)
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether `err` says the tracking server could not be reached (or answered 5xx), as
+    opposed to a request it refused (a bad param, a missing run)."""
+    try:
+        import requests
+
+        if isinstance(err, requests.exceptions.RequestException):
+            return True
+    except ImportError:  # pragma: no cover - mlflow depends on requests
+        pass
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    return type(err).__name__ in ("MlflowException", "RestException") and "API request to" in str(err)
+
+
+def offline() -> bool:
+    """True while tracking is paused because the server could not be reached."""
+    return _outage is not None
+
+
+def call(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, or None without calling it while tracking is paused.
+
+    A call that fails because the server is unreachable pauses tracking (one warning)
+    and returns None; any other error is raised.
+    """
+    global _outage
+    if _outage is not None:
+        return None
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        _outage = mask_secrets(f"{type(err).__name__}: {err}")[:300]
+        log.warning(
+            "MLflow tracking is unreachable (%s): tracking paused in this process. The study goes "
+            "on and keeps every result in its Optuna storage; what MLflow missed is logged once "
+            "the server answers again (at the next trial, or by rerunning the same command).",
+            _outage,
+        )
+        return None
+
+
+def reconnect() -> bool:
+    """While paused, try the server once (a bounded call); True when tracking can go on."""
+    global _outage
+    if _outage is None:
+        return True
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - still down (or broken): stay paused
+        log.debug("MLflow tracking still unreachable: %s", mask_secrets(str(err)))
+        return False
+    log.warning("MLflow tracking reachable again: tracking resumed")
+    _outage = None
+    return True
 
 
 def _experiment_id(cfg: DictConfig, uri: str) -> str:
@@ -149,7 +242,7 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None, prefix: s
         if isinstance(v, (int, float)) and math.isfinite(float(v))
     }
     if clean:
-        mlflow.log_metrics(clean, step=step)
+        call(mlflow.log_metrics, clean, step=step)
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -157,7 +250,7 @@ def log_params(params: Mapping[str, Any]) -> None:
         return
     import mlflow
 
-    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    call(mlflow.log_params, {k: mask_secrets(str(v))[:500] for k, v in params.items()})
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
@@ -165,7 +258,7 @@ def set_tags(tags: Mapping[str, Any]) -> None:
         return
     import mlflow
 
-    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    call(mlflow.set_tags, {k: mask_secrets(str(v)) for k, v in tags.items()})
 
 
 def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
@@ -173,31 +266,85 @@ def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None)
         return
     import mlflow
 
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    call(mlflow.log_artifact, str(path), artifact_path=artifact_path)
 
 
-def config_yaml(cfg: DictConfig) -> str:
+def log_text(text: str, artifact_file: str) -> None:
+    if not active():
+        return
+    import mlflow
+
+    call(mlflow.log_text, text, artifact_file)
+
+
+def config_yaml(cfg: DictConfig, masked: bool = True) -> str:
     """The run's config as logged (`config.yaml`): resolved, except values built from `paths`
-    (cache, MLflow and Optuna stores, data files), which keep their interpolations, so the file
-    re-runs elsewhere with `paths.root=...`:
+    (cache, MLflow and Optuna stores, data files) or read from the environment
+    (`${oc.env:...}`, e.g. a database password), which keep their interpolations, so the file
+    re-runs elsewhere with `paths.root=...` and never holds the secret:
 
         python -m pipeline --config-dir DIR --config-name logged paths.root=/tmp/rerun
 
     (DIR/logged.yaml is the downloaded file; a name other than `config`, which the package's
-    own conf/ would shadow.)
+    own conf/ would shadow.) A password written literally into a URL is replaced by `***`
+    (`masked=False`: not, for the copies handed to worker processes, which must connect).
     """
     return OmegaConf.to_yaml(
-        _keep_path_interpolations(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg, resolve=False))
+        _keep_path_interpolations(
+            OmegaConf.to_container(cfg, resolve=True),
+            OmegaConf.to_container(cfg, resolve=False),
+            masked,
+        )
     )
 
 
-def _keep_path_interpolations(resolved: Any, raw: Any) -> Any:
-    """`resolved`, except values whose raw form refers to `${paths.…}` (cache, MLflow store, data files)."""
+def _keep_path_interpolations(resolved: Any, raw: Any, masked: bool = False) -> Any:
+    """`resolved`, except values whose raw form refers to `${paths.…}` (cache, MLflow store, data
+    files) or `${oc.env:…}`; with `masked`, URL passwords in the other strings become `***`."""
     if isinstance(resolved, dict) and isinstance(raw, dict):
-        return {k: _keep_path_interpolations(v, raw.get(k)) for k, v in resolved.items()}
+        return {k: _keep_path_interpolations(v, raw.get(k), masked) for k, v in resolved.items()}
     if isinstance(resolved, list) and isinstance(raw, list) and len(resolved) == len(raw):
-        return [_keep_path_interpolations(v, r) for v, r in zip(resolved, raw)]
-    return raw if isinstance(raw, str) and "${paths." in raw else resolved
+        return [_keep_path_interpolations(v, r, masked) for v, r in zip(resolved, raw)]
+    if isinstance(raw, str) and ("${paths." in raw or "${oc.env:" in raw):
+        return mask_secrets(raw) if masked else raw
+    return mask_secrets(resolved) if masked and isinstance(resolved, str) else resolved
+
+
+# scheme://user:PASSWORD@host... (a password cannot hold an unescaped "/" or "@"); a password
+# that is an interpolation (`${oc.env:PGPASSWORD}`) is no secret and is kept
+_URL_PASSWORD = re.compile(r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?!\$\{)[^@\s/]+(?=@)")
+# libpq/SQLAlchemy query form: ...?password=PASSWORD&...
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<pre>(?:^|[?&;\s])password=)(?!\$\{)[^&\s;'\"]+")
+MASK = "***"
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with the passwords of any URLs in it replaced by `***` (user, host, db kept)."""
+    if "://" not in text and "password=" not in text.lower():
+        return text
+    text = _URL_PASSWORD.sub(lambda m: m.group("pre") + MASK, text)
+    return _QUERY_PASSWORD.sub(lambda m: m.group("pre") + MASK, text)
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Masks URL passwords in every record a handler emits (console, Hydra's job log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is the handler's to report
+            return True
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def mask_logs() -> None:
+    """Install `SecretMaskingFilter` on the root logger's handlers (idempotent)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
+            handler.addFilter(SecretMaskingFilter())
 
 
 def git_commit() -> str:

@@ -94,7 +94,7 @@ def suggest(trial, space: list[SearchParam]) -> dict[str, Any]:
 
 
 def apply_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
-    trial_cfg = OmegaConf.create(tracking.config_yaml(cfg))  # resolved, paths relocatable
+    trial_cfg = OmegaConf.create(tracking.config_yaml(cfg, masked=False))  # resolved, paths relocatable
     for k, v in params.items():
         OmegaConf.update(trial_cfg, k, v, merge=False)
     return trial_cfg
@@ -190,6 +190,12 @@ def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
         raise ValueError(
             f"search.n_trials and search.n_workers must be >= 1, got {s.n_trials}, {s.n_workers}"
         )
+    n_sets = n_parameter_sets(s.space)
+    if n_sets is not None and n_sets < s.n_trials:
+        raise ValueError(
+            f"search.n_trials={s.n_trials} but search.space has only {n_sets} distinct parameter "
+            "sets (a set is never trained twice); lower search.n_trials or widen search.space"
+        )
     keys = {p.key: p for p in s.space}
     if "compress.selection.lam" in keys:
         rule = keys.get("compress.selection.rule")
@@ -201,6 +207,20 @@ def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
             )
 
 
+def n_parameter_sets(space: list[SearchParam]) -> int | None:
+    """How many distinct parameter sets the space holds; None when infinite (a float range)."""
+    n = 1
+    for p in space:
+        if p.type == "float":
+            if p.low != p.high:
+                return None
+        elif p.type == "int":
+            n *= int(p.high) - int(p.low) + 1
+        else:
+            n *= len(set(map(str, p.choices)))
+    return n
+
+
 def run(cfg: DictConfig) -> SearchResult:
     """Run (or resume) the study until `search.n_trials` trials are complete."""
     s = to_schema(SearchConfig, cfg.search)
@@ -208,7 +228,7 @@ def run(cfg: DictConfig) -> SearchResult:
     shared = storage.open_study(cfg, s)
     workers.recover_running_without_heartbeat(shared)
     exp_id = tracking.setup(cfg)
-    parent_id = mlflow_runs.ensure_parent(s, exp_id)
+    parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
 
     with mlflow_runs.maybe_run(parent_id):
         teacher = teacher_stage.run(cfg)
@@ -216,19 +236,34 @@ def run(cfg: DictConfig) -> SearchResult:
     procs = workers.spawn(cfg, s.n_workers - 1, parent_id, _worker_body)
     try:
         with progress.collapsed_warnings("this study's trials"):  # a per-trial warning once, counted
-            workers.work(shared, s, _trial_runner(cfg, s, shared, teacher, shadows, exp_id, parent_id))
+            _work(cfg, s, shared, teacher, shadows, exp_id, parent_id)
     except KeyboardInterrupt:
         # a terminal's Ctrl-C reaches them anyway; a `kill -INT` of this process does not
         workers.interrupt_all(procs)
         raise
     finally:
         workers.join(procs)
+        if exp_id is None and tracking.offline() and tracking.reconnect():
+            exp_id = tracking.setup(cfg)  # the server was down when the command started
+            parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
+        run_ids: dict[int, str] = {}
         if parent_id is not None:
-            mlflow_runs.reconcile_runs(shared.study, parent_id)
+            run_ids = mlflow_runs.reconcile_runs(
+                shared, s, exp_id, parent_id, lambda t: _log_stored_trial(cfg, t, teacher, shadows)
+            )
     workers.raise_if_failed(procs)
     out_dir = Path(str(cfg.paths.output_dir)) / "studies" / s.study_name
     with mlflow_runs.maybe_run(parent_id):
-        pareto, csv = _pareto(shared.study, s, out_dir, float(teacher_dense_bytes(cfg, teacher)))
+        pareto, csv = _pareto(
+            shared.study, s, out_dir, float(teacher_dense_bytes(cfg, teacher)), run_ids
+        )
+    if bool(cfg.tracking.get("enabled", True)) and (parent_id is None or tracking.offline()):
+        log.warning(
+            "MLflow tracking at %s could not be reached: the study's results are complete in its "
+            "Optuna storage, but MLflow is missing some of them. Rerun the same command once the "
+            "server is back: it runs no trial again and logs what is missing.",
+            tracking.mask_secrets(str(cfg.tracking.uri)),
+        )
     return SearchResult(
         s.study_name, s.storage, workers.counts(shared.study)[0], pareto, parent_id, csv
     )
@@ -248,17 +283,19 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int) -> None:
     teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
     shadows = shadows_stage.run(cfg)
     with progress.collapsed_warnings(f"worker {index}'s trials"):
-        workers.work(shared, s, _trial_runner(cfg, s, shared, teacher, shadows, exp_id, parent_id))
+        _work(cfg, s, shared, teacher, shadows, exp_id, parent_id)
 
 
-def _trial_runner(cfg, s: SearchConfig, shared, teacher, shadows, exp_id, parent_id):
-    """The per-trial callback of `workers.work`: suggest the trial's params, then run it."""
-
-    def run_trial(trial) -> bool:
-        params = suggest(trial, s.space)
-        return _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id)
-
-    return run_trial
+def _work(cfg, s: SearchConfig, shared, teacher, shadows, exp_id, parent_id) -> None:
+    """The study's ask/run/tell loop with this stage's search space and objective."""
+    workers.work(
+        shared,
+        s,
+        suggest=lambda trial: suggest(trial, s.space),
+        run_trial=lambda trial, params: _run_trial(
+            cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id
+        ),
+    )
 
 
 def _short(key: str) -> str:
@@ -269,20 +306,62 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id) -> bool:
-    """Run one trial inside its nested MLflow run; the run ends only after Optuna was told."""
-    import time
-
-    import mlflow
-    from optuna.trial import TrialState
-
-    t0 = time.perf_counter()
+def _trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     trial_cfg = apply_params(cfg, params)
     # trials audit against dense references (fast); a chosen model's final audit uses attack.reference
     OmegaConf.update(trial_cfg, "attack.reference", str(cfg.attack.get("search_reference", "dense")), merge=False)
+    return trial_cfg
+
+
+def _log_trial_inputs(trial_cfg: DictConfig, params: dict[str, Any], teacher, shadows) -> None:
+    """What a trial's run records before it trains (into the active run)."""
+    tracking.log_params(params)
+    tracking.set_tags(
+        {
+            "git_commit": tracking.git_commit(),
+            "teacher_key": teacher.key,
+            "shadow_keys": ",".join(shadows.keys),
+        }
+    )
+    tracking.log_text(tracking.config_yaml(trial_cfg), "config.yaml")
+
+
+def _log_trial_outputs(
+    trial_cfg: DictConfig, values: dict[str, Any] | None, keys: dict[str, str], wall: float
+) -> None:
+    """What a trial's run records once it is done (into the active run). `values`: its final
+    metrics, when not logged already (a trial's own run logs them first, `summary_first`)."""
+    tracking.set_tags({**keys, "stage": "search", **tracking.run_tags(trial_cfg)})
+    if values is not None:
+        # the objectives are on validation data; test accuracy sits beside the audit's test numbers
+        tracking.log_metrics({k: values[k] for k in (*TRACKED_METRICS, "test_accuracy") if k in values})
+    tracking.log_metrics({"trial_wall_s": wall})
+
+
+def _log_stored_trial(cfg: DictConfig, t, teacher, shadows) -> None:
+    """A complete trial's run, written afterwards from what the study stored (its worker lost
+    the tracking server): params, final metrics, tags and config.yaml."""
+    trial_cfg = _trial_config(cfg, t.params)
+    _log_trial_inputs(trial_cfg, t.params, teacher, shadows)
+    keys = {k: str(t.user_attrs[k]) for k in ("compress_key", "attack_key") if k in t.user_attrs}
+    _log_trial_outputs(trial_cfg, t.user_attrs, keys, float(t.user_attrs.get("wall_s", math.nan)))
+
+
+def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id) -> bool:
+    """Run one trial inside its nested MLflow run; the run ends only after Optuna was told.
+
+    Every number the run logs is also stored in the trial (user attrs), so that a trial
+    whose tracking server was unreachable is logged later (`mlflow_runs.reconcile_runs`).
+    """
+    import time
+
+    from optuna.trial import TrialState
+
+    t0 = time.perf_counter()
+    trial_cfg = _trial_config(cfg, params)
     study = shared.study
     run = None
-    if exp_id is not None:
+    if exp_id is not None and (not tracking.offline() or tracking.reconnect()):
         run = mlflow_runs.start_trial_run(
             exp_id, parent_id, s.study_name, trial.number, shared.trial_id(trial.number),
             workers.worker_name(),
@@ -291,15 +370,7 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
     try:
         if run is not None:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            tracking.log_params(params)
-            tracking.set_tags(
-                {
-                    "git_commit": tracking.git_commit(),
-                    "teacher_key": teacher.key,
-                    "shadow_keys": ",".join(shadows.keys),
-                }
-            )
-            mlflow.log_text(tracking.config_yaml(trial_cfg), "config.yaml")
+            _log_trial_inputs(trial_cfg, params, teacher, shadows)
         try:
             # the objectives lead the run's metrics (MLflow lists them in logging order)
             with tracking.summary_first() as summary:
@@ -324,7 +395,9 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
             told = True
             mlflow_runs.end_run(run, "FAILED")
             return False
-        tracking.set_tags({"compress_key": comp.key, "attack_key": att.key, "stage": "search", **tracking.run_tags(trial_cfg)})
+        keys = {"compress_key": comp.key, "attack_key": att.key}
+        for k, v in keys.items():
+            trial.set_user_attr(k, v)
         for k in (*TRACKED_METRICS, "test_accuracy", "audit_auc"):
             if k in values:
                 trial.set_user_attr(k, float(values[k]))
@@ -337,7 +410,7 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
             )
         wall = time.perf_counter() - t0
         trial.set_user_attr("wall_s", wall)
-        tracking.log_metrics({"trial_wall_s": wall})
+        _log_trial_outputs(trial_cfg, None, keys, wall)
         try:
             interrupt.check()  # a Ctrl-C swallowed during the trial fails it rather than completing it
             study.tell(trial, objective)
@@ -368,7 +441,7 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
 
 
 def _pareto(
-    study, s: SearchConfig, out: Path, dense_bytes: float
+    study, s: SearchConfig, out: Path, dense_bytes: float, run_ids: dict[int, str] | None = None
 ) -> tuple[pd.DataFrame, Path | None]:
     import mlflow
     from optuna.trial import TrialState
@@ -388,7 +461,7 @@ def _pareto(
         ):
             row.setdefault(k, t.user_attrs.get(k, math.nan))
         row.update(t.params)
-        row["mlflow_run_id"] = t.user_attrs.get("mlflow_run_id", "")
+        row["mlflow_run_id"] = (run_ids or {}).get(t.number) or t.user_attrs.get("mlflow_run_id", "")
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -412,7 +485,7 @@ def _pareto(
     if client is not None:
         for run_id, rank in zip(table["mlflow_run_id"], ranks, strict=True):
             if run_id:
-                client.set_tag(run_id, "pareto_rank", int(rank))
+                tracking.call(client.set_tag, run_id, "pareto_rank", int(rank))
     pareto = (
         table[(table["pareto_rank"] == 0) & table["feasible"]]
         .sort_values(s.objectives[0])
@@ -425,7 +498,12 @@ def _pareto(
     _plot(table, out / "pareto.png")
     for f in ("pareto.csv", "trials.csv", "pareto.png"):
         tracking.log_artifact(out / f)
-    tracking.log_metrics({"n_pareto": float(len(pareto)), "n_trials_complete": float(len(table))})
+    n_dup = workers.n_duplicates(study)
+    if n_dup:
+        log.info("%d proposed trial(s) repeated an earlier trial's params and were not run", n_dup)
+    tracking.log_metrics(
+        {"n_pareto": float(len(pareto)), "n_trials_complete": float(len(table)), "n_duplicates": float(n_dup)}
+    )
     return pareto, csv
 
 

@@ -1,19 +1,29 @@
 """The MLflow side of a study: one parent run per study, one nested run per trial.
 
 Optuna's storage is the record of the study; MLflow mirrors it. Tracking problems are
-logged and never stop the study.
+logged and never stop the study: while the tracking server cannot be reached, tracking
+pauses (`pipeline.tracking.call`) and trials go on; `reconcile_runs` later gives every
+COMPLETE trial its FINISHED nested run from what the study stored.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from pipeline import tracking
 from pipeline.config import SearchConfig
+from pipeline.study.lock import storage_lock
+
+if TYPE_CHECKING:
+    from pipeline.study.storage import SharedStudy
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "safecompress.study"
+PARENT_ATTR = "mlflow_parent_run_id"  # the study user attr holding the parent run id
 
 
 def close_run(run_id: str | None, status: str) -> None:
@@ -23,13 +33,14 @@ def close_run(run_id: str | None, status: str) -> None:
     import mlflow
 
     try:
-        mlflow.MlflowClient().set_terminated(run_id, status=status)
+        tracking.call(mlflow.MlflowClient().set_terminated, run_id, status=status)
     except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, err)
 
 
 def parent_run(study_name: str, exp_id: str) -> str | None:
-    """The id of the study's parent run in experiment `exp_id`, None when there is none yet."""
+    """The earliest parent run tagged with the study in experiment `exp_id` (studies tracked
+    before the parent's id was kept in the study), None when there is none."""
     import mlflow
 
     runs = mlflow.search_runs(
@@ -38,6 +49,7 @@ def parent_run(study_name: str, exp_id: str) -> str | None:
         output_format="list",
     )
     parents = [r for r in runs if r.data.tags.get("mlflow.parentRunId") is None]
+    parents.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
     return parents[0].info.run_id if parents else None
 
 
@@ -50,45 +62,100 @@ def new_parent(s: SearchConfig, exp_id: str) -> str:
             {
                 "n_trials": s.n_trials,
                 "objectives": ",".join(s.objectives),
-                "storage": s.storage,
+                "storage": tracking.mask_secrets(s.storage),
                 "space": ",".join(p.key for p in s.space),
             }
         )
         return run.info.run_id
 
 
-def ensure_parent(s: SearchConfig, exp_id: str | None) -> str | None:
-    """The study's parent run id (found, or created); None when tracking is off."""
+def ensure_parent(s: SearchConfig, exp_id: str | None, shared: SharedStudy) -> str | None:
+    """The study's one parent run id; None when tracking is off.
+
+    Kept in the study's user attr `mlflow_parent_run_id`. A process that finds none
+    takes the study's storage lock (`lock.storage_lock`), looks again, and only then
+    creates the run and records its id: of any number of processes started at the same
+    instant, on any number of machines, exactly one creates the parent and the others
+    adopt it. A recorded id that this tracking server does not know (the study moved to
+    another server, or the run was deleted) is replaced the same way.
+    """
     if exp_id is None:
         return None
-    return parent_run(s.study_name, exp_id) or new_parent(s, exp_id)
+    return tracking.call(_ensure_parent, s, exp_id, shared)
 
 
-class _NullRun:
-    def __enter__(self):
+def _ensure_parent(s: SearchConfig, exp_id: str, shared: SharedStudy) -> str:
+    run_id = _recorded_parent(shared, exp_id)
+    if run_id is not None:
+        return run_id
+    with storage_lock(shared.storage, f"{s.study_name}#mlflow-parent", holder=_holder()):
+        run_id = _recorded_parent(shared, exp_id)
+        if run_id is None:
+            run_id = parent_run(s.study_name, exp_id) or new_parent(s, exp_id)
+            shared.storage.set_study_user_attr(shared.study_id, PARENT_ATTR, run_id)
+            log.info("study %s: MLflow parent run %s", s.study_name, run_id)
+    return run_id
+
+
+def _holder() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _recorded_parent(shared: SharedStudy, exp_id: str) -> str | None:
+    """The parent run id recorded in the study, if this tracking server has it (not deleted)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    # read from the storage itself: a loaded study's user attrs may be cached
+    run_id = shared.storage.get_study_user_attrs(shared.study_id).get(PARENT_ATTR)
+    if not run_id:
         return None
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    if run.info.lifecycle_stage != "active" or run.info.experiment_id != exp_id:
+        return None
+    return run_id
 
-    def __exit__(self, *exc):
-        return False
 
-
-def maybe_run(run_id: str | None):
-    """`mlflow.start_run(run_id=...)` as a context, or a no-op context for None."""
+@contextmanager
+def maybe_run(run_id: str | None) -> Iterator[object]:
+    """Resume run `run_id` as the active run for the block (ended FINISHED, or FAILED/KILLED
+    on an error/Ctrl-C); a no-op block for None or while tracking is paused."""
     import mlflow
 
-    return _NullRun() if run_id is None else mlflow.start_run(run_id=run_id)
+    run = None if run_id is None else tracking.call(mlflow.start_run, run_id=run_id)
+    status = "FINISHED"
+    try:
+        yield run
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        end_run(run, status)
 
 
 def start_trial_run(
     exp_id: str, parent_id: str | None, study_name: str, number: int, trial_id: int, worker: str
 ):
-    """Start (and make active) the nested run of trial `number`.
+    """Start (and make active) the nested run of trial `number`; None while tracking is paused.
 
     Tags are given at creation, so a run whose process dies at once still names its trial.
     """
     import mlflow
 
-    return mlflow.start_run(
+    return tracking.call(
+        mlflow.start_run,
         experiment_id=exp_id,
         run_name=f"trial-{number}",
         parent_run_id=parent_id,
@@ -102,7 +169,11 @@ def start_trial_run(
 
 
 def end_run(run, status: str) -> None:
-    """End the active run `run` (started by `start_trial_run`) with `status`; None is a no-op."""
+    """End the active run `run` (started by `start_trial_run`) with `status`; None is a no-op.
+
+    MLflow takes the run off this process's stack of active runs before telling the server,
+    so a server that cannot be reached leaves no run active here.
+    """
     if run is None:
         return
     import mlflow
@@ -110,37 +181,101 @@ def end_run(run, status: str) -> None:
     try:
         mlflow.end_run(status=status)
     except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
-        log.warning("could not end MLflow run %s: %s", run.info.run_id, err)
+        if tracking.is_outage(err):
+            tracking.call(_raise, err)  # pauses tracking, with its one warning
+        else:
+            log.warning("could not end MLflow run %s: %s", run.info.run_id, err)
 
 
-def reconcile_runs(study, parent_id: str) -> None:
+def _raise(err: BaseException) -> None:
+    raise err
+
+
+# a search's way to log one finished trial into the active run, from what the study stored
+LogTrial = Callable[[object], None]
+
+
+def reconcile_runs(
+    shared: SharedStudy, s: SearchConfig, exp_id: str, parent_id: str, log_trial: LogTrial
+) -> dict[int, str]:
     """Make the nested MLflow runs agree with the study: Optuna's storage is the record.
 
-    A process killed between starting a trial's run and telling Optuna leaves the run
-    RUNNING; once its trial is finished (told, or failed as stale) the run is marked
-    FINISHED (trial COMPLETE) or KILLED (trial FAIL). Runs of trials still running are
-    left alone: another worker may own them.
+    - A COMPLETE trial without a FINISHED run holding its objectives (its process lost the
+      tracking server, or was killed between telling Optuna and ending the run) gets one:
+      its own run if MLflow has it, else a new nested run, filled by `log_trial` from the
+      trial's stored params and values, tagged `tracking_backfilled`.
+    - A run left RUNNING by a trial that failed (or was a repeat) is marked KILLED.
+    - Runs of trials still running are left alone: another worker owns them.
+    Done under the study's storage lock, so two machines ending at once log a trial once.
+    Returns {trial number: run id} of the complete trials (those MLflow has now).
     """
+    try:
+        with storage_lock(shared.storage, f"{s.study_name}#mlflow-reconcile", holder=_holder()):
+            return _reconcile(shared, s, exp_id, parent_id, log_trial)
+    except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
+        if not tracking.is_outage(err):
+            raise
+        tracking.call(_raise, err)
+        return {}
+
+
+def _reconcile(shared, s: SearchConfig, exp_id: str, parent_id: str, log_trial: LogTrial) -> dict[int, str]:
     import mlflow
     from optuna.trial import TrialState
 
-    try:
-        runs = mlflow.search_runs(
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
-            search_all_experiments=True,
-            output_format="list",
-        )
-    except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
-        log.warning("could not list the study's MLflow runs: %s", err)
-        return
-    if not runs:
-        return
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    runs = tracking.call(
+        mlflow.search_runs,
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        search_all_experiments=True,
+        output_format="list",
+    )
+    if runs is None:
+        return {}
+    by_number: dict[int, list] = {}
     for r in runs:
-        number = r.data.tags.get("trial_number")
-        t = by_number.get(int(number)) if number is not None and number.isdigit() else None
-        if t is None or t.state == TrialState.RUNNING:
-            continue
-        status = "FINISHED" if t.state == TrialState.COMPLETE else "KILLED"
-        log.info("MLflow run of trial %d was left RUNNING: marking it %s", t.number, status)
-        close_run(r.info.run_id, status)
+        number = r.data.tags.get("trial_number", "")
+        if number.isdigit():
+            by_number.setdefault(int(number), []).append(r)
+    done: dict[int, str] = {}
+    n_logged = 0
+    for t in shared.study.get_trials(deepcopy=False):
+        mine = by_number.get(t.number, [])
+        if t.state == TrialState.COMPLETE:
+            ok = [
+                r for r in mine
+                if r.info.status == "FINISHED" and all(o in r.data.metrics for o in s.objectives)
+            ]
+            if ok:
+                done[t.number] = ok[0].info.run_id
+                continue
+            run_id = mine[0].info.run_id if mine else None
+            if run_id is not None:
+                run = tracking.call(mlflow.start_run, run_id=run_id)
+            else:
+                run = start_trial_run(
+                    exp_id, parent_id, s.study_name, t.number, shared.trial_id(t.number),
+                    str(t.user_attrs.get("worker", "")),
+                )
+            if run is None:
+                break  # the server went away again
+            try:
+                log_trial(t)
+                tracking.set_tags({"tracking_backfilled": "true"})
+            finally:
+                end_run(run, "FINISHED")
+            if tracking.offline():
+                break
+            done[t.number] = run.info.run_id
+            n_logged += 1
+        elif t.state != TrialState.RUNNING:
+            for r in mine:
+                if r.info.status == "RUNNING":
+                    log.info("MLflow run of trial %d was left RUNNING: marking it KILLED", t.number)
+                    close_run(r.info.run_id, "KILLED")
+    if n_logged:
+        log.warning(
+            "logged %d complete trial(s) to MLflow that their worker could not log (from the "
+            "Optuna study: params, final metrics, tags, config.yaml; not the per-update curves)",
+            n_logged,
+        )
+    return done

@@ -9,6 +9,9 @@ no heartbeats.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,8 @@ class SharedStudy:
     study: Any  # optuna.Study
     storage: Any  # optuna.storages.BaseStorage
     heartbeat_interval: int | None  # None: this storage has no heartbeats
+    sampler_seed: int = 0
+    created: bool = False  # this process created the study
     _study_id: int | None = field(default=None, repr=False)
 
     @property
@@ -66,17 +71,29 @@ class SharedStudy:
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """An Optuna storage from a URL: RDB (sqlite:///, postgresql://, ...) or `journal:<file>`."""
+    """An Optuna storage from a URL: RDB (sqlite:///, postgresql://, ...) or `journal:<file>`.
+
+    A URL whose database driver is not installed fails at once, naming the driver and the
+    extra that installs it; passwords never appear in the message.
+    """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    try:
-        if url.startswith("journal:"):
+    tracking.mask_logs()
+    shown = tracking.mask_secrets(url)
+    if url.startswith("journal:"):
+        try:
             from optuna.storages.journal import JournalFileBackend
 
             path = Path(url[len("journal:") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
+            raise ValueError(f"cannot open Optuna storage {shown!r}: {err}") from err
+    missing = missing_driver(url)
+    if missing:
+        raise ValueError(f"cannot open Optuna storage {shown!r}: {missing}")
+    try:
         lock = None
         if url.startswith("sqlite:///"):
             db = Path(url[len("sqlite:///") :])
@@ -95,9 +112,47 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
         raise ValueError(
-            f"cannot open Optuna storage {url!r}: {err} (valid: sqlite:///<file>, an SQLAlchemy URL such as "
-            "postgresql://user:pw@host/db with its driver installed, or journal:<file>)"
-        ) from err
+            f"cannot open Optuna storage {shown!r}: {tracking.mask_secrets(str(err))} (valid: "
+            "sqlite:///<file>, an SQLAlchemy URL such as postgresql://user:pw@host/db (the postgres "
+            "extra), or journal:<file>)"
+        ) from None  # the chained error's text may hold the URL
+
+
+POSTGRES_HINT = (
+    "install the postgres extra (psycopg 3): pip install -e '.[postgres]' in the safecompress "
+    "checkout (make install does), or pip install 'psycopg[binary]'"
+)
+# SQLAlchemy backend (or backend+driver) -> how to install its default driver
+DRIVER_HINTS = {
+    "postgresql": POSTGRES_HINT,
+    "postgresql+psycopg": POSTGRES_HINT,
+    "postgresql+psycopg2": "pip install psycopg2-binary (or write postgresql:// with the postgres "
+    "extra)",
+    "mysql": "pip install mysqlclient",
+    "mysql+pymysql": "pip install pymysql",
+}
+
+
+def missing_driver(url: str) -> str | None:
+    """Why the database driver of SQLAlchemy URL `url` cannot be imported, None when it can."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        dialect = u.get_dialect()
+    except Exception:  # noqa: BLE001 - a malformed URL or unknown backend: RDBStorage says why
+        return None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        name = u.drivername
+        module = getattr(err, "name", None) or str(err)
+        hint = DRIVER_HINTS.get(name) or DRIVER_HINTS.get(u.get_backend_name())
+        return (
+            f"the database driver of {name}:// ({module!r}) is not installed; "
+            + (hint or f"install the Python package that provides {module!r}")
+        )
+    return None
 
 
 def heartbeat_interval_of(storage) -> int | None:
@@ -126,31 +181,64 @@ class _RetryAndCloseRun:
 def open_study(cfg: DictConfig, s: SearchConfig, worker: int = 0) -> SharedStudy:
     """Open `search.storage` and create (or load) the study `search.study_name` on it."""
     storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
-    study = create_study(cfg, s, storage, worker)
-    return SharedStudy(study, storage, heartbeat_interval_of(storage))
-
-
-def create_study(cfg: DictConfig, s: SearchConfig, storage, worker: int = 0):
+    study, created = create_study(s, storage)
+    seed = sampler_seed(cfg, s, study, created and worker == 0)
     import optuna
 
-    from pipeline.seeds import derive_seed
+    # A reloaded study keeps its trials but not its sampler: pass NSGA-II every time.
+    study.sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
+    return SharedStudy(study, storage, heartbeat_interval_of(storage), seed, created)
+
+
+def create_study(s: SearchConfig, storage):
+    """(study, True) when this call created it, (study, False) when it existed.
+
+    Creating a study is atomic in every Optuna storage (its name is unique), so of
+    several processes opening a new study at once exactly one gets True.
+    """
+    import optuna
+    from optuna.exceptions import DuplicatedStudyError
 
     directions = [OBJECTIVE_DIRECTIONS[o] for o in s.objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=s.study_name, storage=storage, directions=directions, load_if_exists=True
-    )
+    try:
+        study = optuna.create_study(
+            study_name=s.study_name, storage=storage, directions=directions, load_if_exists=False
+        )
+        created = True
+    except DuplicatedStudyError:
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        created = False
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
         raise ValueError(
             f"study {s.study_name!r} exists with objectives {study.metric_names} "
             f"({[d.name.lower() for d in study.directions]}); use a new search.study_name for {list(s.objectives)}"
         )
-    # A reloaded study keeps its trials but not its sampler: pass NSGA-II every time. Its seed
-    # depends on the trials so far and the worker, so a resumed run or a second worker does
-    # not replay the first run's random generation (same params twice); a fresh study with
-    # one worker is reproducible.
+    if created:
+        study.set_metric_names(list(s.objectives))
+    return study, created
+
+
+def sampler_seed(cfg: DictConfig, s: SearchConfig, study, reproducible: bool) -> int:
+    """The NSGA-II seed of this process: never the same in two processes on one study.
+
+    Only the process that created the study (the first worker of the first command)
+    gets a seed derived from the root seed alone, so a fresh single-worker study is
+    reproducible; study creation is atomic, so no other process can get it. Every other
+    process (extra workers, other machines, a SLURM array, a resumed run) adds a token
+    unique to itself (host, pid, clock, random uuid): two processes started at the same
+    instant, even on hosts with the same name and pid, do not replay one random stream.
+    """
+    import uuid
+
+    from pipeline.seeds import derive_seed
+
+    if reproducible:
+        seed = derive_seed(int(cfg.seed), "search", s.study_name, 0, 0) % (2**32)
+        log.info("sampler seed %d (this process created the study: reproducible)", seed)
+        return seed
+    token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}:{uuid.uuid4().hex}"
     n_existing = len(study.get_trials(deepcopy=False))
-    seed = derive_seed(int(cfg.seed), "search", s.study_name, n_existing, worker) % (2**32)
-    study.sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
-    study.set_metric_names(list(s.objectives))
-    return study
+    seed = derive_seed(int(cfg.seed), "search", s.study_name, n_existing, token) % (2**32)
+    log.info("sampler seed %d (unique to this process, %s)", seed, token)
+    return seed

@@ -27,8 +27,12 @@ from pipeline.study.storage import SharedStudy
 
 log = logging.getLogger(__name__)
 
-# runs one asked trial (suggest its params, train, audit, tell); True when it completed
-RunTrial = Callable[[object], bool]
+# suggests an asked trial's params (the search space) -> {key: value}
+Suggest = Callable[[object], dict]
+# runs one trial with its params (train, audit, tell); True when it completed
+RunTrial = Callable[[object, dict], bool]
+# the sampler proposing only parameter sets already tried this many times in a row: stop
+MAX_DUPLICATES_IN_ROW = 100
 
 
 def worker_name() -> str:
@@ -68,16 +72,18 @@ class Heartbeat:
         self._thread.join()
 
 
-def work(shared: SharedStudy, s: SearchConfig, run_trial: RunTrial) -> None:
+def work(shared: SharedStudy, s: SearchConfig, suggest: Suggest, run_trial: RunTrial) -> None:
     """Ask, run and tell trials until `n_trials` are complete (several processes may share this).
 
     With heartbeats a process that has nothing left to ask waits for the others, so that
-    a trial whose worker died is retried here.
+    a trial whose worker died is retried here. A proposed parameter set already complete,
+    running or queued is not trained again (see `duplicate_of`).
     """
     from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
 
     study = shared.study
-    n_failed = 0
+    n_failed = n_duplicates = 0
     while True:
         interrupt.check()
         if shared.has_heartbeat:
@@ -91,6 +97,7 @@ def work(shared: SharedStudy, s: SearchConfig, run_trial: RunTrial) -> None:
             time.sleep(min(2.0, s.heartbeat_interval))
             continue
         trial = study.ask()
+        trial.set_user_attr("worker", worker_name())  # whose it is, for `recover_running_without_heartbeat`
         beat = (
             Heartbeat(shared.storage, shared.trial_id(trial.number), s.heartbeat_interval)
             if shared.has_heartbeat
@@ -99,7 +106,29 @@ def work(shared: SharedStudy, s: SearchConfig, run_trial: RunTrial) -> None:
         try:
             if is_surplus(shared, trial, s.n_trials):
                 continue
-            ok = run_trial(trial)
+            params = suggest(trial)
+            trial.set_user_attr("sampler_seed", shared.sampler_seed)
+            same = duplicate_of(shared, trial.number, params, wait_s=float(s.grace_period))
+            if same is not None:
+                trial.set_user_attr("duplicate_of", same)
+                study.tell(trial, state=TrialState.PRUNED)
+                n_duplicates += 1
+                log.info(
+                    "trial %d not run: its params are trial %d's (%d such repeat(s) in a row); "
+                    "it does not count toward n_trials",
+                    trial.number,
+                    same,
+                    n_duplicates,
+                )
+                if n_duplicates >= MAX_DUPLICATES_IN_ROW:
+                    raise RuntimeError(
+                        f"the sampler proposed {n_duplicates} parameter sets in a row that were "
+                        "already tried: the search space is probably exhausted; lower "
+                        "search.n_trials or widen search.space"
+                    )
+                continue
+            n_duplicates = 0
+            ok = run_trial(trial, params)
         except KeyboardInterrupt:
             give_back(shared, trial)
             raise
@@ -111,6 +140,43 @@ def work(shared: SharedStudy, s: SearchConfig, run_trial: RunTrial) -> None:
             raise RuntimeError(
                 f"{n_failed} trials failed in a row; see the failed MLflow runs for the errors"
             )
+
+
+def duplicate_of(shared: SharedStudy, number: int, params: dict, wait_s: float) -> int | None:
+    """The number of a trial that already has `params` (so trial `number` must not run them).
+
+    Compared with: COMPLETE trials, WAITING (queued) trials, and RUNNING trials with a
+    smaller number. Never with a RUNNING trial of a larger number: of two identical
+    trials asked at the same instant, the later one yields and the earlier one runs, so
+    exactly one of them survives whatever order the two checks run in. A RUNNING trial
+    with a smaller number whose params are still being written (asked, not yet fully
+    suggested) is waited for, at most `wait_s` (then its worker is presumed dead: the
+    heartbeat fails it).
+    """
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    deadline = time.monotonic() + wait_s
+    while True:
+        pending = False
+        for t in shared.study.get_trials(deepcopy=False, states=states):
+            if t.number == number or (t.state == TrialState.RUNNING and t.number > number):
+                continue
+            other = t.params if t.state != TrialState.WAITING else (
+                t.system_attrs.get("fixed_params") or t.params
+            )
+            if other == params:
+                return t.number
+            if t.state == TrialState.RUNNING and not set(params) <= set(other):
+                pending = True
+        if not pending or time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def n_duplicates(study) -> int:
+    """Trials of the study not run because their params repeated an earlier trial's."""
+    return sum("duplicate_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
 
 
 def is_surplus(shared: SharedStudy, trial, n_trials: int) -> bool:
@@ -156,17 +222,27 @@ def give_back(shared: SharedStudy, trial) -> None:
 
 
 def recover_running_without_heartbeat(shared: SharedStudy) -> None:
-    """Storages without heartbeats (journal): RUNNING trials at start are failed and re-enqueued.
+    """Storages without heartbeats (journal): RUNNING trials whose process is gone are failed
+    and their params queued again.
 
-    Correct for one command at a time (its spawned workers start after this); a second
-    command on a journal storage already in use would fail the first one's trials.
+    A trial names its process (user attr `worker`, host:pid). One of this host whose process
+    no longer exists is failed; one of another host is left alone (its process cannot be
+    checked from here: it is failed when the study is next opened on that host); one without
+    a name (asked by an older version) is failed, as before.
     """
     from optuna.trial import TrialState
 
     if shared.has_heartbeat:
         return
     study = shared.study
+    here = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if host and host != here:
+            log.info("trial %d is running on %s; left to that host", t.number, host)
+            continue
+        if host and pid.isdigit() and _process_alive(int(pid)):
+            continue  # another command on this host is running it
         log.warning(
             "trial %d was left running by an interrupted run: failing and retrying it", t.number
         )
@@ -175,6 +251,18 @@ def recover_running_without_heartbeat(shared: SharedStudy) -> None:
         if params:
             study.enqueue_trial(params, user_attrs={"retry_of": t.number})
         mlflow_runs.close_run(t.user_attrs.get("mlflow_run_id"), "KILLED")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a trial "of this process" at start is one of an earlier process with our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True
 
 
 # a worker's body: (cfg, parent run id, worker index) -> None, run inside `worker_main`
@@ -191,7 +279,7 @@ def spawn(cfg: DictConfig, n: int, parent_id: str | None, body: WorkerBody) -> l
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    text = tracking.config_yaml(cfg)
+    text = tracking.config_yaml(cfg, masked=False)  # the workers must connect
     level = logging.getLogger().getEffectiveLevel()
     procs = [
         ctx.Process(target=worker_main, args=(text, parent_id, i + 1, level, body), daemon=False)
@@ -232,6 +320,7 @@ def worker_main(
 ) -> None:
     """Entry point of a spawned worker: logging, threads and Ctrl-C handling around `body`."""
     logging.basicConfig(level=level, format=f"[worker {index}] %(levelname)s %(name)s: %(message)s")
+    tracking.mask_logs()
     cfg = OmegaConf.create(cfg_yaml)
     if cfg.runtime.get("n_threads"):
         import torch
