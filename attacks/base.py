@@ -1,4 +1,4 @@
-"""The attack registry and the audit: run several attacks on one target and tabulate them.
+"""The audit: run several attacks from the registry (`attacks.registry`) on one target and tabulate them.
 
 One interface for every attack (`attacks.inputs.Attack`): fit on what the attacker knows,
 score the audit points. The audit reports, per attack, the metrics of Carlini et al.
@@ -7,32 +7,21 @@ score the audit points. The audit reports, per attack, the metrics of Carlini et
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from attacks import mmia  # noqa: F401  (registers "mmia")
 from attacks.inputs import Attack, AttackInputs, MissingInputError, require
-from attacks.lira import LiRAOffline, LiRAOnline
-from attacks.metric_attacks import (
-    ConfidenceAttack,
-    EntropyAttack,
-    LossAttack,
-    MaxConfidenceAttack,
-    ModifiedEntropyAttack,
-)
 from attacks.metrics import check_scores_labels, roc_auc, roc_curve, summarize
-from attacks.nn import NNBlackBoxAttack, NNWhiteBoxAttack
-from attacks.rmia import RMIA
-from attacks.shadow import ShadowAttack
+from attacks.registry import ATTACKS, AttackSpec, _specs, make_attack, register
 from attacks.signals import compute_signals
 
 __all__ = [
@@ -48,90 +37,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ATTACKS: dict[str, type] = {
-    "loss": LossAttack,
-    "confidence": ConfidenceAttack,
-    "max_confidence": MaxConfidenceAttack,
-    "entropy": EntropyAttack,
-    "modified_entropy": ModifiedEntropyAttack,
-    "lira_offline": LiRAOffline,
-    "lira_online": LiRAOnline,
-    "rmia": RMIA,
-    "nn_blackbox": NNBlackBoxAttack,
-    "nn_whitebox": NNWhiteBoxAttack,
-    "shadow": ShadowAttack,
-}
-
-
-def _register_late() -> None:
-    from attacks.mmia import MMIA  # imports make_attack from here
-
-    ATTACKS["mmia"] = MMIA
-
-
-def register(name: str, cls: type) -> type:
-    """Add an attack class to the registry; a taken name raises."""
-    if name in ATTACKS and ATTACKS[name] is not cls:
-        raise ValueError(f"attack name {name!r} is already registered to {ATTACKS[name].__name__}")
-    ATTACKS[name] = cls
-    return cls
-
-
-_register_late()
-
-
-def make_attack(name: str, **params: Any) -> Attack:
-    """An attack from the registry; unknown names and parameters raise, listing valid ones."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACKS)}")
-    cls = ATTACKS[name]
-    sig = inspect.signature(cls)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    valid = [p for p in sig.parameters if p != "self"]
-    unknown = [p for p in params if p not in valid]
-    if unknown and not accepts_any:
-        raise ValueError(
-            f"attack {name!r} got unknown parameter(s) {unknown}; valid: {valid or 'none'}"
-        )
-    attack = cls(**params)
-    attack.name = name
-    return attack
-
-
-AttackSpec = Union[Sequence[str], Mapping[str, Mapping[str, Any]]]
-
-
-def _specs(attacks: AttackSpec) -> list[tuple[str, str, dict[str, Any]]]:
-    """(display name, registry name, params); a dict entry may set "attack" to reuse a class."""
-    if isinstance(attacks, str):
-        raise ValueError(
-            f"attacks must be a list of names or a dict name -> params, got the string {attacks!r}"
-        )
-    out = []
-    if isinstance(attacks, Mapping):
-        for label, params in attacks.items():
-            p = dict(params or {})
-            out.append((str(label), str(p.pop("attack", label)), p))
-    else:
-        out = [(str(a), str(a), {}) for a in attacks]
-    if not out:
-        raise ValueError(f"no attacks given; valid: {sorted(ATTACKS)}")
-    unknown = [reg for _, reg, _ in out if reg not in ATTACKS]
-    if unknown:
-        raise ValueError(f"unknown attack(s) {unknown}; valid: {sorted(ATTACKS)}")
-    return out
-
-
-def check_specs(attacks: AttackSpec) -> None:
-    """Build every attack of `attacks` once, so unknown names, parameters and values raise now
-    (before any model is trained), each error naming the attack it came from."""
-    for label, reg, params in _specs(attacks):
-        try:
-            make_attack(reg, **params)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"attack {label!r}: {err}") from err
-
 
 @dataclass
 class AuditResult:

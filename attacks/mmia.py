@@ -25,6 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from attacks.inputs import AttackInputs, require
+from attacks.registry import _specs, make_attack, register
 from attacks.signals import Signals
 
 __all__ = ["MMIA", "percentile_ranks"]
@@ -57,8 +58,6 @@ class MMIA:
         combine: str = "max",
         seed: int = 0,
     ):
-        from attacks.base import _specs, make_attack  # registry lives in base
-
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         specs = _specs(members)
@@ -82,6 +81,8 @@ class MMIA:
         if combine == "stack":
             req += [r for r in ("known_members", "known_nonmembers") if r not in req]
         self.requires: tuple[str, ...] = tuple(req)
+        self.wants: tuple[str, ...] = tuple(dict.fromkeys(w for m in self.members_ for w in getattr(m, "wants", ())))
+        self.needs_grads = any(getattr(m, "needs_grads", False) for m in self.members_)
         self.stacker_: Optional[Any] = None
 
     def fit(self, inputs: AttackInputs) -> MMIA:
@@ -96,8 +97,6 @@ class MMIA:
         return np.stack([np.asarray(m.score(inputs), np.float64) for m in members], 1)  # (n, M)
 
     def _fit_stacker(self, inputs: AttackInputs):
-        from attacks.base import make_attack
-
         km, kn = inputs.known_members, inputs.known_nonmembers
         assert km is not None and kn is not None
         rng = np.random.default_rng(self.seed)
@@ -133,3 +132,6 @@ def _concat(a: Signals, b: Signals) -> Signals:
     return Signals(
         np.concatenate([a.logits, b.logits]), np.concatenate([a.labels, b.labels]), grads
     )
+
+
+register("mmia", MMIA)

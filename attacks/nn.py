@@ -442,6 +442,7 @@ class NNWhiteBoxAttack(NNBlackBoxAttack):
     """Nasr S&P'19 white-box attack: adds the loss and last-layer gradient branches."""
 
     name = "nn_whitebox"
+    needs_grads = True  # target and known signals with last-layer gradients
 
     def __init__(self, n_filters: int = 32, **kwargs):
         super().__init__(**kwargs)

@@ -93,6 +93,7 @@ class RMIA:
 
     name = "rmia"
     requires: tuple[str, ...] = ("references",)
+    wants: tuple[str, ...] = ("population_target", "population_references")  # its z points, when given
 
     def __init__(
         self,

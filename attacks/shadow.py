@@ -63,6 +63,7 @@ def _tabular(s: Signals) -> np.ndarray:
 class ShadowAttack:
     name = "shadow"
     requires: tuple[str, ...] = ()
+    wants: tuple[str, ...] = ("shadow_train",)  # else references with mixed reference_in
 
     def __init__(
         self,

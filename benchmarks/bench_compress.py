@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from pipeline.compress import from_config, train_compressed
 from pipeline.context import load_data
-from pipeline.stages import compress, teacher
+from pipeline.stages import teacher
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 VARIANTS = {
@@ -50,11 +51,10 @@ def cfg_for(root: str, *overrides: str, update_every: int = 20):
 
 def timed(cfg) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, final val accuracy) of the compress method alone."""
-    c = compress.compress_config(cfg)
     data = load_data(cfg)
-    t = teacher.run(cfg)
+    job = from_config.job(cfg, data, teacher.run(cfg).model_path)
     wall, cpu = time.perf_counter(), time.process_time()
-    model, masks, history, table = compress.METHODS[c.method](cfg, c, data, t)
+    history = train_compressed(job).history
     return time.perf_counter() - wall, time.process_time() - cpu, history[-1]["val_accuracy"]
 
 

@@ -17,8 +17,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import interrupt, tracking
-from pipeline.config import STAGES, validate
+from pipeline import flow, interrupt, tracking
+from pipeline.config import validate
 
 log = logging.getLogger("pipeline")
 
@@ -42,37 +42,29 @@ def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[D
 
 
 def _run_teacher(cfg: DictConfig) -> Any:
-    from pipeline.stages import teacher
-
-    return teacher.run(cfg)
+    return flow.teacher(cfg)
 
 
 def _run_shadows(cfg: DictConfig) -> Any:
-    from pipeline.stages import shadows
-
-    return shadows.run(cfg)
+    return flow.shadows(cfg)
 
 
 def _run_compress(cfg: DictConfig) -> Any:
-    from pipeline.stages import compress
-
-    result = compress.run(cfg)
+    result = flow.compress(cfg)
     tracking.log_metrics(result.metrics)
     return result
 
 
 def _run_attack(cfg: DictConfig) -> Any:
-    from pipeline.stages import attack, compress
-
-    comp = compress.run(cfg)
+    comp = flow.compress(cfg)
     tracking.log_metrics(comp.metrics)
-    return attack.run(cfg, comp)
+    return flow.attack(cfg, comp)
 
 
 def _run_search(cfg: DictConfig) -> Any:
     from pipeline.stages import search
 
-    result = search.run(cfg)
+    result = search.run(cfg, flow.Trial())
     _print_pareto(result)
     _print_where(cfg, result)
     return result
@@ -81,15 +73,20 @@ def _run_search(cfg: DictConfig) -> Any:
 def _run_report(cfg: DictConfig) -> Any:
     from pipeline.stages import report
 
-    return report.run(cfg)
+    result = report.run(cfg)
+    _print_written(result.markdown, result.files)
+    return result
 
 
 def _run_compare(cfg: DictConfig) -> Any:
     from pipeline.stages import compare
 
-    return compare.run(cfg)
+    result = compare.run(cfg)
+    _print_written(result.markdown, result.files)
+    return result
 
 
+# the stage registry: the only list of stage names (`stage=...`, its error message and --help)
 STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "teacher": _standalone("teacher", _run_teacher),
     "shadows": _standalone("shadows", _run_shadows),
@@ -99,7 +96,6 @@ STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "report": _standalone("report", _run_report),
     "compare": _standalone("compare", _run_compare),
 }
-assert set(STAGE_FUNCTIONS) == set(STAGES)
 
 
 def run_stage(cfg: DictConfig) -> Any:
@@ -114,6 +110,13 @@ def run_stage(cfg: DictConfig) -> Any:
     logging.getLogger().setLevel(str(cfg.runtime.get("log_level", "INFO")))
     with interrupt.guarded():  # a Ctrl-C swallowed by a garbage-collector callback is raised again
         return STAGE_FUNCTIONS[name](cfg)
+
+
+def _print_written(text: str, files: Any) -> None:
+    """The command's answer on stdout (stages log; the entry point prints what the user asked for)."""
+    print(text)
+    for f in files:
+        print(f"written: {f}")
 
 
 def _print_pareto(result: Any) -> None:

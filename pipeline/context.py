@@ -102,14 +102,14 @@ def device(cfg: DictConfig) -> torch.device:
     return torch.device(str(cfg.runtime.get("device", "cpu")))
 
 
-def build_model(cfg: DictConfig, data: DataBundle, *seed_path: object) -> nn.Module:
-    """Instantiate `cfg.model` for the data's shape, initialised from `derive_seed(seed, *seed_path)`,
-    on `runtime.device`."""
+def build_model(cfg: DictConfig, data: DataBundle, *seed_path: object, seed: int | None = None) -> nn.Module:
+    """Instantiate `cfg.model` for the data's shape, initialised from `derive_seed(seed, *seed_path)`
+    (`seed`: the root `cfg.seed` unless given), on `runtime.device`."""
     target = str(cfg.model.get("_target_", ""))
     if target not in MODELS:
         raise ValueError(f"unknown model {target!r}; valid: {list(MODELS)} (model=mlp | cnn | mlp_purchase | vgg_c | resnet18 | text_bag)")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(int(cfg.seed), "init", *seed_path))
+        torch.manual_seed(derive_seed(int(cfg.seed) if seed is None else seed, "init", *seed_path))
         model = instantiate(
             cfg.model, input_shape=list(data.dataset.input_shape), n_classes=data.dataset.n_classes
         )

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.config import CompressConfig
+
 log = logging.getLogger(__name__)
 
 ID_TAGS = ("stage", "experiment_name", "dataset", "method", "variant", "seed", "model", "git_commit",
@@ -34,6 +36,7 @@ LABEL_PARAMS = {
     "params.compress.dp.epsilon": "eps",
     "params.compress.adversarial.lam": "adv_lam",
 }
+_DEFAULT = CompressConfig()  # settings at their defaults are left out of row labels
 # what identifies one configuration of one seed (duplicates of it are re-runs)
 CONFIG_KEYS = ("dataset", "label", "target_density", "seed")
 
@@ -99,32 +102,33 @@ def _float(v: Any) -> float:
 
 
 def run_label(row: pd.Series) -> str:
-    """`method`, `method (variant)`, plus the params that distinguish configurations of one method."""
+    """`method`, `method (variant)`, plus the params that distinguish configurations of one method
+    (what each method declares in `pipeline.compress.METHODS`)."""
+    from pipeline.compress import METHODS
+
     label = str(row.get("method") or "?")
     variant = row.get("variant")
     if isinstance(variant, str) and variant:
         label += f" ({variant})"
     extras = []
-    method = str(row.get("method"))
+    method = METHODS.get(str(row.get("method")))
     for col, short in LABEL_PARAMS.items():
         v = _param(row, col.removeprefix("params."))
         if v is None:
             continue
-        if short == "eps" and method != "dpsgd":
-            continue
-        if short == "adv_lam" and method not in ("dst_adv", "safecompress"):
+        if col != "params.compress.epochs" and (method is None or col.removeprefix("params.") not in method.label_params):
             continue
         if short == "adv_lam" and row.get("params.compress.adversarial.enabled") != "True":
             continue
-        if short == "adv_lam" and v == "0.1":  # the default is not worth a label
+        if short == "adv_lam" and v == str(_DEFAULT.adversarial.lam):  # the default is not worth a label
             continue
         extras.append(f"{short}={v}")
-    if method in ("dst", "dst_adv", "safecompress"):
+    if method is not None and method.regrows:
         extras += _schedule_extras(row)
-    if method == "safecompress":
+    if method is not None and method.selects_candidates:
         extras += _selection_extras(row)
     density = _float(row.get("target_density", row.get("density")))
-    if method not in ("dense", "dpsgd") and density == 1.0:
+    if method is not None and not method.is_dense and density == 1.0:
         extras.append("d=1")  # e.g. dst_adv at density 1.0 = dense + adversarial regularization
     if extras:
         label += " [" + ", ".join(extras) + "]"
@@ -138,7 +142,7 @@ def _param(row: pd.Series, key: str) -> str | None:
 
 
 def _schedule_extras(row: pd.Series) -> list[str]:
-    """Density schedule and regrowth settings that differ from conf/compress/safecompress.yaml's defaults."""
+    """Density schedule and regrowth settings that differ from the defaults (`CompressConfig`'s)."""
     def param(key: str) -> str | None:
         return _param(row, f"compress.{key}")
 
@@ -150,26 +154,26 @@ def _schedule_extras(row: pd.Series) -> list[str]:
 
     extras = []
     kind = param("density_schedule.kind")
-    if kind and kind != "constant":
+    if kind and kind != _DEFAULT.density_schedule.kind:
         extras.append(f"sched={kind}@{short(param('density_schedule.start'))}")
     kind, start = param("regrowth.kind"), param("regrowth.start")
-    if (kind and kind != "cosine") or (start and _float(start) != 0.5):
-        extras.append(f"regrow={kind or 'cosine'}@{short(start)}")
+    if (kind and kind != _DEFAULT.regrowth.kind) or (start and _float(start) != _DEFAULT.regrowth.start):
+        extras.append(f"regrow={kind or _DEFAULT.regrowth.kind}@{short(start)}")
     return extras
 
 
 def _selection_extras(row: pd.Series) -> list[str]:
-    """SafeCompress selection settings that differ from conf/compress/safecompress.yaml's defaults."""
+    """SafeCompress selection settings that differ from the defaults (`CompressConfig`'s)."""
     def param(key: str) -> str | None:
         return _param(row, f"compress.{key}")
 
     rule = param("selection.rule")
     extras = []
-    if rule and rule != "lexicographic":
+    if rule and rule != _DEFAULT.selection.rule:
         extras.append(f"sel={rule}")
     if rule == "weighted" and param("selection.lam"):
         extras.append(f"sel_lam={param('selection.lam')}")
-    if rule == "lexicographic" and param("selection.delta") not in (None, "0.005"):
+    if rule == "lexicographic" and param("selection.delta") not in (None, str(_DEFAULT.selection.delta)):
         extras.append(f"delta={param('selection.delta')}")
     if param("selection.noise_floor") == "False":
         extras.append("floor=off")

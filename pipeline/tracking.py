@@ -376,12 +376,16 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """Tags that identify a run in reports: experiment, data set, method, density, seed, variant."""
+    from pipeline.compress import METHODS
+
     c = cfg.compress
+    method = METHODS.get(str(c.method))
     return {
         "experiment_name": str(cfg.get("experiment_name", "default")),
         "dataset": str(cfg.dataset.name),
         "method": str(c.method),
-        "variant": str(c.get("variant", "")) if str(c.method) == "safecompress" else "",
+        # the safety test's attacker, for the methods that select candidates with one
+        "variant": str(c.get("variant", "")) if method is not None and method.selects_candidates else "",
         "density": f"{float(c.density):g}",
         "seed": str(int(cfg.seed)),
         "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],

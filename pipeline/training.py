@@ -2,10 +2,13 @@
 
 Plain mini-batch SGD/Adam with a per-step learning-rate schedule. Batches are
 drawn from an explicit generator, so a run is reproducible from its seed.
+`TrainState` is one sparse-training trajectory (model, optimizer, masks), the unit
+that compress methods and the grouped candidate probes (`pipeline.batched`) copy.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import sparse
 from pipeline import interrupt
 from pipeline.config import TrainConfig
 
@@ -74,14 +78,9 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    before_step: Callable[[], None] | None = None,
-) -> float:
-    """One optimizer step on a batch; `before_step` runs between backward and step (e.g. masking grads)."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimizer step of plain cross-entropy on a batch (the masked step of sparse training:
+    `pipeline.compress.steps.masked_step`)."""
     model.train()
     device = model_device(model)
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -90,8 +89,6 @@ def train_step(
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"training loss is {loss.item()}; lower the learning rate")
     loss.backward()
-    if before_step is not None:
-        before_step()
     optimizer.step()
     return float(loss.item())
 
@@ -152,3 +149,50 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return float(loss), float(acc)
+
+
+@dataclass
+class TrainState:
+    """One trajectory: model, its optimizer and its masks (None: dense)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    masks: sparse.MaskSet | None
+
+    def fork(self, recipe: TrainConfig) -> TrainState:
+        model = copy.deepcopy(self.model)
+        optimizer = make_optimizer(model.parameters(), recipe)
+        # deep copy: load_state_dict keeps the very tensors it is given, and SGD/Adam update
+        # them in place, so a shallow copy would let candidates share momentum buffers
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
+        return TrainState(model, optimizer, self.masks.clone() if self.masks is not None else None)
+
+    @torch.no_grad()
+    def copy_from(self, src: TrainState) -> None:
+        """Make this state equal to `src` (same architecture and optimizer) by copying in place.
+
+        Tensors are overwritten where they are, so a parameter or optimizer-state tensor that is a
+        view of a grouped tensor (`pipeline.batched.GroupedCandidates`) stays one.
+        """
+        for dst_t, src_t in zip(self.model.parameters(), src.model.parameters(), strict=True):
+            dst_t.copy_(src_t)
+        for dst_t, src_t in zip(self.model.buffers(), src.model.buffers(), strict=True):
+            dst_t.copy_(src_t)
+        if self.masks is not None and src.masks is not None:
+            for name, m in src.masks.masks.items():
+                self.masks.masks[name].copy_(m)
+                self.masks.fired[name].copy_(src.masks.fired[name])
+        for dst_p, src_p in zip(self.model.parameters(), src.model.parameters(), strict=True):
+            src_state = src.optimizer.state.get(src_p)
+            if not src_state:
+                self.optimizer.state.pop(dst_p, None)
+                continue
+            dst_state = self.optimizer.state[dst_p]
+            for key in [k for k in dst_state if k not in src_state]:
+                del dst_state[key]
+            for key, v in src_state.items():
+                old = dst_state.get(key)
+                if torch.is_tensor(v) and torch.is_tensor(old) and old.shape == v.shape and old.dtype == v.dtype:
+                    old.copy_(v)
+                else:
+                    dst_state[key] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)

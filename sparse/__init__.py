@@ -11,7 +11,6 @@ from sparse.export import (
     load_export,
     read_export,
     save_export,
-    size_report,
 )
 from sparse.inference import SparseLinear, measure_latency, to_sparse_linear
 from sparse.init import (
@@ -83,7 +82,6 @@ __all__ = [
     "regrowth_ratio_at",
     "resize",
     "save_export",
-    "size_report",
     "target_count",
     "to_sparse_linear",
     "uniform_densities",

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +31,20 @@ import torch
 from omegaconf import DictConfig
 
 import attacks
+from attacks import registry as attack_registry
 from attacks.signals import compute_signals
 from pipeline import progress, tracking
 from pipeline.cache import cache_key
+from pipeline.compress.from_config import load_compressed
 from pipeline.config import AttackConfig, to_schema, validate_attack
-from pipeline.context import DataBundle, get_cache, load_data, plain
+from pipeline.context import DataBundle, get_cache, load_data, load_model, plain
+from pipeline.results import AttackResult, CompressResult, ShadowsResult
 from pipeline.seeds import derive_seed
-from pipeline.stages import compress as compress_stage
-from pipeline.stages import shadows as shadows_stage
 
 log = logging.getLogger(__name__)
 
 VERSION = 2
-REFERENCE_ATTACKS = ("lira_offline", "lira_online", "rmia", "shadow")
-WHITEBOX_ATTACKS = ("nn_whitebox",)
 METRIC_KEYS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy", "advantage")
-
-
-@dataclass(frozen=True)
-class AttackResult:
-    key: str
-    path: Path  # audit.csv, select.csv, roc.png, scores.npz, metrics.json
-    cache_hit: bool
-    metrics: dict[str, float]
 
 
 def attack_config(cfg: DictConfig) -> AttackConfig:
@@ -62,34 +53,37 @@ def attack_config(cfg: DictConfig) -> AttackConfig:
     return a
 
 
-def _registry_names(a: AttackConfig) -> list[str]:
-    names = []
-    for n, p in a.audit.items():
-        p = p or {}
-        names.append(p.get("attack", n))
-        names.extend(p.get("members", []) if isinstance(p.get("members", []), list) else [])
-    return names
+def _needs(a: AttackConfig) -> tuple[frozenset[str], bool]:
+    """The inputs the audit's attacks require or want, and whether they need gradients (registry)."""
+    return attack_registry.needs(dict(a.audit))
+
+
+def references(cfg: DictConfig) -> tuple[str, ...]:
+    """The reference models this audit needs: () or some of ("matched", "dense"), in the order to make them."""
+    a = attack_config(cfg)
+    if not _needs(a)[0] & attack_registry.REFERENCE_INPUTS:
+        return ()
+    return {"dense": ("dense",), "matched": ("matched",), "both": ("matched", "dense")}[a.reference]
 
 
 def run(
     cfg: DictConfig,
-    compressed: compress_stage.CompressResult | None = None,
-    shadows: shadows_stage.ShadowsResult | None = None,
+    compressed: CompressResult,
+    shadows: ShadowsResult | None = None,
+    matched: ShadowsResult | None = None,
 ) -> AttackResult:
+    """Audit `compressed`; `shadows` (dense) and `matched` are the reference models `references(cfg)` names."""
     a = attack_config(cfg)
     data = load_data(cfg)
-    compressed = compressed or compress_stage.run(cfg)
-    names = _registry_names(a)
-    needs_refs = any(n in REFERENCE_ATTACKS for n in names)
-    matched = None
-    if needs_refs and a.reference in ("matched", "both"):
-        matched = shadows_stage.run(cfg, "matched")
-    if needs_refs and a.reference == "matched":
+    needs = references(cfg)
+    missing = [r for r, given in (("dense", shadows), ("matched", matched)) if r in needs and given is None]
+    if missing:
+        raise ValueError(f"attack.reference={a.reference!r} needs the {' and '.join(missing)} reference models")
+    needs_refs = bool(needs)
+    if a.reference == "matched":
         shadows = matched
-    elif needs_refs and shadows is None:
-        shadows = shadows_stage.run(cfg)
     ref_keys = list(shadows.keys) if (needs_refs and shadows is not None) else []
-    matched_keys = list(matched.keys) if (matched is not None and a.reference == "both") else []
+    matched_keys = list(matched.keys) if (matched is not None and needs_refs and a.reference == "both") else []
     the_spec = {"attack": plain(cfg.attack), "seed": int(cfg.seed)}
     key = cache_key(
         "attack", VERSION, the_spec,
@@ -97,11 +91,11 @@ def run(
     )
 
     def build(out: Path) -> None:
-        model = compress_stage.load(cfg, compressed)
-        refs = shadows_stage.load_models(cfg, shadows) if ref_keys else []
-        ctx = _Context(cfg, a, data, model, refs, shadows if ref_keys else None, names)
+        model = load_compressed(cfg, data, compressed.export_path)
+        refs = [load_model(cfg, data, p) for p in shadows.model_paths] if ref_keys else []
+        ctx = _Context(cfg, a, data, model, refs, shadows if ref_keys else None)
         if matched_keys:
-            ctx.matched_refs = shadows_stage.load_models(cfg, matched)
+            ctx.matched_refs = [load_model(cfg, data, p) for p in matched.model_paths]
         metrics: dict[str, float] = {}
         all_scores: dict[str, np.ndarray] = {}
         evaluations = [("select", data.splits.audit_members, ctx.val_eval), ("audit", data.splits.audit_members, None)]
@@ -152,32 +146,32 @@ def _fmt(v: Any) -> str:
 class _Context:
     """Signals shared by the evaluations of one audit: known members/non-members, population."""
 
-    def __init__(self, cfg, a: AttackConfig, data: DataBundle, model, refs, shadows, names: list[str]):
+    def __init__(self, cfg, a: AttackConfig, data: DataBundle, model, refs, shadows):
         self.cfg, self.a, self.data, self.model, self.refs = cfg, a, data, model, refs
         self.seed = int(cfg.seed)
-        self.with_grads = any(n in WHITEBOX_ATTACKS for n in names) or "mmia" in names
+        wanted, self.with_grads = _needs(a)
         rng = np.random.default_rng(derive_seed(self.seed, "attack", "val_halves"))
         val = rng.permutation(data.splits.val)
         half = len(val) // 2
         self.val_ref, self.val_eval = np.sort(val[:half]), np.sort(val[half:])
         self.known = None
-        if any(n in ("nn_blackbox", "nn_whitebox", "mmia") for n in names):
+        if "known_members" in wanted:
             km = np.sort(rng.permutation(data.splits.known_members)[: max(half, 2)])
             self.known = (self._signals(model, km, self.with_grads), self._signals(model, self.val_ref, self.with_grads))
         self.population = None
         self.shadow_train = None
         self.population_idx = np.zeros(0, dtype=np.int64)
         self.matched_refs: list = []
-        if refs and any(n in ("rmia", "shadow") for n in names):
+        if refs and wanted & {"population_target", "shadow_train"}:
             pop = data.splits.population
             z = np.sort(rng.permutation(len(pop))[: min(len(pop), a.n_population)])
             self.population_idx = pop[z]
-            if "rmia" in names:
+            if "population_target" in wanted:
                 self.population = (
                     self._signals(model, pop[z]),
                     [self._signals(r, pop[z]) for r in refs],
                 )
-            if "shadow" in names:
+            if "shadow_train" in wanted:
                 self.shadow_train = [(self._signals(r, pop[z]), shadows.membership[k][z]) for k, r in enumerate(refs)]
 
     def _signals(self, model, idx: np.ndarray, with_grads: bool = False):
@@ -213,7 +207,7 @@ class _Context:
             # the reference attacks again, with references trained by the target's own recipe
             specs = {
                 f"{n}_matched": {**(p or {}), "attack": (p or {}).get("attack", n)}
-                for n, p in self.a.audit.items() if (p or {}).get("attack", n) in REFERENCE_ATTACKS
+                for n, p in self.a.audit.items() if _uses_references(n, p)
             }
             m_inputs = replace(
                 inputs,
@@ -233,6 +227,13 @@ class _Context:
                 roc={**audit.roc, **extra.roc},
             )
         return audit, idx, labels
+
+
+def _uses_references(name: str, params: dict | None) -> bool:
+    """Whether the audit entry `name` reads reference models (it is run again on matched ones)."""
+    p = dict(params or {})
+    fields, _ = attack_registry.needs_of(attacks.make_attack(p.pop("attack", name), **p))
+    return bool(fields & attack_registry.REFERENCE_INPUTS)
 
 
 def _flatten_table(table: pd.DataFrame, prefix: str) -> dict[str, float]:

@@ -38,6 +38,9 @@ from omegaconf import DictConfig
 from attacks.metrics import fpr_key, weighted_metrics
 from pipeline import runs, tracking
 from pipeline.config import CompareConfig, to_schema
+from pipeline.frontier import frontier_auc, frontier_envelope, frontier_runs, mean_envelope
+from pipeline.pareto import front_hypervolume
+from pipeline.plots import plot_tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class CompareResult:
     frontier: pd.DataFrame | None  # one row per (dataset, density, method label)
     out_dir: Path
     files: tuple[Path, ...]
+    markdown: str = ""  # the comparison as the command prints it
 
 
 def compare_config(cfg: DictConfig) -> CompareConfig:
@@ -81,11 +85,9 @@ def run(cfg: DictConfig) -> CompareResult:
     shutil.rmtree(out, ignore_errors=True)
     stage.rename(out)
     files = [out / name for name in names]
-    print(text)
     for f in files:
         tracking.log_artifact(f, "compare")
-        print(f"written: {f}")
-    return CompareResult(paired, frontier, out, tuple(files))
+    return CompareResult(paired, frontier, out, tuple(files), text)
 
 
 def _compare(
@@ -318,55 +320,6 @@ def _finite(v: Any) -> bool:
 # ---------------------------------------------------------------- frontier
 
 
-def frontier_envelope(acc: np.ndarray, auc: np.ndarray) -> np.ndarray:
-    """The envelope's points (k, 2) = (accuracy, AUC), accuracy ascending, AUC ascending.
-
-    A point is kept when no other point has accuracy >= and AUC <= (one strictly):
-    the lower-right staircase of the frontier models.
-    """
-    pts = np.column_stack([np.asarray(acc, float), np.asarray(auc, float)])
-    pts = pts[np.isfinite(pts).all(axis=1)]
-    if len(pts) == 0:
-        return pts.reshape(0, 2)
-    order = np.lexsort((pts[:, 1], -pts[:, 0]))  # accuracy descending, AUC ascending on ties
-    keep, best = [], math.inf
-    for i in order:
-        if pts[i, 1] < best:
-            keep.append(i)
-            best = pts[i, 1]
-    return pts[keep][::-1]
-
-
-def frontier_auc(envelope: np.ndarray, accuracy: float) -> float:
-    """f(accuracy): the lowest frontier AUC at an accuracy >= `accuracy`, linearly interpolated
-    between envelope points; NaN above the most accurate frontier model."""
-    if len(envelope) == 0 or not math.isfinite(accuracy) or accuracy > envelope[-1, 0] + 1e-12:
-        return math.nan
-    if accuracy <= envelope[0, 0]:
-        return float(envelope[0, 1])
-    return float(np.interp(accuracy, envelope[:, 0], envelope[:, 1]))
-
-
-def _parse_member(entry: str) -> tuple[str, float | None]:
-    if "@" in entry:
-        m, d = entry.split("@", 1)
-        return m, float(d)
-    return entry, None
-
-
-def frontier_runs(frame: pd.DataFrame, dataset: str, density: float, methods: list[str]) -> pd.DataFrame:
-    """Frontier members of one (dataset, density): `method` at this density or 1.0; `method@d` at d."""
-    sub = frame[frame["dataset"] == dataset]
-    keep = np.zeros(len(sub), dtype=bool)
-    for entry in methods:
-        method, d = _parse_member(entry)
-        sel = (sub["method"] == method).to_numpy()
-        dens = sub["target_density"].to_numpy(float)
-        at = np.isclose(dens, d) if d is not None else (np.isclose(dens, density) | np.isclose(dens, 1.0))
-        keep |= sel & at
-    return sub[keep]
-
-
 def _check_epochs(front: pd.DataFrame, frame: pd.DataFrame, c: CompareConfig) -> pd.DataFrame:
     """DST budgets must not exceed the compared method's epochs (else it is not 'train less')."""
     ref = select(frame, c.a)
@@ -461,16 +414,6 @@ def with_leakage(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return out
 
 
-def front_hypervolume(accuracy: np.ndarray, auc: np.ndarray) -> float:
-    """Area dominated by (accuracy, AUC) points, maximising accuracy and minimising AUC, up to the
-    reference point (accuracy 0, AUC 1): the search's normalised objectives (1 - accuracy, AUC)."""
-    from pipeline.stages.search import hypervolume
-
-    pts = np.column_stack([1.0 - np.asarray(accuracy, float), np.asarray(auc, float)])
-    pts = pts[np.isfinite(pts).all(axis=1)]
-    return hypervolume(pts, np.array([1.0, 1.0])) if len(pts) else 0.0
-
-
 def study_table(frame: pd.DataFrame, trials: pd.DataFrame, c: CompareConfig) -> pd.DataFrame:
     """Each Pareto trial (tag pareto_rank=0, chosen on validation) of a study, on test data: its excess
     leakage over the frontier of its seed and density, and both fronts' hypervolumes."""
@@ -517,17 +460,9 @@ def format_study(t: pd.DataFrame) -> str:
 
 
 def _plot_frontier(frame: pd.DataFrame, front: pd.DataFrame, dataset: str, density: float, path: Path) -> Path:
-    from pipeline.stages.report import plot_tradeoff
-
     sub = frame[(frame["dataset"] == dataset) & (
         np.isclose(frame["target_density"], density) | frame["run_id"].isin(front["run_id"]))]
     return plot_tradeoff(sub, path, f"{dataset} @ density {density:g}", frontier=mean_envelope(front))
-
-
-def mean_envelope(front: pd.DataFrame) -> pd.DataFrame:
-    """The envelope (columns accuracy, auc) of the frontier members' means over seeds, one point per label."""
-    means = front.groupby("label")[["test_accuracy", "audit_auc"]].mean()
-    return pd.DataFrame(frontier_envelope(means["test_accuracy"], means["audit_auc"]), columns=["accuracy", "auc"])
 
 
 # ---------------------------------------------------------------- printing

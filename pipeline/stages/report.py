@@ -28,6 +28,8 @@ from omegaconf import DictConfig
 
 from pipeline import runs, tracking
 from pipeline.config import ReportConfig, to_schema
+from pipeline.frontier import frontier_curves
+from pipeline.plots import plot_tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,8 @@ def run(cfg: DictConfig) -> ReportResult:
             sub = frame[frame["dataset"] == dataset]
             files.append(plot_tradeoff(sub, out / f"tradeoff_{dataset}.png", dataset,
                                        frontier=frontier_curves(sub, rc.frontier)))
-    print(markdown)
     for f in files:
         tracking.log_artifact(f, "report")
-        print(f"written: {f}")
 
     audit_paths: list[Path] = []
     if rc.audit_reports:
@@ -101,7 +101,7 @@ def run(cfg: DictConfig) -> ReportResult:
         for run_id in pareto["run_id"]:
             audit_paths.append(write_audit_report(run_id, uri, out / "study" / rc.study_name / run_id))
     if audit_paths:
-        print(f"audit reports: {len(audit_paths)} under {out}")
+        log.info("audit reports: %d under %s", len(audit_paths), out)
     return ReportResult(rc.experiment_name, out, summary, markdown, tuple(files), tuple(audit_paths))
 
 
@@ -263,66 +263,6 @@ def to_latex(summary: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------- plots
-
-
-def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.DataFrame | None = None) -> Path:
-    """Test accuracy vs audit AUC, one series per method across densities (error bars: std over seeds).
-
-    `frontier` (columns accuracy, auc, optionally density), when given, is drawn as the
-    train-less frontier, one dashed line per density.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 5.5))
-    ok = frame.dropna(subset=[c for c in ("test_accuracy", "audit_auc") if c in frame])
-    if {"test_accuracy", "audit_auc"} <= set(frame.columns):
-        for label, g in ok.groupby("label"):
-            agg = g.groupby("target_density")[["test_accuracy", "audit_auc"]].agg(["mean", "std"]).sort_index()
-            ax.errorbar(
-                agg[("audit_auc", "mean")], agg[("test_accuracy", "mean")],
-                xerr=agg[("audit_auc", "std")].fillna(0), yerr=agg[("test_accuracy", "std")].fillna(0),
-                marker="o", capsize=2, label=label,
-            )
-            for d, r in agg.iterrows():
-                ax.annotate(f"{d:g}", (r[("audit_auc", "mean")], r[("test_accuracy", "mean")]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
-    if frontier is not None and len(frontier):
-        by_density = frontier.groupby("density") if "density" in frontier else [(None, frontier)]
-        for (density, f), style in zip(by_density, ("k--", "k:", "k-.", "k-"), strict=False):
-            f = f.sort_values("accuracy")
-            name = "train-less frontier" + (f" (density {density:g})" if density is not None else "")
-            # a one-point frontier has no line to draw: mark the point, so the legend shows what is there
-            ax.plot(f["auc"], f["accuracy"], style, lw=1.5, label=name, marker="x" if len(f) == 1 else None,
-                    markersize=8)
-    ax.set_xlabel("audit AUC (strongest attack; lower is safer)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{dataset}\naccuracy vs membership leakage (point labels: density)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the points stay visible
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def frontier_curves(frame: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
-    """Per compressed density of one data set: the envelope of the frontier members' seed means
-    (compare stage, `compare.frontier.methods`). Columns accuracy, auc, density; empty if none ran."""
-    from pipeline.stages.compare import frontier_runs, mean_envelope
-
-    parts = []
-    if not {"test_accuracy", "audit_auc"} <= set(frame.columns) or frame.empty:
-        return pd.DataFrame(columns=["accuracy", "auc", "density"])
-    dataset = frame["dataset"].iloc[0]
-    for density in sorted(d for d in frame["target_density"].dropna().unique() if d < 1.0):
-        front = frontier_runs(frame, dataset, float(density), methods)
-        if front.empty:
-            continue
-        parts.append(mean_envelope(front).assign(density=float(density)))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["accuracy", "auc", "density"])
 
 
 # ---------------------------------------------------------------- per-model audit report

@@ -16,6 +16,7 @@ storage, worker processes, heartbeats, retries and the MLflow run lifecycle live
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -28,10 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import interrupt, progress, tracking
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_schema
-from pipeline.stages import attack as attack_stage
-from pipeline.stages import compress as compress_stage
-from pipeline.stages import shadows as shadows_stage
-from pipeline.stages import teacher as teacher_stage
+from pipeline.pareto import hypervolume, nondominated_ranks, normalised_objectives
 from pipeline.study import mlflow_runs, storage, workers
 
 log = logging.getLogger(__name__)
@@ -100,77 +98,6 @@ def apply_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     return trial_cfg
 
 
-def nondominated_ranks(
-    values: np.ndarray, directions: list[str], feasible: np.ndarray | None = None
-) -> np.ndarray:
-    """Pareto rank per row (0 = nondominated) by repeated nondominated sorting.
-
-    Infeasible rows (constraints violated) rank after every feasible one.
-    """
-    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
-    v = values * signs  # minimise everything
-    n = len(v)
-    ranks = np.full(n, -1)
-    feasible = np.ones(n, dtype=bool) if feasible is None else feasible
-    r = 0
-    for group in (np.flatnonzero(feasible), np.flatnonzero(~feasible)):
-        remaining = group
-        while len(remaining):
-            sub = v[remaining]
-            dominated = np.array(
-                [
-                    bool(np.any(np.all(sub <= sub[i], axis=1) & np.any(sub < sub[i], axis=1)))
-                    for i in range(len(sub))
-                ]
-            )
-            ranks[remaining[~dominated]] = r
-            remaining = remaining[dominated]
-            r += 1
-    return ranks
-
-
-def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
-    """Hypervolume dominated by `points` (minimisation) up to `reference`; exact for 1-3 objectives."""
-    pts = points[np.all(points < reference, axis=1)]
-    if len(pts) == 0:
-        return 0.0
-    d = pts.shape[1]
-    if d == 1:
-        return float(reference[0] - pts[:, 0].min())
-    if d == 2:
-        pts = pts[np.argsort(pts[:, 0])]
-        hv, best_y = 0.0, reference[1]
-        for x, y in pts:
-            if y < best_y:
-                hv += (reference[0] - x) * (best_y - y)
-                best_y = y
-        return float(hv)
-    if d == 3:  # slice along the last objective
-        order = np.argsort(pts[:, 2])
-        pts = pts[order]
-        hv = 0.0
-        for i in range(len(pts)):
-            z_next = pts[i + 1, 2] if i + 1 < len(pts) else reference[2]
-            hv += hypervolume(pts[: i + 1, :2], reference[:2]) * (z_next - pts[i, 2])
-        return float(hv)
-    raise ValueError(f"hypervolume supports 1-3 objectives, got {d}")
-
-
-def normalised_objectives(
-    table: pd.DataFrame, objectives: list[str], dense_bytes: float
-) -> np.ndarray:
-    """Objectives mapped to minimisation in [0, 1] with reference point (1, ..., 1)."""
-    cols = []
-    for o in objectives:
-        v = table[o].to_numpy(float)
-        if o == "accuracy":
-            v = 1.0 - v
-        elif o == "model_size_bytes":
-            v = v / dense_bytes
-        cols.append(v)
-    return np.stack(cols, axis=1)
-
-
 def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
     """Space, objectives and constraints are checked before any storage, run or trial exists."""
     validate_space(cfg, s.space)
@@ -221,8 +148,14 @@ def n_parameter_sets(space: list[SearchParam]) -> int | None:
     return n
 
 
-def run(cfg: DictConfig) -> SearchResult:
-    """Run (or resume) the study until `search.n_trials` trials are complete."""
+def run(cfg: DictConfig, trial_work) -> SearchResult:
+    """Run (or resume) the study until `search.n_trials` trials are complete.
+
+    `trial_work` (`pipeline.flow.Trial`) is the per-trial compress + audit, wired above the
+    stages: `prepare(cfg)` makes the teacher and shadows every trial shares,
+    `trial_work(trial_cfg, teacher, shadows)` one trial's (compress, attack) results, and
+    `dense_size_bytes(cfg, teacher)` the size the model-size objective is normalised by.
+    """
     s = to_schema(SearchConfig, cfg.search)
     validate_search(cfg, s)
     shared = storage.open_study(cfg, s)
@@ -231,12 +164,11 @@ def run(cfg: DictConfig) -> SearchResult:
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
 
     with mlflow_runs.maybe_run(parent_id):
-        teacher = teacher_stage.run(cfg)
-        shadows = shadows_stage.run(cfg)
-    procs = workers.spawn(cfg, s.n_workers - 1, parent_id, _worker_body)
+        teacher, shadows = trial_work.prepare(cfg)
+    procs = workers.spawn(cfg, s.n_workers - 1, parent_id, functools.partial(_worker_body, trial_work=trial_work))
     try:
         with progress.collapsed_warnings("this study's trials"):  # a per-trial warning once, counted
-            _work(cfg, s, shared, teacher, shadows, exp_id, parent_id)
+            _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)
     except KeyboardInterrupt:
         # a terminal's Ctrl-C reaches them anyway; a `kill -INT` of this process does not
         workers.interrupt_all(procs)
@@ -255,7 +187,7 @@ def run(cfg: DictConfig) -> SearchResult:
     out_dir = Path(str(cfg.paths.output_dir)) / "studies" / s.study_name
     with mlflow_runs.maybe_run(parent_id):
         pareto, csv = _pareto(
-            shared.study, s, out_dir, float(teacher_dense_bytes(cfg, teacher)), run_ids
+            shared.study, s, out_dir, float(trial_work.dense_size_bytes(cfg, teacher)), run_ids
         )
     if bool(cfg.tracking.get("enabled", True)) and (parent_id is None or tracking.offline()):
         log.warning(
@@ -269,31 +201,24 @@ def run(cfg: DictConfig) -> SearchResult:
     )
 
 
-def teacher_dense_bytes(cfg: DictConfig, teacher) -> int:
-    import sparse
-
-    return sparse.dense_size_bytes(teacher_stage.load(cfg, teacher))
-
-
-def _worker_body(cfg: DictConfig, parent_id: str | None, index: int) -> None:
+def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=None) -> None:
     """What a spawned worker process runs (inside `workers.worker_main`): the same loop."""
     s = to_schema(SearchConfig, cfg.search)
     shared = storage.open_study(cfg, s, worker=index)
     exp_id = tracking.setup(cfg)
-    teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
-    shadows = shadows_stage.run(cfg)
+    teacher, shadows = trial_work.prepare(cfg)  # cache hits: the main process trained them
     with progress.collapsed_warnings(f"worker {index}'s trials"):
-        _work(cfg, s, shared, teacher, shadows, exp_id, parent_id)
+        _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)
 
 
-def _work(cfg, s: SearchConfig, shared, teacher, shadows, exp_id, parent_id) -> None:
+def _work(cfg, s: SearchConfig, shared, teacher, shadows, exp_id, parent_id, trial_work) -> None:
     """The study's ask/run/tell loop with this stage's search space and objective."""
     workers.work(
         shared,
         s,
         suggest=lambda trial: suggest(trial, s.space),
         run_trial=lambda trial, params: _run_trial(
-            cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id
+            cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id, trial_work
         ),
     )
 
@@ -347,7 +272,7 @@ def _log_stored_trial(cfg: DictConfig, t, teacher, shadows) -> None:
     _log_trial_outputs(trial_cfg, t.user_attrs, keys, float(t.user_attrs.get("wall_s", math.nan)))
 
 
-def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id) -> bool:
+def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id, trial_work) -> bool:
     """Run one trial inside its nested MLflow run; the run ends only after Optuna was told.
 
     Every number the run logs is also stored in the trial (user attrs), so that a trial
@@ -374,8 +299,7 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
         try:
             # the objectives lead the run's metrics (MLflow lists them in logging order)
             with tracking.summary_first() as summary:
-                comp = compress_stage.run(trial_cfg, teacher)
-                att = attack_stage.run(trial_cfg, comp, shadows)
+                comp, att = trial_work(trial_cfg, teacher, shadows)
                 values = {**comp.metrics, **att.metrics}
                 # the objectives are on validation data; test accuracy sits beside the audit's test numbers
                 for k in (*s.objectives, *TRACKED_METRICS, "test_accuracy"):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from omegaconf import DictConfig
 from pipeline import progress, tracking
 from pipeline.batched import can_batch, train_grouped
 from pipeline.cache import cache_key
+from pipeline.compress import from_config as compress_from_config
+from pipeline.compress import train_compressed
 from pipeline.config import ShadowsConfig, to_schema
 from pipeline.context import (
     DataBundle,
@@ -33,24 +36,14 @@ from pipeline.context import (
     save_model,
     train_recipe,
 )
+from pipeline.data import Splits
+from pipeline.results import ShadowsResult
 from pipeline.seeds import derive_seed, generator
 from pipeline.training import evaluate, train
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-
-
-@dataclass(frozen=True)
-class ShadowsResult:
-    keys: tuple[str, ...]
-    paths: tuple[Path, ...]  # one cache entry per shadow; weights in model.pt
-    membership: np.ndarray  # (K, n_population) bool: population point j in shadow k's training set
-    n_cache_hits: int
-
-    @property
-    def n_models(self) -> int:
-        return len(self.keys)
 
 
 def membership_row(seed: int, index: int, n_population: int, member_fraction: float) -> np.ndarray:
@@ -167,16 +160,13 @@ def load_models(cfg: DictConfig, result: ShadowsResult) -> list[torch.nn.Module]
 
 
 def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
-    from dataclasses import replace as dc_replace
-
-    from pipeline.data import Splits
-    from pipeline.stages import compress as compress_stage
-    from pipeline.stages.teacher import TeacherResult
-
+    """Each dense shadow's matched twin: the compress method run on that shadow's own data (its
+    members train, its outsiders split into val and test), from its own seed, starting from the
+    dense shadow where the method starts from a dense model (`pipeline.compress.train_compressed`)."""
     data = load_data(cfg)
     cache = get_cache(cfg)
-    c = compress_stage.compress_config(cfg)
-    c_spec = compress_stage.spec(cfg)
+    c = compress_from_config.compress_config(cfg)
+    c_spec = compress_from_config.spec(cfg)
     pop = data.splits.population
     keys, paths, hits = [], [], 0
     t0 = time.perf_counter()
@@ -187,7 +177,7 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
         spec = {"compress": c_spec, "dense_shadow": dense_key, "index": k}
         key = cache_key("shadow_matched", VERSION, spec, {"data": data.key})
 
-        def build(out: Path, k=k, row=row, dense_key=dense_key, dense_path=dense_path) -> None:
+        def build(out: Path, k=k, row=row, dense_path=dense_path) -> None:
             members, outsiders = pop[row], pop[~row]
             rng = np.random.default_rng(derive_seed(int(cfg.seed), "shadow", k, "matched_split"))
             outsiders = rng.permutation(outsiders)
@@ -202,12 +192,9 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
                     known_members=np.sort(members),
                 ),
             )
-            shadow_cfg = cfg.copy()
-            shadow_cfg.seed = derive_seed(int(cfg.seed), "shadow", k, "matched") % (2**31)
-            shadow_cfg.runtime.progress = False
-            teacher = TeacherResult(dense_key, dense_path, True, {}, [])
-            model, masks, _, _ = compress_stage.METHODS[c.method](shadow_cfg, c, view, teacher)
-            save_model(model, out / "model.pt")
+            seed = derive_seed(int(cfg.seed), "shadow", k, "matched") % (2**31)
+            job = compress_from_config.job(cfg, view, dense_path / "model.pt", seed=seed)
+            save_model(train_compressed(dc_replace(job, progress=False)).model, out / "model.pt")
             np.save(out / "members.npy", row)
 
         entry = cache.get_or_create("shadow_matched", key, {**spec, "data": data.key}, build)

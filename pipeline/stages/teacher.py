@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +23,13 @@ from pipeline.context import (
     save_model,
     train_recipe,
 )
+from pipeline.results import TeacherResult
 from pipeline.seeds import generator
 from pipeline.training import evaluate, train
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-
-
-@dataclass(frozen=True)
-class TeacherResult:
-    key: str
-    path: Path  # the cache entry's directory; weights in model.pt
-    cache_hit: bool
-    metrics: dict[str, float]  # train/val/test accuracy and loss
-    history: list[dict[str, float]]  # per epoch: loss, train_accuracy
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / "model.pt"
 
 
 def spec(cfg: DictConfig) -> dict[str, Any]:
@@ -105,5 +93,3 @@ def _evaluate_all(model, data) -> dict[str, float]:
 
 def load(cfg: DictConfig, result: TeacherResult):
     return load_model(cfg, load_data(cfg), result.model_path)
-
-

@@ -14,11 +14,11 @@ from attacks.nn import NNBlackBoxAttack
 from attacks.signals import compute_signals
 from pipeline.__main__ import run_stage
 from pipeline.adversarial import Adversary
+from pipeline.compress.steps import Losses, masked_step
 from pipeline.config import TrainConfig
 from pipeline.data import load_synthetic
 from pipeline.models import MLP
-from pipeline.stages.compress import _Losses, _masked_step, _State
-from pipeline.training import make_optimizer, set_lr
+from pipeline.training import TrainState, make_optimizer, set_lr
 
 pytestmark = pytest.mark.smoke
 
@@ -66,14 +66,14 @@ def _train_with_adversary(lam: float, x, y, ref_x, ref_y, seed=0) -> torch.nn.Mo
     torch.manual_seed(seed)
     model = MLP((x.shape[1],), int(y.max()) + 1, (128,))
     recipe = TrainConfig(epochs=60, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=0.0, lr_schedule="constant")
-    state = _State(model, make_optimizer(model.parameters(), recipe), None)
-    losses = _Losses(adversary=Adversary("bmia", int(y.max()) + 1, 128, ref_x, ref_y, lam=lam, seed=seed),
+    state = TrainState(model, make_optimizer(model.parameters(), recipe), None)
+    losses = Losses(adversary=Adversary("bmia", int(y.max()) + 1, 128, ref_x, ref_y, lam=lam, seed=seed),
                      adversary_active=lam > 0)
     g = torch.Generator().manual_seed(seed)
     for _ in range(recipe.epochs):
         for idx in torch.randperm(len(y), generator=g).split(recipe.batch_size):
             set_lr(state.optimizer, recipe, 0, 1)
-            _masked_step(state, x[idx], y[idx], losses)
+            masked_step(state, x[idx], y[idx], losses)
     return model
 
 

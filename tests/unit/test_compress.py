@@ -6,18 +6,13 @@ import pytest
 import torch
 
 import sparse
+from pipeline.batched import CSR_DENSITY
+from pipeline.compress import rescale_to_sparse_fan_in
+from pipeline.compress.candidates import CandidatePool
+from pipeline.compress.steps import Losses, masked_step
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
-from pipeline.stages.compress import (
-    _CSR_DENSITY,
-    _CandidatePool,
-    _Losses,
-    _masked_step,
-    _probe_grouped,
-    _State,
-    rescale_to_sparse_fan_in,
-)
-from pipeline.training import NonFiniteLossError, make_optimizer
+from pipeline.training import NonFiniteLossError, TrainState, make_optimizer
 
 
 def _state(seed, recipe, density=0.3, activation="relu"):
@@ -25,12 +20,12 @@ def _state(seed, recipe, density=0.3, activation="relu"):
     model = MLP((10,), 4, (16, 12), activation=activation)
     masks = sparse.random_masks(model, density, "erk", torch.Generator().manual_seed(seed))
     masks.apply(model)
-    return _State(model, make_optimizer(model.parameters(), recipe), masks)
+    return TrainState(model, make_optimizer(model.parameters(), recipe), masks)
 
 
 @pytest.mark.parametrize(
     "density,activation",
-    # 0.3: every layer denser than _CSR_DENSITY (grouped dense step); 0.05: the sparse probe
+    # 0.3: every layer denser than CSR_DENSITY (grouped dense step); 0.05: the sparse probe
     [(0.3, "relu"), (0.05, "relu"), (0.05, "tanh"), (0.05, "gelu")],
 )
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -40,22 +35,21 @@ def test_grouped_probe_equals_sequential_probe(optimizer, density, activation):
     x, y = torch.randn(40, 10, generator=g), torch.randint(0, 4, (40,), generator=g)
     base = _state(0, recipe, density, activation)
     layer_densities = [float(m.float().mean()) for m in base.masks.masks.values()]
-    assert (min(layer_densities) < _CSR_DENSITY) == (density < 0.1)
-    _masked_step(base, x[:8], y[:8], _Losses())  # creates optimizer state (momentum / Adam moments)
-    cands = []
-    for i in range(3):
-        c = base.fork(recipe)
+    assert (min(layer_densities) < CSR_DENSITY) == (density < 0.1)
+    masked_step(base, x[:8], y[:8], Losses())  # creates optimizer state (momentum / Adam moments)
+    pool = CandidatePool(base, 3, recipe, batched=True)  # the live path: forked, updated, probed in place
+    cands = pool.fork(base)
+    for i, c in enumerate(cands):
         sparse.prune_and_grow(c.model, c.masks, 0.3, "magnitude", "random", generator=torch.Generator().manual_seed(i),
                               optimizer=c.optimizer)
-        cands.append(c)
     seq = [c.fork(recipe) for c in cands]
     batches = [torch.arange(8 * j, 8 * j + 8) for j in range(1, 4)]
     for c in seq:
         for idx in batches:
             for group in c.optimizer.param_groups:
                 group["lr"] = recipe.lr
-            _masked_step(c, x[idx], y[idx], _Losses())
-    ok = _probe_grouped(cands, batches, x, y, recipe, step=0, total=10**9)
+            masked_step(c, x[idx], y[idx], Losses())
+    ok = pool.grouped.probe(batches, x, y, recipe, step=0, total=10**9)
     assert ok == [True, True, True]
     for a, b in zip(seq, cands):
         for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
@@ -92,8 +86,8 @@ def test_candidate_pool_forks_like_deep_copies_update_after_update(optimizer, ba
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 10, generator=g), torch.randint(0, 4, (64,), generator=g)
     base = _state(0, recipe, density)
-    _masked_step(base, x[:8], y[:8], _Losses())
-    pool = _CandidatePool(base, 3, recipe, batched=batched)
+    masked_step(base, x[:8], y[:8], Losses())
+    pool = CandidatePool(base, 3, recipe, batched=batched)
     assert (pool.grouped is not None) == batched
     for update in range(3):  # later forks overwrite the earlier candidates and their probes
         copies = [base.fork(recipe) for _ in range(3)]
@@ -108,19 +102,19 @@ def test_candidate_pool_forks_like_deep_copies_update_after_update(optimizer, ba
         batches = [torch.arange(8 * j, 8 * j + 8) for j in range(1, 4)]
         for ref in copies:
             for idx in batches:
-                _masked_step(ref, x[idx], y[idx], _Losses())
+                masked_step(ref, x[idx], y[idx], Losses())
         if batched:
             assert pool.grouped.probe(batches, x, y, recipe, step=0, total=10**9) == [True] * 3
         else:
             for cand in cands:
                 for idx in batches:
-                    _masked_step(cand, x[idx], y[idx], _Losses())
+                    masked_step(cand, x[idx], y[idx], Losses())
         for cand, ref in zip(cands, copies):
             _assert_same_state(cand, ref)
         winner = update % 3
         base.copy_from(cands[winner])
         _assert_same_state(base, copies[winner])
-        _masked_step(base, x[:8], y[:8], _Losses())
+        masked_step(base, x[:8], y[:8], Losses())
 
 
 def test_sparse_fan_in_rescaling_restores_activation_scale():
@@ -143,4 +137,4 @@ def test_non_finite_loss_raises_a_clear_error():
     st = _state(0, recipe)
     x = torch.full((8, 10), float("nan"))
     with pytest.raises(NonFiniteLossError, match="lower train.lr"):
-        _masked_step(st, x, torch.zeros(8, dtype=torch.long), _Losses())
+        masked_step(st, x, torch.zeros(8, dtype=torch.long), Losses())

@@ -33,3 +33,50 @@ def test_the_checker_catches_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import numpy\nfrom omegaconf import DictConfig\nimport mlflow.tracking\n")
     assert imported_roots(bad) & FORBIDDEN == {"omegaconf", "mlflow"}
+
+
+# ---------------------------------------------------------------- pipeline/: stages are peers
+
+PIPELINE = ROOT / "pipeline"
+STAGE_FILES = sorted(p for p in (PIPELINE / "stages").glob("*.py") if p.name != "__init__.py")
+# the layer above the stages: the entry point and the wiring that hands results from stage to stage
+ABOVE_STAGES = {PIPELINE / "__main__.py", PIPELINE / "flow.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, with `from a import b` also counted as `a.b` (b may be a module)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    mods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods.add(node.module)
+            mods |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return mods
+
+
+def _stage_imports(path: Path) -> set[str]:
+    return {m for m in imported_modules(path) if m == "pipeline.stages" or m.startswith("pipeline.stages.")}
+
+
+def test_there_are_stages_to_check():
+    assert {p.stem for p in STAGE_FILES} >= {"teacher", "shadows", "compress", "attack", "search", "report", "compare"}
+
+
+@pytest.mark.parametrize("path", STAGE_FILES, ids=[p.stem for p in STAGE_FILES])
+def test_no_stage_imports_another_stage(path):
+    assert not _stage_imports(path), f"{path.name} imports a stage: {sorted(_stage_imports(path))}"
+
+
+def test_only_the_layer_above_the_stages_imports_them():
+    below = [p for p in PIPELINE.rglob("*.py") if "stages" not in p.parts and p not in ABOVE_STAGES]
+    assert below
+    offenders = {str(p.relative_to(ROOT)): sorted(_stage_imports(p)) for p in below if _stage_imports(p)}
+    assert not offenders, f"infrastructure modules import stages: {offenders}"
+
+
+def test_the_stage_checker_catches_both_import_forms(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from pipeline.stages import teacher\nimport pipeline.stages.compress as c\nfrom pipeline import runs\n")
+    assert _stage_imports(bad) == {"pipeline.stages", "pipeline.stages.teacher", "pipeline.stages.compress"}

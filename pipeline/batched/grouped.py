@@ -7,7 +7,7 @@ loss gives every model exactly the gradient it would get alone, and SGD/Adam are
 elementwise, so the result equals sequential training up to floating-point
 rounding (a unit test checks it).
 
-`GroupedMLP` is the autograd module (used by the compress stage's batched probes).
+`GroupedMLP` is the autograd module (used by the candidate probes, `pipeline.batched.probes`).
 `train_grouped` (the shadows stage) skips autograd: one flat parameter tensor, a
 hand-written backward into buffers allocated once, and torch's fused optimizer,
 so a step is the 8 GEMMs of forward and backward plus a few small kernels
@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import interrupt
+from pipeline.batched.fused import FusedSGD, fused_optimizer
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
-from pipeline.training import NonFiniteLossError, make_optimizer, set_lr, steps_per_epoch
+from pipeline.training import NonFiniteLossError, set_lr, steps_per_epoch
 
 _ACTIVATIONS: dict[type[nn.Module], object] = {
     nn.ReLU: F.relu,
@@ -111,59 +112,6 @@ _ACT_BACKWARD = {
 }
 
 
-def _fused_optimizer(param: torch.Tensor, recipe: TrainConfig) -> torch.optim.Optimizer:
-    """`pipeline.training.make_optimizer`'s optimizer over `param`, with the fused kernel.
-
-    Same update; the unfused SGD/Adam make several passes per step and allocate
-    megabyte temporaries (weight decay, Adam's denominator) on a flat K-model tensor.
-    """
-    optimizer = make_optimizer([param], recipe)
-    try:
-        return type(optimizer)([param], **{**optimizer.defaults, "foreach": None, "fused": True})
-    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
-        return optimizer
-
-
-class _FusedSGD:
-    """SGD with momentum on one flat tensor: torch's fused SGD kernel, called directly.
-
-    The same kernel and update as `torch.optim.SGD(fused=True)` (weight decay added to
-    the gradient, momentum buffer initialised to the first gradient, optional Nesterov),
-    without `Optimizer.step`'s per-call Python (hooks, state lookup, grouping): about a
-    tenth of a grouped digits step. Its one param group holds `lr`, so
-    `pipeline.training.set_lr` schedules it like a torch optimizer.
-    """
-
-    def __init__(self, param: torch.Tensor, grad: torch.Tensor, recipe: TrainConfig):
-        self.params, self.grads = [param], [grad]
-        self.param_groups = [{"lr": recipe.lr}]
-        self.buffers = [torch.zeros_like(param)] if recipe.momentum > 0 else []
-        self.options = {
-            "weight_decay": recipe.weight_decay,
-            "momentum": recipe.momentum,
-            "dampening": 0.0,
-            "nesterov": recipe.nesterov and recipe.momentum > 0,
-            "maximize": False,
-        }
-        self.first = True
-
-    @staticmethod
-    def available(param: torch.Tensor, recipe: TrainConfig) -> bool:
-        return (
-            recipe.optimizer == "sgd"
-            and hasattr(torch.ops.aten, "_fused_sgd_")
-            and param.device.type == "cpu"
-            and param.dtype in (torch.float32, torch.float64)
-        )
-
-    def step(self) -> None:
-        torch.ops.aten._fused_sgd_(
-            self.params, self.grads, self.buffers, lr=self.param_groups[0]["lr"], is_first_step=self.first,
-            **self.options,
-        )
-        self.first = False
-
-
 class _GroupedTrainer:
     """Forward, hand-written backward and optimizer step for K stacked MLPs, allocation-free per step.
 
@@ -208,10 +156,10 @@ class _GroupedTrainer:
                     torch.stack([ls[i].weight if i == last else ls[i].weight.t() for ls in linears])
                 )
                 self.biases[i].copy_(torch.stack([ls[i].bias for ls in linears]))
-        self.optimizer: torch.optim.Optimizer | _FusedSGD = (
-            _FusedSGD(self.flat.detach(), self.flat.grad, recipe)
-            if _FusedSGD.available(self.flat, recipe)
-            else _fused_optimizer(self.flat, recipe)
+        self.optimizer: torch.optim.Optimizer | FusedSGD = (
+            FusedSGD(self.flat.detach(), self.flat.grad, recipe)
+            if FusedSGD.available(self.flat, recipe)
+            else fused_optimizer([self.flat], recipe)
         )
         self._workspaces: dict[int, dict[str, list[torch.Tensor]]] = {}
 
@@ -327,7 +275,7 @@ def train_grouped(
         torch.index_select(y_all, 0, rows, out=y_epoch.view(k * n))
         for start in range(0, n, recipe.batch_size):
             interrupt.check()
-            set_lr(trainer.optimizer, recipe, step, total)  # _FusedSGD has param_groups too
+            set_lr(trainer.optimizer, recipe, step, total)  # FusedSGD has param_groups too
             loss = trainer.step(
                 x_epoch[:, start : start + recipe.batch_size],
                 y_epoch[:, start : start + recipe.batch_size],

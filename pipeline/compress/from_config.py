@@ -1,0 +1,54 @@
+"""The config-facing edge of `pipeline.compress`: a `CompressJob` and a spec from the composed config.
+
+Called at a stage's entry (the compress stage; the matched reference models of the
+shadows stage); below it, methods see only the typed job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+import sparse
+from pipeline.compress.method import CompressJob, compress_recipe, compress_spec
+from pipeline.config import CompressConfig, to_schema, validate_compress
+from pipeline.context import DataBundle, build_model, load_model, model_spec, train_recipe
+
+
+def compress_config(cfg: DictConfig) -> CompressConfig:
+    c = to_schema(CompressConfig, cfg.compress)
+    validate_compress(c)
+    return c
+
+
+def spec(cfg: DictConfig) -> dict[str, Any]:
+    """The compressed model's declared config fields (its cache key's spec)."""
+    return compress_spec(compress_config(cfg), model_spec(cfg), train_recipe(cfg))
+
+
+def job(cfg: DictConfig, data: DataBundle, dense_path: Path, seed: int | None = None) -> CompressJob:
+    """The job of `cfg.compress` on `data`, from root `seed` (default `cfg.seed`), starting where
+    the method starts from a dense model from the weights at `dense_path`."""
+    c = compress_config(cfg)
+    seed = int(cfg.seed) if seed is None else seed
+    return CompressJob(
+        c=c,
+        recipe=compress_recipe(train_recipe(cfg), c),
+        data=data,
+        seed=seed,
+        new_model=lambda *path: build_model(cfg, data, *path, seed=seed),
+        dense_model=lambda: load_model(cfg, data, dense_path),
+        batched_probes=bool(cfg.runtime.get("batched_probes", True)),
+        progress=bool(cfg.runtime.progress),
+    )
+
+
+def load_compressed(cfg: DictConfig, data: DataBundle, export_path: Path) -> nn.Module:
+    """A compressed model rebuilt from its export (proves the export round-trips)."""
+    model = build_model(cfg, data, "load")
+    model = sparse.load_export(export_path, model)
+    model.eval()
+    return model

@@ -1,0 +1,100 @@
+"""What a compress method is, what it is given, and the registry of methods by name.
+
+A method is a registered `CompressMethod` object: it declares what it needs and how
+reports label its runs, and trains one compressed model from a `CompressJob` (the
+recipe, the data, a seed, a model factory and, where it starts from one, the dense
+model). The job holds no config objects, so the compress stage and the matched
+reference models (`pipeline.stages.shadows`) train through the same function,
+`train_compressed`. Adding a method is one module in `pipeline/compress/methods/`
+plus one line in its `__init__`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
+
+import pandas as pd
+from torch import nn
+
+import sparse
+from pipeline.config import CompressConfig, TrainConfig
+from pipeline.context import DataBundle
+
+
+@dataclass(frozen=True)
+class CompressJob:
+    """Everything a method needs to train one compressed model."""
+
+    c: CompressConfig
+    recipe: TrainConfig  # the compress recipe (`compress_recipe`)
+    data: DataBundle
+    seed: int  # every generator of the method derives from it
+    new_model: Callable[..., nn.Module]  # new_model(*seed_path): a fresh model initialised from `seed`
+    dense_model: Callable[[], nn.Module]  # loads the dense model it may start from (the teacher)
+    batched_probes: bool = True  # probe SafeCompress candidates together where the model allows
+    progress: bool = False  # a progress bar over training steps
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A method's output: the model, its masks (None: dense), per-epoch history, candidates table."""
+
+    model: nn.Module
+    masks: sparse.MaskSet | None
+    history: list[dict[str, float]]
+    table: pd.DataFrame
+
+
+class CompressMethod:
+    """One compress method. Subclasses set `name` and implement `train`."""
+
+    name: ClassVar[str]
+    # keeps every weight: compress.density is not its target (reports label it so)
+    is_dense: ClassVar[bool] = False
+    # regrows pruned weights: its density schedule and regrowth settings label its runs
+    regrows: ClassVar[bool] = False
+    # selects among candidates with a safety test: compress.variant and selection settings apply
+    selects_candidates: ClassVar[bool] = False
+    # logged params (without "params.") that tell this method's configurations apart in reports
+    label_params: ClassVar[tuple[str, ...]] = ()
+
+    def starts_from_dense(self, c: CompressConfig) -> bool:
+        """Whether it starts from the dense model's weights (`CompressJob.dense_model`)."""
+        return c.init == "teacher"
+
+    def train(self, job: CompressJob) -> Trained:
+        raise NotImplementedError
+
+
+METHODS: dict[str, CompressMethod] = {}
+
+
+def register(cls: type[CompressMethod]) -> type[CompressMethod]:
+    """Class decorator: register one instance under `cls.name` (a second one raises)."""
+    if cls.name in METHODS:
+        raise ValueError(f"compress method {cls.name!r} is registered twice")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> CompressMethod:
+    if name not in METHODS:
+        raise ValueError(f"unknown compress.method {name!r}; valid: {list(METHODS)}")
+    return METHODS[name]
+
+
+def compress_recipe(recipe: TrainConfig, c: CompressConfig) -> TrainConfig:
+    """The training recipe with `compress.epochs` when set."""
+    return replace(recipe, epochs=c.epochs) if c.epochs is not None else recipe
+
+
+def compress_spec(c: CompressConfig, model_spec: dict[str, Any], recipe: TrainConfig) -> dict[str, Any]:
+    """The declared config fields of a compressed model (its cache key's spec)."""
+    return {"compress": asdict(c), "model": model_spec, "train": asdict(compress_recipe(recipe, c))}
+
+
+def train_compressed(job: CompressJob) -> Trained:
+    """Train one compressed model with `job.c.method` (registered in `METHODS`)."""
+    return get_method(job.c.method).train(job)

@@ -1,0 +1,72 @@
+"""How the stages feed each other: the thin layer above the peer stages.
+
+Stages never import each other (a test parses the imports); a stage that needs another's
+result takes it as an argument. This module makes those results in order and hands them
+on: the compress stage gets the teacher, the attack stage the compressed model and the
+reference models its attacks need, and the search's trials get one compress + audit each
+(`Trial`, passed to the search stage and picklable for its worker processes).
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from pipeline.context import load_data, load_model
+from pipeline.results import (
+    AttackResult,
+    CompressResult,
+    ShadowsResult,
+    TeacherResult,
+)
+from pipeline.stages import attack as attack_stage
+from pipeline.stages import compress as compress_stage
+from pipeline.stages import shadows as shadows_stage
+from pipeline.stages import teacher as teacher_stage
+
+
+def teacher(cfg: DictConfig) -> TeacherResult:
+    return teacher_stage.run(cfg)
+
+
+def shadows(cfg: DictConfig) -> ShadowsResult:
+    return shadows_stage.run(cfg)
+
+
+def compress(cfg: DictConfig, teacher_result: TeacherResult | None = None) -> CompressResult:
+    return compress_stage.run(cfg, teacher_result or teacher_stage.run(cfg))
+
+
+def attack(
+    cfg: DictConfig, compressed: CompressResult | None = None, dense_shadows: ShadowsResult | None = None
+) -> AttackResult:
+    """Audit the compressed model of `cfg` (made here unless given) with the references it needs."""
+    compressed = compressed or compress(cfg)
+    needs = attack_stage.references(cfg)
+    matched = shadows_stage.run(cfg, "matched") if "matched" in needs else None
+    if "dense" in needs and dense_shadows is None:
+        dense_shadows = shadows_stage.run(cfg)
+    return attack_stage.run(cfg, compressed, dense_shadows if "dense" in needs else None, matched)
+
+
+def dense_size_bytes(cfg: DictConfig, teacher_result: TeacherResult) -> int:
+    """Bytes of the dense teacher's weights (the search normalises model size by it)."""
+    import sparse
+
+    return sparse.dense_size_bytes(load_model(cfg, load_data(cfg), teacher_result.model_path))
+
+
+class Trial:
+    """The search's per-trial work, wired here: teacher and dense shadows once, then compress +
+    audit per trial. A plain object of this module, so spawned search workers can unpickle it."""
+
+    def prepare(self, cfg: DictConfig) -> tuple[TeacherResult, ShadowsResult]:
+        return teacher_stage.run(cfg), shadows_stage.run(cfg)
+
+    def __call__(
+        self, cfg: DictConfig, teacher_result: TeacherResult, dense_shadows: ShadowsResult
+    ) -> tuple[CompressResult, AttackResult]:
+        comp = compress_stage.run(cfg, teacher_result)
+        return comp, attack(cfg, comp, dense_shadows)
+
+    def dense_size_bytes(self, cfg: DictConfig, teacher_result: TeacherResult) -> int:
+        return dense_size_bytes(cfg, teacher_result)

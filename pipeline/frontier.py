@@ -1,0 +1,84 @@
+"""The train-less frontier (Aerni, Zhang & Tramèr 2024, arXiv 2404.17399): what a defence must beat.
+
+Per seed, the frontier is the lower monotone envelope of (test accuracy, audit AUC) over
+cheap strong baselines (plain DST at several epoch budgets, the dense model, dense +
+adversarial regularization, DP-SGD). Used by the compare stage (excess AUC over it) and
+the report stage (drawn on the trade-off plots).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def frontier_envelope(acc: np.ndarray, auc: np.ndarray) -> np.ndarray:
+    """The envelope's points (k, 2) = (accuracy, AUC), accuracy ascending, AUC ascending.
+
+    A point is kept when no other point has accuracy >= and AUC <= (one strictly):
+    the lower-right staircase of the frontier models.
+    """
+    pts = np.column_stack([np.asarray(acc, float), np.asarray(auc, float)])
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return pts.reshape(0, 2)
+    order = np.lexsort((pts[:, 1], -pts[:, 0]))  # accuracy descending, AUC ascending on ties
+    keep, best = [], math.inf
+    for i in order:
+        if pts[i, 1] < best:
+            keep.append(i)
+            best = pts[i, 1]
+    return pts[keep][::-1]
+
+
+def frontier_auc(envelope: np.ndarray, accuracy: float) -> float:
+    """f(accuracy): the lowest frontier AUC at an accuracy >= `accuracy`, linearly interpolated
+    between envelope points; NaN above the most accurate frontier model."""
+    if len(envelope) == 0 or not math.isfinite(accuracy) or accuracy > envelope[-1, 0] + 1e-12:
+        return math.nan
+    if accuracy <= envelope[0, 0]:
+        return float(envelope[0, 1])
+    return float(np.interp(accuracy, envelope[:, 0], envelope[:, 1]))
+
+
+def _parse_member(entry: str) -> tuple[str, float | None]:
+    if "@" in entry:
+        m, d = entry.split("@", 1)
+        return m, float(d)
+    return entry, None
+
+
+def frontier_runs(frame: pd.DataFrame, dataset: str, density: float, methods: list[str]) -> pd.DataFrame:
+    """Frontier members of one (dataset, density): `method` at this density or 1.0; `method@d` at d."""
+    sub = frame[frame["dataset"] == dataset]
+    keep = np.zeros(len(sub), dtype=bool)
+    for entry in methods:
+        method, d = _parse_member(entry)
+        sel = (sub["method"] == method).to_numpy()
+        dens = sub["target_density"].to_numpy(float)
+        at = np.isclose(dens, d) if d is not None else (np.isclose(dens, density) | np.isclose(dens, 1.0))
+        keep |= sel & at
+    return sub[keep]
+
+
+def mean_envelope(front: pd.DataFrame) -> pd.DataFrame:
+    """The envelope (columns accuracy, auc) of the frontier members' means over seeds, one point per label."""
+    means = front.groupby("label")[["test_accuracy", "audit_auc"]].mean()
+    return pd.DataFrame(frontier_envelope(means["test_accuracy"], means["audit_auc"]), columns=["accuracy", "auc"])
+
+
+def frontier_curves(frame: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """Per compressed density of one data set: the envelope of the frontier members' seed means
+    (compare stage, `compare.frontier.methods`). Columns accuracy, auc, density; empty if none ran."""
+    parts = []
+    if not {"test_accuracy", "audit_auc"} <= set(frame.columns) or frame.empty:
+        return pd.DataFrame(columns=["accuracy", "auc", "density"])
+    dataset = frame["dataset"].iloc[0]
+    for density in sorted(d for d in frame["target_density"].dropna().unique() if d < 1.0):
+        front = frontier_runs(frame, dataset, float(density), methods)
+        if front.empty:
+            continue
+        parts.append(mean_envelope(front).assign(density=float(density)))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["accuracy", "auc", "density"])

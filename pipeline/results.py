@@ -1,0 +1,67 @@
+"""What each stage returns: frozen records of a cache entry and its numbers.
+
+Stages are peers that never import each other; a stage that needs another's output
+takes its result (one of these) as an argument, wired by `pipeline.flow`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+EXPORT_FILE = "model.sc"  # a compressed model's export (`sparse.save_export`)
+
+
+@dataclass(frozen=True)
+class TeacherResult:
+    key: str
+    path: Path  # the cache entry's directory; weights in model.pt
+    cache_hit: bool
+    metrics: dict[str, float]  # train/val/test accuracy and loss
+    history: list[dict[str, float]]  # per epoch: loss, train_accuracy
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.pt"
+
+
+@dataclass(frozen=True)
+class ShadowsResult:
+    keys: tuple[str, ...]
+    paths: tuple[Path, ...]  # one cache entry per shadow; weights in model.pt
+    membership: np.ndarray  # (K, n_population) bool: population point j in shadow k's training set
+    n_cache_hits: int
+
+    @property
+    def n_models(self) -> int:
+        return len(self.keys)
+
+    @property
+    def model_paths(self) -> list[Path]:
+        return [p / "model.pt" for p in self.paths]
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    key: str
+    path: Path  # cache entry: model.sc (compressed export), candidates.csv, metrics.json
+    cache_hit: bool
+    metrics: dict[str, float]  # accuracy (val), test_accuracy, train_accuracy, density, model_size_bytes, ...
+
+    @property
+    def export_path(self) -> Path:
+        return self.path / EXPORT_FILE
+
+    @property
+    def candidates_path(self) -> Path:
+        return self.path / "candidates.csv"
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    key: str
+    path: Path  # audit.csv, select.csv, roc.png, scores.npz, metrics.json
+    cache_hit: bool
+    metrics: dict[str, float]
