@@ -22,17 +22,10 @@ from torch import nn
 from pipeline.cache import Cache, cache_key, canonical_json
 from pipeline.config import DATASETS, AttackConfig, TrainConfig, to_schema
 from pipeline.data import Dataset, Splits, make_splits, plant_canaries
+from pipeline.models import MODELS
 from pipeline.seeds import derive_seed
 
 log = logging.getLogger(__name__)
-
-MODELS = (
-    "pipeline.models.MLP",
-    "pipeline.models.SmallCNN",
-    "pipeline.models.VGG",
-    "pipeline.models.ResNet18",
-    "pipeline.models.TextBagOfEmbeddings",
-)
 
 
 def plain(node: Any) -> Any:
@@ -107,7 +100,7 @@ def build_model(cfg: DictConfig, data: DataBundle, *seed_path: object, seed: int
     (`seed`: the root `cfg.seed` unless given), on `runtime.device`."""
     target = str(cfg.model.get("_target_", ""))
     if target not in MODELS:
-        raise ValueError(f"unknown model {target!r}; valid: {list(MODELS)} (model=mlp | cnn | mlp_purchase | vgg_c | resnet18 | text_bag)")
+        raise ValueError(f"unknown model {target!r}; valid: {list(MODELS)} (conf/model/ has a config for each)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(int(cfg.seed) if seed is None else seed, "init", *seed_path))
         model = instantiate(

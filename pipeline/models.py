@@ -266,3 +266,10 @@ class TextBagOfEmbeddings(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+# The model registry: every class a `model=` config may instantiate, by its `_target_`
+# (`pipeline.context.build_model` refuses any other).
+MODELS: dict[str, type[nn.Module]] = {
+    f"{__name__}.{cls.__name__}": cls for cls in (MLP, SmallCNN, VGG, ResNet18, TextBagOfEmbeddings)
+}
