@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import STAGES
+from pipeline.__main__ import STAGE_FUNCTIONS
 
 pytestmark = pytest.mark.smoke
 
@@ -34,7 +34,7 @@ def _run(cmd: list[str], cwd: Path, pythonpath: Path = REPO) -> subprocess.Compl
 def test_console_script_runs_stages_from_a_folder_outside_the_clone(tmp_path):
     assert SCRIPT.is_file(), f"no console script beside {sys.executable}: install the package (make install)"
     help_text = _run([str(SCRIPT), "--help"], cwd=tmp_path).stdout
-    for stage in STAGES:
+    for stage in STAGE_FUNCTIONS:
         assert f"\n{stage} " in help_text, f"--help does not list the stage {stage!r}"
 
     # the stage as a bare first word; paths.root defaults to the working folder
