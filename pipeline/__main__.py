@@ -6,6 +6,7 @@ Also installed as `safecompress`, which accepts the stage as a bare first word
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ log = logging.getLogger("pipeline")
 def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Run a single stage inside its own MLflow run (the search makes its own runs)."""
 
+    @functools.wraps(fn)  # keeps the docstring: the stage's line in --help
     def wrapped(cfg: DictConfig) -> Any:
         exp_id = tracking.setup(cfg)
         if exp_id is None:
@@ -42,26 +44,31 @@ def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[D
 
 
 def _run_teacher(cfg: DictConfig) -> Any:
+    """train the dense model on the target's train split"""
     return flow.teacher(cfg)
 
 
 def _run_shadows(cfg: DictConfig) -> Any:
+    """train the reference (shadow) models on the attacker's population split"""
     return flow.shadows(cfg)
 
 
 def _run_compress(cfg: DictConfig) -> Any:
+    """compress one model (compress={methods})"""
     result = flow.compress(cfg)
     tracking.log_metrics(result.metrics)
     return result
 
 
 def _run_attack(cfg: DictConfig) -> Any:
+    """compress, then audit the model with the attack suite (attack=default, full)"""
     comp = flow.compress(cfg)
     tracking.log_metrics(comp.metrics)
     return flow.attack(cfg, comp)
 
 
 def _run_search(cfg: DictConfig) -> Any:
+    """Optuna NSGA-II over the compress settings; every trial compresses and audits"""
     from pipeline.stages import search
 
     result = search.run(cfg, flow.Trial())
@@ -71,6 +78,7 @@ def _run_search(cfg: DictConfig) -> Any:
 
 
 def _run_report(cfg: DictConfig) -> Any:
+    """the papers' tables and plots from tracked runs (report.experiment_name=...)"""
     from pipeline.stages import report
 
     result = report.run(cfg)
@@ -79,6 +87,7 @@ def _run_report(cfg: DictConfig) -> Any:
 
 
 def _run_compare(cfg: DictConfig) -> Any:
+    """paired comparison of methods, and the train-less frontier (compare.*)"""
     from pipeline.stages import compare
 
     result = compare.run(cfg)
@@ -96,6 +105,20 @@ STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "report": _standalone("report", _run_report),
     "compare": _standalone("compare", _run_compare),
 }
+
+
+def stages_help() -> str:
+    """--help's stage list, one line per registered stage (its function's docstring)."""
+    from pipeline.compress import METHODS
+
+    return "\n".join(
+        f"{name:<9} {(fn.__doc__ or '').strip().format(methods=', '.join(METHODS))}"
+        for name, fn in STAGE_FUNCTIONS.items()
+    )
+
+
+# conf/config.yaml's help header lists the stages through this resolver
+OmegaConf.register_new_resolver("safecompress_stages", stages_help, replace=True)
 
 
 def run_stage(cfg: DictConfig) -> Any:
