@@ -82,3 +82,29 @@ def frontier_curves(frame: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
             continue
         parts.append(mean_envelope(front).assign(density=float(density)))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["accuracy", "auc", "density"])
+
+
+def excess_auc(method_runs: pd.DataFrame, front: pd.DataFrame) -> pd.DataFrame:
+    """Per seed of `method_runs`: accuracy, AUC, the frontier's AUC there, and the excess."""
+    rows = []
+    for _, r in method_runs.iterrows():
+        fs = front[front["seed"] == r["seed"]]
+        env = frontier_envelope(fs["test_accuracy"], fs["audit_auc"]) if len(fs) else np.zeros((0, 2))
+        f = frontier_auc(env, float(r.get("test_accuracy", math.nan)))
+        rows.append({"seed": r["seed"], "test_accuracy": r.get("test_accuracy"), "audit_auc": r.get("audit_auc"),
+                     "frontier_auc": f, "excess_auc": float(r.get("audit_auc", math.nan)) - f})
+    return pd.DataFrame(rows)
+
+
+def with_leakage(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """A copy whose `audit_auc` is the frontier's leakage measure: the maximum of `metrics` per run."""
+    if not metrics:
+        raise ValueError("compare.frontier.metrics is empty; name at least one logged metric, e.g. [audit_auc]")
+    missing = [m for m in metrics if m not in frame.columns]
+    if missing:
+        logged = sorted(col for col in frame.columns if str(col).startswith("audit_") and str(col).endswith("_auc"))
+        raise ValueError(f"compare.frontier.metrics {missing} are not logged by these runs; "
+                         f"logged AUC metrics: {['audit_auc', *logged]}")
+    out = frame.copy()
+    out["audit_auc"] = out[list(metrics)].apply(pd.to_numeric, errors="coerce").max(axis=1, skipna=False)
+    return out

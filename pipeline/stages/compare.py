@@ -38,7 +38,12 @@ from omegaconf import DictConfig
 from attacks.metrics import fpr_key, weighted_metrics
 from pipeline import runs, tracking
 from pipeline.config import CompareConfig, to_schema
-from pipeline.frontier import frontier_auc, frontier_envelope, frontier_runs, mean_envelope
+from pipeline.frontier import (
+    excess_auc,
+    frontier_runs,
+    mean_envelope,
+    with_leakage,
+)
 from pipeline.pareto import front_hypervolume
 from pipeline.plots import plot_tradeoff
 
@@ -343,18 +348,6 @@ def _check_epochs(front: pd.DataFrame, frame: pd.DataFrame, c: CompareConfig) ->
     return front
 
 
-def excess_auc(method_runs: pd.DataFrame, front: pd.DataFrame) -> pd.DataFrame:
-    """Per seed of `method_runs`: accuracy, AUC, the frontier's AUC there, and the excess."""
-    rows = []
-    for _, r in method_runs.iterrows():
-        fs = front[front["seed"] == r["seed"]]
-        env = frontier_envelope(fs["test_accuracy"], fs["audit_auc"]) if len(fs) else np.zeros((0, 2))
-        f = frontier_auc(env, float(r.get("test_accuracy", math.nan)))
-        rows.append({"seed": r["seed"], "test_accuracy": r.get("test_accuracy"), "audit_auc": r.get("audit_auc"),
-                     "frontier_auc": f, "excess_auc": float(r.get("audit_auc", math.nan)) - f})
-    return pd.DataFrame(rows)
-
-
 def frontier_table(frame: pd.DataFrame, c: CompareConfig, out: Path) -> tuple[pd.DataFrame | None, list[Path]]:
     """Excess AUC of every method over the per-seed frontier, per (dataset, density < 1)."""
     rows, plots = [], []
@@ -398,20 +391,6 @@ def frontier_table(frame: pd.DataFrame, c: CompareConfig, out: Path) -> tuple[pd
             })
         plots.append(_plot_frontier(frame, front, dataset, density, out / f"frontier_{dataset}_{density:g}.png"))
     return (pd.DataFrame(rows) if rows else None), plots
-
-
-def with_leakage(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """A copy whose `audit_auc` is the frontier's leakage measure: the maximum of `metrics` per run."""
-    if not metrics:
-        raise ValueError("compare.frontier.metrics is empty; name at least one logged metric, e.g. [audit_auc]")
-    missing = [m for m in metrics if m not in frame.columns]
-    if missing:
-        logged = sorted(col for col in frame.columns if str(col).startswith("audit_") and str(col).endswith("_auc"))
-        raise ValueError(f"compare.frontier.metrics {missing} are not logged by these runs; "
-                         f"logged AUC metrics: {['audit_auc', *logged]}")
-    out = frame.copy()
-    out["audit_auc"] = out[list(metrics)].apply(pd.to_numeric, errors="coerce").max(axis=1, skipna=False)
-    return out
 
 
 def study_table(frame: pd.DataFrame, trials: pd.DataFrame, c: CompareConfig) -> pd.DataFrame:

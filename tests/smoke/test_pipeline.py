@@ -12,9 +12,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from attacks import loss_attack_auc
+from pipeline import pareto
 from pipeline.__main__ import run_stage
 from pipeline.context import build_model, load_data
-from pipeline.stages import search, teacher
+from pipeline.stages import teacher
 from pipeline.training import train
 
 pytestmark = pytest.mark.smoke
@@ -63,7 +64,7 @@ def test_search_tracks_every_trial_and_resumes_from_cache(cfg_factory, monkeypat
 
     # The reported Pareto set equals the nondominated set of all trials.
     values = np.array([t.values for t in done])
-    ranks = search.nondominated_ranks(values, ["maximize", "minimize"])
+    ranks = pareto.nondominated_ranks(values, ["maximize", "minimize"])
     expected = {t.number for t, r in zip(done, ranks) if r == 0}
     assert set(pd.read_csv(result.pareto_csv)["trial"]) == expected
     assert {t.number for t in study.best_trials} == expected

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from attacks.metrics import roc_auc
-from pipeline import runs
+from pipeline import frontier, pareto, runs
 from pipeline.__main__ import run_stage
 from pipeline.config import CompareConfig, FrontierConfig
 from pipeline.stages import compare
@@ -120,15 +120,15 @@ def test_bootstrap_count_below_100_is_an_error(store):
 
 def test_frontier_envelope_and_interpolation():
     # (acc, auc): (0.5, 0.55) (0.6, 0.60) (0.7, 0.70) are the envelope; (0.55, 0.65) is dominated
-    env = compare.frontier_envelope([0.6, 0.5, 0.7, 0.55], [0.60, 0.55, 0.70, 0.65])
+    env = frontier.frontier_envelope([0.6, 0.5, 0.7, 0.55], [0.60, 0.55, 0.70, 0.65])
     np.testing.assert_allclose(env, [[0.5, 0.55], [0.6, 0.60], [0.7, 0.70]])
-    assert compare.frontier_auc(env, 0.4) == pytest.approx(0.55)  # below: the lowest AUC at acc >= 0.4
-    assert compare.frontier_auc(env, 0.55) == pytest.approx(0.575)  # halfway between 0.55 and 0.60
-    assert compare.frontier_auc(env, 0.65) == pytest.approx(0.65)
-    assert compare.frontier_auc(env, 0.7) == pytest.approx(0.70)
-    assert np.isnan(compare.frontier_auc(env, 0.71))  # more accurate than every frontier model
+    assert frontier.frontier_auc(env, 0.4) == pytest.approx(0.55)  # below: the lowest AUC at acc >= 0.4
+    assert frontier.frontier_auc(env, 0.55) == pytest.approx(0.575)  # halfway between 0.55 and 0.60
+    assert frontier.frontier_auc(env, 0.65) == pytest.approx(0.65)
+    assert frontier.frontier_auc(env, 0.7) == pytest.approx(0.70)
+    assert np.isnan(frontier.frontier_auc(env, 0.71))  # more accurate than every frontier model
     # a more accurate model with lower AUC dominates everything below it
-    env = compare.frontier_envelope([0.5, 0.6, 0.9], [0.70, 0.80, 0.60])
+    env = frontier.frontier_envelope([0.5, 0.6, 0.9], [0.70, 0.80, 0.60])
     np.testing.assert_allclose(env, [[0.9, 0.60]])
 
 
@@ -185,19 +185,19 @@ def test_ambiguous_method_names_its_configurations():
 def test_leakage_measure_is_the_max_of_the_named_metrics():
     frame = pd.DataFrame({"audit_auc": [0.9, 0.8], "audit_loss_auc": [0.6, 0.7],
                           "audit_lira_offline_auc": [0.65, 0.5]})
-    out = compare.with_leakage(frame, ["audit_loss_auc", "audit_lira_offline_auc"])
+    out = frontier.with_leakage(frame, ["audit_loss_auc", "audit_lira_offline_auc"])
     np.testing.assert_allclose(out["audit_auc"], [0.65, 0.7])
     np.testing.assert_allclose(frame["audit_auc"], [0.9, 0.8])  # the input is left alone
     with pytest.raises(ValueError, match=r"\['audit_rmia_auc'\] are not logged.*audit_loss_auc"):
-        compare.with_leakage(frame, ["audit_rmia_auc"])
+        frontier.with_leakage(frame, ["audit_rmia_auc"])
 
 
 def test_front_hypervolume_by_hand():
     # (acc, auc) (0.5, 0.6) and (0.7, 0.8): as (1 - acc, auc) with reference (1, 1):
     # 0.5 * 0.4 + (0.7 - 0.5) * (1 - 0.8) = 0.2 + 0.04
-    assert compare.front_hypervolume([0.5, 0.7], [0.6, 0.8]) == pytest.approx(0.24)
-    assert compare.front_hypervolume([0.5, 0.7, 0.4], [0.6, 0.8, 0.7]) == pytest.approx(0.24)  # dominated
-    assert compare.front_hypervolume([], []) == 0.0
+    assert pareto.front_hypervolume([0.5, 0.7], [0.6, 0.8]) == pytest.approx(0.24)
+    assert pareto.front_hypervolume([0.5, 0.7, 0.4], [0.6, 0.8, 0.7]) == pytest.approx(0.24)  # dominated
+    assert pareto.front_hypervolume([], []) == 0.0
 
 
 def test_study_pareto_trials_against_the_frontier():
@@ -213,7 +213,7 @@ def test_study_pareto_trials_against_the_frontier():
     assert t.loc["1", "frontier_auc"] == pytest.approx(0.75)  # between dst (0.7, 0.7) and dense (0.8, 0.8)
     assert t.loc["1", "excess_auc"] == pytest.approx(0.15)
     front = frame[(frame["seed"] == 1) & frame["method"].isin(["dst", "dense"])]
-    hv_front = compare.front_hypervolume(front["test_accuracy"], front["audit_auc"])
+    hv_front = pareto.front_hypervolume(front["test_accuracy"], front["audit_auc"])
     assert t.loc["0", "hv_frontier"] == pytest.approx(hv_front)
     assert t.loc["0", "hv_union"] > hv_front  # the trial below the frontier adds area
     with pytest.raises(runs.NoRunsError, match="seed 9"):

@@ -13,7 +13,7 @@ from conftest import make_cfg
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from pipeline import runs
+from pipeline import frontier, plots, runs
 from pipeline.__main__ import run_stage
 from pipeline.stages import report
 
@@ -206,13 +206,13 @@ def test_tradeoff_plot_draws_the_frontier_of_each_density(tmp_path):
             rows.append(dict(run_id=f"{label}{d}{seed}", dataset="p", method=method, label=label, seed=seed,
                              target_density=d, test_accuracy=acc + 0.01 * seed, audit_auc=auc))
     frame = pd.DataFrame(rows)
-    curves = report.frontier_curves(frame, ["dst", "dense"])
+    curves = frontier.frontier_curves(frame, ["dst", "dense"])
     at = {d: g[["accuracy", "auc"]].to_numpy() for d, g in curves.groupby("density")}
     np.testing.assert_allclose(at[0.05], [[0.305, 0.6], [0.505, 0.7], [0.705, 0.9]])  # oneshot is no member
     np.testing.assert_allclose(at[0.2], [[0.605, 0.75], [0.705, 0.9]])
-    path = report.plot_tradeoff(frame, tmp_path / "t.png", "p", frontier=curves)
+    path = plots.plot_tradeoff(frame, tmp_path / "t.png", "p", frontier=curves)
     assert path.stat().st_size > 0
-    assert report.frontier_curves(frame[frame["method"] == "oneshot"], ["dst"]).empty
+    assert frontier.frontier_curves(frame[frame["method"] == "oneshot"], ["dst"]).empty
 
 
 def test_sparse_labels_name_non_default_schedules():
