@@ -166,3 +166,20 @@ def test_density_too_small_to_keep_anything_raises():
 def test_model_without_prunable_weights_raises():
     with pytest.raises(ValueError, match="no prunable"):
         random_masks(nn.Sequential(nn.LayerNorm(4)), 0.5)
+
+
+def test_erk_ratios_between_conv_layers_count_their_kernels():
+    # RigL's ERK for a conv layer (out, in, kh, kw): density ∝ (out + in + kh + kw) / (out·in·kh·kw).
+    # Below the dense correction, d_k = density · N / Σ_j sum(dims_j) · sum(dims_k) / prod(dims_k)
+    # (since raw_k · n_k = sum(dims_k)). Kernels of different sizes make the kernel terms matter:
+    # fan-in + fan-out alone would give other ratios.
+    shapes = {"c1": (16, 3, 3, 3), "c2": (32, 16, 3, 3), "c3": (64, 32, 5, 5), "c4": (64, 64, 1, 1)}
+    density = 0.02
+    d = erk_densities(shapes, density)
+    n = numel(shapes)
+    scale = density * sum(n.values()) / sum(sum(s) for s in shapes.values())
+    for k, s in shapes.items():
+        assert d[k] == pytest.approx(scale * sum(s) / n[k], rel=1e-12), k
+    assert d["c2"] / d["c3"] == pytest.approx((54 / 4608) / (106 / 51200), rel=1e-12)
+    assert d["c3"] / d["c4"] == pytest.approx((106 / 51200) / (130 / 4096), rel=1e-12)
+    assert all(v < 1.0 for v in d.values())  # no layer hit the dense correction
