@@ -196,3 +196,15 @@ def test_a_roc_point_exactly_at_the_target_fpr_counts(target):
     weighted = weighted_metrics(np.sort(s1), s0, ones1, ones0, (target,))[fpr_key(target)]
     assert weighted[0] == 0.5
     assert summarize(scores, labels, fprs=(target,))[fpr_key(target)] == 0.5
+
+
+def test_tpr_target_outside_0_1_and_bootstrap_counts_are_checked():
+    scores, labels = np.r_[0.9, 0.2, 0.4], np.r_[1, 0, 0]
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"^fpr must lie in \[0, 1\], got {bad}$"):
+            tpr_at_fpr(scores, labels, bad)
+    assert tpr_at_fpr(scores, labels, 1.0) == 1.0
+    assert len(bootstrap_metrics(scores, labels)["auc"]) == 1000  # the documented default
+    assert len(bootstrap_metrics(scores, labels, n_bootstrap=1)["auc"]) == 1
+    with pytest.raises(ValueError, match="n_bootstrap must be >= 1, got 0"):
+        bootstrap_metrics(scores, labels, n_bootstrap=0)
