@@ -107,6 +107,7 @@ EQUIVALENT: dict[str, str] = {
     "sparse.init.x_random_masks__mutmut_22": "a float 0/1 mask: MaskSet turns 0/1 numbers into the same bool mask",
     "sparse.export.x__to_numpy__mutmut_7": "copy=True: the same values in a fresh array",
     "sparse.export.x_read_export__mutmut_9": "unpack_from's offset defaults to 0",
+    "pipeline.selection.x_resolution__mutmut_2": "drop=None keeps the old index as an extra column nothing reads",
 }
 # survivors that are not equivalent but that this suite cannot kill (shown, still counted as survived)
 UNKILLABLE_HERE: dict[str, str] = {

@@ -180,3 +180,30 @@ def test_pareto_knee_scores_are_distances_to_the_chord():
     assert choice.index == 1
     assert choice.scores[:3] == pytest.approx([0.0, distance, 0.0], abs=1e-9)
     assert choice.scores[3] == -np.inf
+
+
+def test_pareto_knee_does_not_depend_on_candidate_order():
+    # the chord runs from the least to the most accurate front point wherever they sit
+    acc, risk = [0.60, 0.90, 0.95, 0.55], [0.50, 0.55, 0.90, 0.60]
+    choice = select("pareto_knee", results(acc, risk, risk_se=0.0), noise_floor=False)
+    assert choice.index == 1 and choice.scores[1] > 0.1
+    assert choice.scores[0] == pytest.approx(0.0, abs=1e-9) and choice.scores[2] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_resolution_needs_an_ok_status_and_a_finite_risk():
+    import pandas as pd
+
+    from pipeline.selection import resolution
+
+    base = [
+        {"update": 1, "candidate": 0, "accuracy": 0.8, "risk": 0.70, "risk_se": 0.02, "status": "ok", "chosen": True},
+        {"update": 1, "candidate": 1, "accuracy": 0.7, "risk": 0.60, "risk_se": 0.02, "status": "ok", "chosen": False},
+    ]
+    odd = [  # a rejected candidate with a recorded risk, an ok one without: neither is compared
+        {"update": 1, "candidate": 2, "accuracy": 0.9, "risk": 0.10, "risk_se": 0.02, "status": "rejected: nan",
+         "chosen": False},
+        {"update": 1, "candidate": 3, "accuracy": 0.9, "risk": float("nan"), "risk_se": 0.02, "status": "ok",
+         "chosen": False},
+    ]
+    assert resolution(pd.DataFrame(base + odd)) == resolution(pd.DataFrame(base))
+    assert resolution(pd.DataFrame(base))["median_risk_spread"] == pytest.approx(0.10)
