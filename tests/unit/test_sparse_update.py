@@ -441,3 +441,9 @@ def test_shrinking_needs_no_grow_scores():
     model, masks, _ = setup(density=0.2)
     resize(model, masks, 0.1, prune="magnitude", grow="gradient")
     assert masks.n_active() == round(0.1 * masks.n_total())
+
+
+def test_a_missing_fired_record_is_named_with_its_remedy():
+    model, masks, _ = setup()
+    with pytest.raises(ValueError, match=r"needs fired for layer '0\.weight': pass fired=\{name: bool tensor\}$"):
+        prune_and_grow(model, masks, 0.3, grow="unfired", fired={})
