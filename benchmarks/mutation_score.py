@@ -134,9 +134,12 @@ def tree_files(rev: str | None) -> dict[str, bytes]:
     return out
 
 
-def write_tree(files: dict[str, bytes], dest: Path, group: dict) -> None:
-    """A scratch copy of the tree with mutmut's config for one group in its pyproject."""
-    if dest.exists():
+def write_tree(files: dict[str, bytes], dest: Path, group: dict, keep: bool = False) -> None:
+    """A scratch copy of the tree with mutmut's config for one group in its pyproject.
+
+    `keep`: update the files of an earlier copy in place and keep its mutants/ (mutmut then reuses
+    its records and collects stats for new tests only)."""
+    if dest.exists() and not keep:
         shutil.rmtree(dest)
     for name, content in files.items():
         path = dest / name
@@ -203,7 +206,7 @@ def run_group(
     """Sample the group's mutants and run them; with `earlier` (a previous run's record of this
     group), run only its mutants that were not killed and keep the rest of its verdicts."""
     dest = work / name
-    write_tree(files, dest, group)
+    write_tree(files, dest, group, keep=earlier is not None and dest.is_dir())
     started = time.time()
     # generate every mutant and record which tests run which function; then ask for a name that
     # matches nothing, so mutmut stops before testing any mutant
