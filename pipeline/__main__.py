@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import interrupt, tracking
+from pipeline import interrupt, threads, tracking
 from pipeline.config import STAGES, validate
 
 log = logging.getLogger("pipeline")
@@ -109,8 +108,7 @@ def run_stage(cfg: DictConfig) -> Any:
         raise ValueError(f"unknown stage {name!r}; valid: {sorted(STAGE_FUNCTIONS)}")
     validate(cfg)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    if cfg.runtime.get("n_threads"):
-        torch.set_num_threads(int(cfg.runtime.n_threads))
+    threads.configure(cfg)  # runtime.n_threads: auto shares the cores among search workers
     logging.getLogger().setLevel(str(cfg.runtime.get("log_level", "INFO")))
     with interrupt.guarded():  # a Ctrl-C swallowed by a garbage-collector callback is raised again
         return STAGE_FUNCTIONS[name](cfg)

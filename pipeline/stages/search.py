@@ -230,10 +230,16 @@ def run(cfg: DictConfig) -> SearchResult:
     exp_id = tracking.setup(cfg)
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
 
-    with mlflow_runs.maybe_run(parent_id):
-        teacher = teacher_stage.run(cfg)
-        shadows = shadows_stage.run(cfg)
+    # The other workers start now, not after teacher and shadows: each needs both, and the
+    # stage cache's build lock makes a worker wait for an entry another one is building.
     procs = workers.spawn(cfg, s.n_workers - 1, parent_id, _worker_body)
+    try:
+        with mlflow_runs.maybe_run(parent_id):
+            teacher, shadows = _references(cfg, 0)
+    except BaseException:  # no teacher or shadows here: stop the workers too
+        workers.interrupt_all(procs)
+        workers.join(procs)
+        raise
     try:
         with progress.collapsed_warnings("this study's trials"):  # a per-trial warning once, counted
             _work(cfg, s, shared, teacher, shadows, exp_id, parent_id)
@@ -275,13 +281,23 @@ def teacher_dense_bytes(cfg: DictConfig, teacher) -> int:
     return sparse.dense_size_bytes(teacher_stage.load(cfg, teacher))
 
 
+def _references(cfg: DictConfig, index: int):
+    """Teacher and shadows for worker `index`. Odd workers build the shadows first: on a cold
+    cache one worker trains the teacher while the next trains the shadows, and each then finds
+    the other's entry in the cache (or waits for it) instead of idling on the same lock."""
+    if index % 2:
+        shadows = shadows_stage.run(cfg)
+        return teacher_stage.run(cfg), shadows
+    teacher = teacher_stage.run(cfg)
+    return teacher, shadows_stage.run(cfg)
+
+
 def _worker_body(cfg: DictConfig, parent_id: str | None, index: int) -> None:
     """What a spawned worker process runs (inside `workers.worker_main`): the same loop."""
     s = to_schema(SearchConfig, cfg.search)
     shared = storage.open_study(cfg, s, worker=index)
     exp_id = tracking.setup(cfg)
-    teacher = teacher_stage.run(cfg)  # cache hits: the main process trained them
-    shadows = shadows_stage.run(cfg)
+    teacher, shadows = _references(cfg, index)
     with progress.collapsed_warnings(f"worker {index}'s trials"):
         _work(cfg, s, shared, teacher, shadows, exp_id, parent_id)
 
