@@ -4,7 +4,7 @@ batched vs sequential candidate probes.
 Prints ratios measured in one run (issue 6 target: SafeCompress/DST <= 1.5x) and writes
 benchmarks/results/compress.md. Run by hand: `python benchmarks/bench_compress.py [repeats]`.
 
-Torch uses `runtime.n_threads` threads (1 by default), as `python -m pipeline` does. Every
+Torch uses `runtime.n_threads` threads (`auto`: the cores), as `python -m pipeline` does. Every
 repeat runs all variants back to back; a ratio is taken within one repeat and the table
 reports medians over repeats, of wall time and of this process's CPU time (the CPU time is
 steadier on a machine shared with other jobs).
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from pipeline import threads
 from pipeline.compress import from_config, train_compressed
 from pipeline.context import load_data
 from pipeline.stages import teacher
@@ -74,9 +75,7 @@ def main() -> None:
 
 def section(root: str, repeats: int, update_every: int) -> str:
     cfgs = {name: cfg_for(root, *ov, update_every=update_every) for name, ov in VARIANTS.items()}
-    n_threads = cfgs["dst"].runtime.get("n_threads")
-    if n_threads:
-        torch.set_num_threads(int(n_threads))
+    threads.configure(cfgs["dst"])
     timed(cfg_for(root, "compress=dst", "train.epochs=2"))  # warm-up: imports, teacher cache
     runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
     for r in range(repeats):

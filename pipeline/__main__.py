@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import flow, interrupt, tracking
+from pipeline import flow, interrupt, threads, tracking
 from pipeline.config import validate
 
 log = logging.getLogger("pipeline")
@@ -128,8 +127,7 @@ def run_stage(cfg: DictConfig) -> Any:
         raise ValueError(f"unknown stage {name!r}; valid: {sorted(STAGE_FUNCTIONS)}")
     validate(cfg)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    if cfg.runtime.get("n_threads"):
-        torch.set_num_threads(int(cfg.runtime.n_threads))
+    threads.configure(cfg)  # runtime.n_threads: auto shares the cores among search workers
     logging.getLogger().setLevel(str(cfg.runtime.get("log_level", "INFO")))
     with interrupt.guarded():  # a Ctrl-C swallowed by a garbage-collector callback is raised again
         return STAGE_FUNCTIONS[name](cfg)

@@ -8,6 +8,7 @@ reported before a single epoch runs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
@@ -30,6 +31,10 @@ VARIANTS = ("metric", "bmia", "wmia", "mmia")
 INITS = ("erk", "uniform", "teacher")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "multistep")
+SHADOW_RECIPES = ("dense", "matched")  # dense: the teacher's recipe; matched: the compress recipe
+REFERENCES = ("dense", "matched", "both")  # attack.reference / attack.search_reference
+MMIA_COMBINES = ("max", "mean")
+ADVERSARIAL_KINDS = ("bmia", "wmia", "both")
 
 
 @dataclass
@@ -239,6 +244,11 @@ def to_schema(schema: type[T], node: Any) -> T:
     if OmegaConf.is_config(node):  # resolve interpolations against the full config first
         node = OmegaConf.to_container(node, resolve=True)
     merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    if isinstance(node, dict):  # a mapping the config gives replaces the schema's default one
+        for f in dataclasses.fields(schema):  # type: ignore[arg-type]
+            factory = f.default_factory
+            if isinstance(node.get(f.name), dict) and factory is not dataclasses.MISSING and isinstance(factory(), dict):
+                merged[f.name] = node[f.name]
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
@@ -277,7 +287,7 @@ def validate_attack(attack: AttackConfig) -> None:
     """The audit's attacks (each built once: unknown names, parameters and values raise) and `primary`."""
     import attacks
 
-    _check_choice("attack.reference", attack.reference, ("dense", "matched", "both"))
+    _check_choice("attack.reference", attack.reference, REFERENCES)
     try:
         attacks.check_specs(attack.audit)
     except ValueError as err:
@@ -301,11 +311,12 @@ def validate(cfg: DictConfig) -> None:
     _check_count("shadows.n_models", shadows.n_models, 0)
     if not 0 < shadows.member_fraction < 1:
         raise ValueError(f"shadows.member_fraction must be in (0, 1), got {shadows.member_fraction}")
+    _check_choice("shadows.recipe", shadows.recipe, SHADOW_RECIPES)
     compress = to_schema(CompressConfig, cfg.compress)
     validate_compress(compress)
     attack = to_schema(AttackConfig, cfg.attack)
     validate_attack(attack)
-    _check_choice("attack.search_reference", attack.search_reference, ("dense", "matched", "both"))
+    _check_choice("attack.search_reference", attack.search_reference, REFERENCES)
     if attack.n_bootstrap and attack.n_bootstrap < 100:
         raise ValueError(f"attack.n_bootstrap must be 0 (off) or >= 100, got {attack.n_bootstrap}")
     search = to_schema(SearchConfig, cfg.search)
@@ -346,10 +357,10 @@ def validate_compress(c: CompressConfig) -> None:
     _check_choice("compress.selection.rule", c.selection.rule, SELECTION_RULES)
     for m in c.safety.mmia_members:
         _check_choice("compress.safety.mmia_members entry", m, ("metric", "bmia", "wmia"))
-    _check_choice("compress.safety.mmia_combine", c.safety.mmia_combine, ("max", "mean"))
+    _check_choice("compress.safety.mmia_combine", c.safety.mmia_combine, MMIA_COMBINES)
     _check_count("compress.safety.attacker_epochs", c.safety.attacker_epochs)
     _check_count("compress.safety.attacker_refresh_epochs", c.safety.attacker_refresh_epochs, 0)
-    _check_choice("compress.adversarial.kind", c.adversarial.kind, ("bmia", "wmia", "both"))
+    _check_choice("compress.adversarial.kind", c.adversarial.kind, ADVERSARIAL_KINDS)
     if c.adversarial.lam < 0:
         raise ValueError(f"compress.adversarial.lam must be >= 0, got {c.adversarial.lam}")
     if not 0.0 <= c.adversarial.warmup_fraction < 1.0:

@@ -56,6 +56,14 @@ def data_spec(cfg: DictConfig) -> dict[str, Any]:
     return {"dataset": dataset, "seed": int(cfg.seed), "n_audit": attack.n_audit}
 
 
+DATA_VERSION = 1
+
+
+def data_key(cfg: DictConfig) -> str:
+    """The data's cache key from the config alone (nothing is loaded); equals `load_data(cfg).key`."""
+    return cache_key("data", DATA_VERSION, data_spec(cfg))
+
+
 def load_data(cfg: DictConfig) -> DataBundle:
     name = str(cfg.dataset.name)
     if name not in DATASETS:
@@ -74,7 +82,7 @@ def _load_data(spec_json: str, paths_json: str) -> DataBundle:
     dataset = _call(target, ds_cfg)
     splits = make_splits(len(dataset), split, spec["seed"], n_audit=spec["n_audit"])
     dataset, splits = plant_canaries(dataset, splits, n_canaries, spec["seed"])
-    key = cache_key("data", 1, spec)
+    key = cache_key("data", DATA_VERSION, spec)
     return DataBundle(dataset, splits, key)
 
 

@@ -59,8 +59,16 @@ class Trial:
     """The search's per-trial work, wired here: teacher and dense shadows once, then compress +
     audit per trial. A plain object of this module, so spawned search workers can unpickle it."""
 
-    def prepare(self, cfg: DictConfig) -> tuple[TeacherResult, ShadowsResult]:
-        return teacher_stage.run(cfg), shadows_stage.run(cfg)
+    def prepare(self, cfg: DictConfig, index: int = 0) -> tuple[TeacherResult, ShadowsResult]:
+        """Teacher and shadows for search worker `index`. Odd workers build the shadows first:
+        on a cold cache one worker trains the teacher while the next trains the shadows, and
+        each then finds the other's entry in the cache (or waits for it) instead of idling on
+        the same lock."""
+        if index % 2:
+            shadows = shadows_stage.run(cfg)
+            return teacher_stage.run(cfg), shadows
+        teacher = teacher_stage.run(cfg)
+        return teacher, shadows_stage.run(cfg)
 
     def __call__(
         self, cfg: DictConfig, teacher_result: TeacherResult, dense_shadows: ShadowsResult

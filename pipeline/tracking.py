@@ -149,10 +149,20 @@ def _experiment_id(cfg: DictConfig, uri: str) -> str:
         artifact_dir = Path(str(cfg.tracking.artifact_dir)).resolve()
         artifact_dir.mkdir(parents=True, exist_ok=True)
         tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-        if uri.startswith(("http://", "https://")):
-            exp_id = mlflow.create_experiment(name, tags=tags)
-        else:
-            exp_id = mlflow.create_experiment(name, artifact_location=artifact_dir.as_uri(), tags=tags)
+        try:
+            if uri.startswith(("http://", "https://")):
+                exp_id = mlflow.create_experiment(name, tags=tags)
+            else:
+                exp_id = mlflow.create_experiment(name, artifact_location=artifact_dir.as_uri(), tags=tags)
+        except mlflow.exceptions.MlflowException as err:
+            # Commands on several machines starting at once against one server: another one
+            # created it between our lookup and our create (the server answers
+            # RESOURCE_ALREADY_EXISTS; a file lock cannot order processes on other hosts).
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            log.info("experiment %r was created by another process meanwhile (%s)", name, err.error_code)
+            exp_id = experiment.experiment_id
     else:
         exp_id = experiment.experiment_id
         if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag; a user's own kind stays

@@ -21,6 +21,9 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def make_cfg(overrides: list[str], root: Path | None = None) -> DictConfig:
     """The composed config with `overrides`; paths under `root` (never the repository)."""
     extra = [f"paths.root={root}"] if root is not None else []
+    # and one thread in the stages run here (the default, auto, would take every core)
+    if not any(o.lstrip("+~").startswith("runtime.n_threads") for o in overrides):
+        extra.append("runtime.n_threads=1")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=[*overrides, *extra])
 

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,34 @@ def references(cfg: DictConfig) -> tuple[str, ...]:
     return {"dense": ("dense",), "matched": ("matched",), "both": ("matched", "dense")}[a.reference]
 
 
+def _reference_keys(
+    a: AttackConfig, dense_keys: Sequence[str], matched_keys: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The reference models an audit reads, as (references, extra matched references) keys.
+
+    Empty when no configured attack needs references; `attack.reference` picks the dense
+    shadows, the matched ones, or both (matched then reported as `<attack>_matched`).
+    """
+    if not _needs(a)[0] & attack_registry.REFERENCE_INPUTS:
+        return [], []
+    if a.reference == "matched":
+        return list(matched_keys), []
+    if a.reference == "dense":
+        return list(dense_keys), []
+    return list(dense_keys), list(matched_keys)
+
+
+def key(cfg: DictConfig, compress_key: str, dense_keys: Sequence[str], matched_keys: Sequence[str]) -> str:
+    """The audit's cache key: the attack group, the seed, the compressed model's key and the keys
+    of the reference models the audit reads (`_reference_keys`)."""
+    a = attack_config(cfg)
+    ref_keys, extra = _reference_keys(a, dense_keys, matched_keys)
+    spec = {"attack": plain(cfg.attack), "seed": int(cfg.seed)}
+    return cache_key(
+        "attack", VERSION, spec, {"compress": compress_key, "shadows": ",".join(ref_keys), "matched": ",".join(extra)}
+    )
+
+
 def run(
     cfg: DictConfig,
     compressed: CompressResult,
@@ -79,16 +108,13 @@ def run(
     missing = [r for r, given in (("dense", shadows), ("matched", matched)) if r in needs and given is None]
     if missing:
         raise ValueError(f"attack.reference={a.reference!r} needs the {' and '.join(missing)} reference models")
-    needs_refs = bool(needs)
     if a.reference == "matched":
         shadows = matched
-    ref_keys = list(shadows.keys) if (needs_refs and shadows is not None) else []
-    matched_keys = list(matched.keys) if (matched is not None and needs_refs and a.reference == "both") else []
+    dense_keys = shadows.keys if (shadows is not None and a.reference != "matched") else ()
+    all_matched = matched.keys if matched is not None else ()
+    ref_keys, matched_keys = _reference_keys(a, dense_keys, all_matched)
     the_spec = {"attack": plain(cfg.attack), "seed": int(cfg.seed)}
-    key = cache_key(
-        "attack", VERSION, the_spec,
-        {"compress": compressed.key, "shadows": ",".join(ref_keys), "matched": ",".join(matched_keys)},
-    )
+    k = key(cfg, compressed.key, dense_keys, all_matched)
 
     def build(out: Path) -> None:
         model = load_compressed(cfg, data, compressed.export_path)
@@ -119,10 +145,10 @@ def run(
 
     t0 = time.perf_counter()
     entry = get_cache(cfg).get_or_create(
-        "attack", key, {**the_spec, "compress": compressed.key, "shadows": ref_keys}, build
+        "attack", k, {**the_spec, "compress": compressed.key, "shadows": ref_keys}, build
     )
     metrics = json.loads((entry.path / "metrics.json").read_text())
-    result = AttackResult(key, entry.path, entry.hit, metrics)
+    result = AttackResult(k, entry.path, entry.hit, metrics)
     tracking.log_metrics({k: v for k, v in metrics.items() if v is not None})
     for f in ("audit.csv", "select.csv", "canary.csv", "roc.png", "scores.npz"):
         if (entry.path / f).exists():

@@ -33,13 +33,18 @@ log = logging.getLogger(__name__)
 VERSION = 2
 
 
+def key(cfg: DictConfig, data_key: str, teacher_key: str) -> str:
+    """The compressed model's cache key: its spec and the keys of the data and the teacher."""
+    return cache_key("compress", VERSION, from_config.spec(cfg), {"data": data_key, "teacher": teacher_key})
+
+
 def run(cfg: DictConfig, teacher: TeacherResult) -> CompressResult:
     """Train (or load from the cache) the compressed model of `cfg.compress`, from `teacher`."""
     data = load_data(cfg)
     job = from_config.job(cfg, data, teacher.model_path)
     c = job.c
     the_spec = from_config.spec(cfg)
-    key = cache_key("compress", VERSION, the_spec, {"data": data.key, "teacher": teacher.key})
+    k = key(cfg, data.key, teacher.key)
 
     def build(out: Path) -> None:
         trained = train_compressed(job)
@@ -61,16 +66,16 @@ def run(cfg: DictConfig, teacher: TeacherResult) -> CompressResult:
 
     t0 = time.perf_counter()
     entry = get_cache(cfg).get_or_create(
-        "compress", key, {**the_spec, "data": data_spec(cfg), "teacher": teacher.key}, build
+        "compress", k, {**the_spec, "data": data_spec(cfg), "teacher": teacher.key}, build
     )
     stored = json.loads((entry.path / "metrics.json").read_text())
     table = _candidates_table(entry.path)
-    result = CompressResult(key, entry.path, entry.hit, {**stored["metrics"], **_safety_resolution(table)})
+    result = CompressResult(k, entry.path, entry.hit, {**stored["metrics"], **_safety_resolution(table)})
     _log_tracking(result, stored["history"], table)
     log.info(
         "compress %s (%s, %s in %.1f s): val acc %.3f, test acc %.3f, density %.4f, %s bytes",
         c.method,
-        key,
+        k,
         "cached" if entry.hit else "trained",
         time.perf_counter() - t0,
         result.metrics["accuracy"],

@@ -152,7 +152,7 @@ def run(cfg: DictConfig, trial_work) -> SearchResult:
     """Run (or resume) the study until `search.n_trials` trials are complete.
 
     `trial_work` (`pipeline.flow.Trial`) is the per-trial compress + audit, wired above the
-    stages: `prepare(cfg)` makes the teacher and shadows every trial shares,
+    stages: `prepare(cfg, worker_index)` makes the teacher and shadows every trial shares,
     `trial_work(trial_cfg, teacher, shadows)` one trial's (compress, attack) results, and
     `dense_size_bytes(cfg, teacher)` the size the model-size objective is normalised by.
     """
@@ -163,9 +163,17 @@ def run(cfg: DictConfig, trial_work) -> SearchResult:
     exp_id = tracking.setup(cfg)
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
 
-    with mlflow_runs.maybe_run(parent_id):
-        teacher, shadows = trial_work.prepare(cfg)
-    procs = workers.spawn(cfg, s.n_workers - 1, parent_id, functools.partial(_worker_body, trial_work=trial_work))
+    # The other workers start now, not after teacher and shadows: each needs both, and the
+    # stage cache's build lock makes a worker wait for an entry another one is building.
+    body = functools.partial(_worker_body, trial_work=trial_work)
+    procs = workers.spawn(cfg, s.n_workers - 1, parent_id, body)
+    try:
+        with mlflow_runs.maybe_run(parent_id):
+            teacher, shadows = trial_work.prepare(cfg, 0)
+    except BaseException:  # no teacher or shadows here: stop the workers too
+        workers.interrupt_all(procs)
+        workers.join(procs)
+        raise
     try:
         with progress.collapsed_warnings("this study's trials"):  # a per-trial warning once, counted
             _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)
@@ -206,7 +214,7 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=
     s = to_schema(SearchConfig, cfg.search)
     shared = storage.open_study(cfg, s, worker=index)
     exp_id = tracking.setup(cfg)
-    teacher, shadows = trial_work.prepare(cfg)  # cache hits: the main process trained them
+    teacher, shadows = trial_work.prepare(cfg, index)
     with progress.collapsed_warnings(f"worker {index}'s trials"):
         _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)
 

@@ -25,7 +25,7 @@ from pipeline.batched import can_batch, train_grouped
 from pipeline.cache import cache_key
 from pipeline.compress import from_config as compress_from_config
 from pipeline.compress import train_compressed
-from pipeline.config import ShadowsConfig, to_schema
+from pipeline.config import SHADOW_RECIPES, ShadowsConfig, to_schema
 from pipeline.context import (
     DataBundle,
     build_model,
@@ -65,7 +65,28 @@ def shadow_spec(cfg: DictConfig, index: int) -> dict[str, Any]:
     }
 
 
-RECIPES = ("dense", "matched")
+def dense_keys(cfg: DictConfig, data_key: str) -> tuple[str, ...]:
+    """The dense shadows' cache keys, one per model (raising `shadows.n_models` keeps the first ones)."""
+    n_models = to_schema(ShadowsConfig, cfg.shadows).n_models
+    spec = shadow_spec(cfg, 0)
+    return tuple(cache_key("shadow", VERSION, {**spec, "index": k}, {"data": data_key}) for k in range(n_models))
+
+
+def matched_spec(compress_spec: dict[str, Any], dense_key: str, index: int) -> dict[str, Any]:
+    """A matched shadow's spec: the compress recipe (`from_config.spec`) and the dense shadow it starts from."""
+    return {"compress": compress_spec, "dense_shadow": dense_key, "index": index}
+
+
+def matched_keys(cfg: DictConfig, data_key: str, dense: tuple[str, ...]) -> tuple[str, ...]:
+    """The matched shadows' cache keys, one per dense shadow (`dense`: their keys)."""
+    c_spec = compress_from_config.spec(cfg)
+    return tuple(
+        cache_key("shadow_matched", VERSION, matched_spec(c_spec, dk, k), {"data": data_key})
+        for k, dk in enumerate(dense)
+    )
+
+
+RECIPES = SHADOW_RECIPES
 
 
 def run(cfg: DictConfig, recipe: str | None = None) -> ShadowsResult:
@@ -86,7 +107,7 @@ def run(cfg: DictConfig, recipe: str | None = None) -> ShadowsResult:
     cache = get_cache(cfg)
     n_pop = len(data.splits.population)
     specs = [shadow_spec(cfg, k) for k in range(shadows.n_models)]
-    keys_all = [cache_key("shadow", VERSION, s, {"data": data.key}) for s in specs]
+    keys_all = list(dense_keys(cfg, data.key))
     rows_all = [membership_row(int(cfg.seed), k, n_pop, shadows.member_fraction) for k in range(shadows.n_models)]
     missing = [
         k for k in range(shadows.n_models)
@@ -168,14 +189,15 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
     c = compress_from_config.compress_config(cfg)
     c_spec = compress_from_config.spec(cfg)
     pop = data.splits.population
+    all_keys = matched_keys(cfg, data.key, dense.keys)
     keys, paths, hits = [], [], 0
     t0 = time.perf_counter()
     # one count over the references (each is a whole compress run: its own bar stays off)
     bar = progress.Progress(len(dense.keys), f"references[{c.method}]", "model", bool(cfg.runtime.progress))
     for k, (dense_key, dense_path) in enumerate(zip(dense.keys, dense.paths)):
         row = dense.membership[k]
-        spec = {"compress": c_spec, "dense_shadow": dense_key, "index": k}
-        key = cache_key("shadow_matched", VERSION, spec, {"data": data.key})
+        spec = matched_spec(c_spec, dense_key, k)
+        key = all_keys[k]
 
         def build(out: Path, k=k, row=row, dense_path=dense_path) -> None:
             members, outsiders = pop[row], pop[~row]

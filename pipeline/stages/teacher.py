@@ -36,16 +36,17 @@ def spec(cfg: DictConfig) -> dict[str, Any]:
     return {"model": model_spec(cfg), "train": asdict(train_recipe(cfg))}
 
 
-def key(cfg: DictConfig) -> str:
-    data = load_data(cfg)
-    return cache_key("teacher", VERSION, spec(cfg), {"data": data.key})
+def key(cfg: DictConfig, data_key: str | None = None) -> str:
+    """The teacher's cache key: its spec and the data's key (`load_data(cfg).key` by default)."""
+    data_key = load_data(cfg).key if data_key is None else data_key
+    return cache_key("teacher", VERSION, spec(cfg), {"data": data_key})
 
 
 def run(cfg: DictConfig) -> TeacherResult:
     data = load_data(cfg)
     recipe = train_recipe(cfg)
     the_spec = {**spec(cfg), "data": data_spec(cfg)}
-    k = key(cfg)
+    k = key(cfg, data.key)
 
     def build(out: Path) -> None:
         log.info("training the teacher (%d epochs on %d members)", recipe.epochs, len(data.splits.train))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import interrupt, tracking
+from pipeline import interrupt, threads, tracking
 from pipeline.config import SearchConfig
 from pipeline.study import mlflow_runs
 from pipeline.study.storage import SharedStudy
@@ -322,10 +322,7 @@ def worker_main(
     logging.basicConfig(level=level, format=f"[worker {index}] %(levelname)s %(name)s: %(message)s")
     tracking.mask_logs()
     cfg = OmegaConf.create(cfg_yaml)
-    if cfg.runtime.get("n_threads"):
-        import torch
-
-        torch.set_num_threads(int(cfg.runtime.n_threads))
+    threads.configure(cfg)  # runtime.n_threads=auto: this worker's share of the cores
     try:
         with interrupt.guarded():
             body(cfg, parent_id, index)

@@ -32,10 +32,15 @@ def _runs(cfg):
     return client, parents, children
 
 
-def test_search_tracks_every_trial_and_resumes_from_cache(cfg_factory, monkeypatch):
+def test_search_tracks_every_trial_and_resumes_from_cache(cfg_factory, monkeypatch, capsys):
     cfg = cfg_factory("experiment=smoke")
     result = run_stage(cfg)
     assert result.n_complete == 2
+    # the run ends by saying where the results are and how to open both UIs
+    last = capsys.readouterr().out.strip().splitlines()[-4:]
+    assert all(f in last[0] for f in ("pareto.csv", "trials.csv", "pareto.png", str(result.pareto_csv.parent)))
+    assert "make ui" in last[1] and "workflowType=machine_learning" in last[2]
+    assert "make dashboard" in last[3] and "http://127.0.0.1:8080" in last[3]
 
     client, parents, children = _runs(cfg)
     assert len(parents) == 1 and len(children) == 2

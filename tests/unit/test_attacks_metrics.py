@@ -158,3 +158,53 @@ def test_bootstrap_interval_covers_true_auc_92_to_98_percent():
 def test_bad_inputs_raise(scores, labels, match):
     with pytest.raises(ValueError, match=match):
         roc_auc(scores, labels)
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.9])
+def test_interval_tails_are_the_quantiles_of_the_same_bootstrap_draws(confidence):
+    # a 95% interval is the 2.5% and 97.5% quantiles of the replicates (90%: 5% and 95%), of
+    # exactly the draws `bootstrap_metrics` makes with the same seed
+    rng = np.random.default_rng(6)
+    labels = np.r_[np.ones(300), np.zeros(400)]
+    scores = rng.normal(size=700) + 0.8 * labels
+    fprs = (0.01, 0.05)
+    out = summarize(scores, labels, fprs=fprs, n_bootstrap=300, seed=11, confidence=confidence)
+    boot = bootstrap_metrics(scores, labels, fprs=fprs, n_bootstrap=300, seed=11)
+    tail = (1.0 - confidence) / 2.0
+    for key in ("auc", fpr_key(0.01), fpr_key(0.05)):
+        assert out[f"{key}_ci_low"] == pytest.approx(np.quantile(boot[key], tail), abs=1e-12)
+        assert out[f"{key}_ci_high"] == pytest.approx(np.quantile(boot[key], 1.0 - tail), abs=1e-12)
+        # and not the neighbouring tails: the pinning above can tell them apart on this data
+        wider = np.quantile(boot[key], [tail / 2, 1.0 - tail / 2])
+        assert (out[f"{key}_ci_low"], out[f"{key}_ci_high"]) != pytest.approx(tuple(wider), abs=1e-12)
+
+
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.29])
+def test_a_roc_point_exactly_at_the_target_fpr_counts(target):
+    # 100 non-members at 0.00 .. 0.99; 30 members: 10 above all of them, 5 just below the
+    # n_fp-th highest non-member (n_fp = target·100), 15 below all. The 5 are reached only by
+    # letting exactly n_fp non-members through, at FPR == target exactly, which must count.
+    # 0.29·100 = 28.999999999999996 in floating point: the allowed false positives are still 29.
+    n_fp = round(target * 100)
+    s0 = np.arange(100) / 100.0
+    s1 = np.r_[np.full(10, 2.0), s0[-n_fp] - 0.005 + np.zeros(5), np.full(15, -1.0)]
+    scores, labels = np.r_[s1, s0], np.r_[np.ones(len(s1)), np.zeros(100)]
+    # "member" for score >= s0[-n_fp] - 0.005: FPR = n_fp/100 = target, TPR = 15/30
+    assert tpr_at_fpr(scores, labels, target) == 0.5
+    assert tpr_at_fpr(scores, labels, target - 0.005) == pytest.approx(10 / 30)  # one fewer FP allowed
+    ones1, ones0 = np.ones((1, len(s1))), np.ones((1, 100))
+    weighted = weighted_metrics(np.sort(s1), s0, ones1, ones0, (target,))[fpr_key(target)]
+    assert weighted[0] == 0.5
+    assert summarize(scores, labels, fprs=(target,))[fpr_key(target)] == 0.5
+
+
+def test_tpr_target_outside_0_1_and_bootstrap_counts_are_checked():
+    scores, labels = np.r_[0.9, 0.2, 0.4], np.r_[1, 0, 0]
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"^fpr must lie in \[0, 1\], got {bad}$"):
+            tpr_at_fpr(scores, labels, bad)
+    assert tpr_at_fpr(scores, labels, 1.0) == 1.0
+    assert len(bootstrap_metrics(scores, labels)["auc"]) == 1000  # the documented default
+    assert len(bootstrap_metrics(scores, labels, n_bootstrap=1)["auc"]) == 1
+    with pytest.raises(ValueError, match="n_bootstrap must be >= 1, got 0"):
+        bootstrap_metrics(scores, labels, n_bootstrap=0)

@@ -80,3 +80,14 @@ def test_a_missing_gpu_is_reported_before_training(cfg_factory, monkeypatch):
     cfg = cfg_factory("experiment=smoke", "runtime.device=cuda")
     with pytest.raises(ValueError, match="runtime.device='cuda' but torch .* sees no CUDA device"):
         run_stage(cfg)
+
+
+def test_an_audit_mapping_replaces_the_schemas_default_attacks(cfg_factory):
+    # a mapping merged into the schema used to keep the default's entries: an attack option file
+    # (or `~attack.audit +attack.audit={loss: {}}`) listing only the loss attack still ran offline
+    # LiRA (and trained its shadows) while the cache key said loss only
+    from pipeline.stages.attack import attack_config
+
+    cfg = cfg_factory("experiment=smoke", "~attack.audit", "+attack.audit={loss: {}}")
+    assert list(attack_config(cfg).audit) == ["loss"]
+    assert list(attack_config(cfg_factory("experiment=smoke")).audit) == ["loss", "lira_offline"]

@@ -168,3 +168,50 @@ def test_dense_size_bytes_counts_params_and_buffers_once():
     model = cnn()
     n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     assert dense_size_bytes(model) == 4 * n
+
+
+def test_index_width_boundaries():
+    from sparse.export import _index_dtype
+
+    # positions 0 .. numel-1: uint16 up to 2**16 weights, uint32 up to 2**32
+    assert [_index_dtype(n) for n in (2**16, 2**16 + 1, 2**32, 2**32 + 1)] == [
+        "uint16", "uint32", "uint32", "uint64"]
+
+
+def test_bitmask_of_a_size_not_a_multiple_of_8_round_trips_in_the_stored_dtype():
+    torch.manual_seed(0)
+    model = nn.Linear(7, 3)  # 21 weights: a 3-byte bitmask with 3 padding bits
+    masks = random_masks(model, 0.6, "uniform", torch.Generator().manual_seed(0))
+    masks.apply(model)
+    header, tensors, stored = read_export(export_model(model, masks, "float16"))
+    assert {e["name"]: e["enc"] for e in header["tensors"]}["weight"] == "bitmask"
+    assert torch.equal(stored["weight"], masks.masks["weight"])
+    assert tensors["weight"].dtype == torch.float16  # the stored dtype, as documented
+    assert torch.equal(tensors["weight"], model.weight.detach().half())
+
+
+def test_corrupt_payload_message_is_exact():
+    model, masks = sparse_model(mlp, 0.1)
+    data = bytearray(export_model(model, masks))
+    data[-5] ^= 0xFF
+    with pytest.raises(ValueError, match=r"^export payload CRC-32 mismatch: the file is corrupt$"):
+        read_export(bytes(data))
+
+
+def test_size_report_counts_what_the_masks_keep():
+    from sparse import size_report
+
+    torch.manual_seed(0)
+    model = mlp()
+    masks = random_masks(model, 0.1, "erk", torch.Generator().manual_seed(0))  # not applied: the
+    report = size_report(model, masks)  # export must still store only the kept positions
+    exported = exported_size_bytes(model, masks)
+    assert exported < exported_size_bytes(model)
+    assert report == {
+        "model_size_bytes": exported,
+        "dense_size_bytes": dense_size_bytes(model),
+        "size_ratio": exported / dense_size_bytes(model),
+        "n_active": masks.n_active(),
+        "n_total": masks.n_total(),
+        "density": masks.density(),
+    }

@@ -52,3 +52,12 @@ def test_measure_latency():
     assert 0 < t < 1
     with pytest.raises(ValueError, match="n_repeat"):
         measure_latency(nn.Linear(8, 8), torch.randn(2, 8), n_repeat=0)
+
+
+def test_to_sparse_linear_of_a_bare_linear_layer():
+    lin = nn.Linear(6, 3)
+    sp = to_sparse_linear(lin)
+    assert isinstance(sp, SparseLinear) and isinstance(lin, nn.Linear)
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        assert torch.allclose(sp(x), lin(x), atol=1e-6)

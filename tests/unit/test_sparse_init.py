@@ -166,3 +166,52 @@ def test_density_too_small_to_keep_anything_raises():
 def test_model_without_prunable_weights_raises():
     with pytest.raises(ValueError, match="no prunable"):
         random_masks(nn.Sequential(nn.LayerNorm(4)), 0.5)
+
+
+def test_erk_ratios_between_conv_layers_count_their_kernels():
+    # RigL's ERK for a conv layer (out, in, kh, kw): density ∝ (out + in + kh + kw) / (out·in·kh·kw).
+    # Below the dense correction, d_k = density · N / Σ_j sum(dims_j) · sum(dims_k) / prod(dims_k)
+    # (since raw_k · n_k = sum(dims_k)). Kernels of different sizes make the kernel terms matter:
+    # fan-in + fan-out alone would give other ratios.
+    shapes = {"c1": (16, 3, 3, 3), "c2": (32, 16, 3, 3), "c3": (64, 32, 5, 5), "c4": (64, 64, 1, 1)}
+    density = 0.02
+    d = erk_densities(shapes, density)
+    n = numel(shapes)
+    scale = density * sum(n.values()) / sum(sum(s) for s in shapes.values())
+    for k, s in shapes.items():
+        assert d[k] == pytest.approx(scale * sum(s) / n[k], rel=1e-12), k
+    assert d["c2"] / d["c3"] == pytest.approx((54 / 4608) / (106 / 51200), rel=1e-12)
+    assert d["c3"] / d["c4"] == pytest.approx((106 / 51200) / (130 / 4096), rel=1e-12)
+    assert all(v < 1.0 for v in d.values())  # no layer hit the dense correction
+
+
+def test_too_small_density_names_the_smallest_allowed_and_empty_shapes_raise():
+    from sparse.init import target_count
+
+    with pytest.raises(ValueError, match=r"keeps 0 of 1000 weights; the smallest allowed density here is 0\.0005"):
+        target_count(1e-5, 1000)
+    with pytest.raises(ValueError, match="shapes is empty"):
+        erk_densities({}, 0.1)
+
+
+def test_erk_power_scale_zero_is_uniform():
+    d = erk_densities(SHAPE_SETS["conv"], 0.1, power_scale=0.0)
+    assert d == pytest.approx({k: 0.1 for k in SHAPE_SETS["conv"]})
+
+
+def test_allocate_counts_rounds_down_from_the_smallest_remainders_and_allows_zero():
+    # capped densities have no remainder: a (1.5 -> 1.0, want 3.0) gives up the surplus weight
+    # before b (want 5.5)
+    assert allocate_counts({"a": (3,), "b": (10,)}, {"a": 1.5, "b": 0.55}, 7) == {"a": 2, "b": 5}
+    # a layer down to its last weight still gives it up when the target is below the layer count
+    three = {"a": (10,), "b": (10,), "c": (10,)}
+    assert allocate_counts(three, {"a": 0.1, "b": 0.1, "c": 0.05}, 1) == {"a": 1, "b": 0, "c": 0}
+    assert allocate_counts(three, {"a": 0.1, "b": 0.1, "c": 0.05}, 0) == {"a": 0, "b": 0, "c": 0}
+
+
+def test_an_empty_layer_gets_one_weight_from_the_fullest_earlier_layer_first():
+    # z rounds to 0; the donor is the layer with the most active weights, ties to the earlier one
+    shapes = {"z": (10,), "a": (100,), "b": (100,)}
+    assert allocate_counts(shapes, {"z": 0.01, "a": 0.1, "b": 0.1}, 20) == {"z": 1, "a": 9, "b": 10}
+    shapes = {"z": (10,), "big": (1000,)}
+    assert allocate_counts(shapes, {"z": 0.01, "big": 0.01}, 10) == {"z": 1, "big": 9}

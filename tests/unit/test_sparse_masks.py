@@ -140,6 +140,7 @@ def test_counts_state_dict_and_clone():
     assert (masks.n_active(), masks.n_total()) == (4, 7)
     assert masks.density() == pytest.approx(4 / 7)
     assert masks.layer_densities() == {"a": 0.25, "b": 1.0}
+    assert masks.shapes() == {"a": (2, 2), "b": (3,)}
     restored = MaskSet.from_state_dict(masks.state_dict())
     assert all(torch.equal(restored.masks[k], masks.masks[k]) for k in masks.masks)
     c = masks.clone()

@@ -419,3 +419,31 @@ def test_library_never_touches_the_global_rng():
     prune_and_grow(model, masks, 0.3, "magnitude", "random")  # generator=None: fixed seed 0
     resize(model, masks, 0.3, grow="random")
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_score_without_its_input_names_the_criterion_what_it_needs_and_the_layer():
+    # prune_and_grow checks its inputs first; the scores themselves guard direct callers too
+    from sparse import grow_scores
+    from sparse.scores import LayerInputs
+
+    w = torch.ones(3, 4)
+    li = LayerInputs("fc.weight", w, w > 0, torch.Generator().manual_seed(0))
+    with pytest.raises(
+        ValueError,
+        match=r"^criterion 'gradient' needs dense gradients \(grads=\{name: grad\}, taken before masking\) "
+        r"for layer 'fc\.weight', none was given$",
+    ):
+        grow_scores("gradient", li)
+
+
+def test_shrinking_needs_no_grow_scores():
+    # every layer only drops when the density falls: a gradient grow criterion needs no gradients
+    model, masks, _ = setup(density=0.2)
+    resize(model, masks, 0.1, prune="magnitude", grow="gradient")
+    assert masks.n_active() == round(0.1 * masks.n_total())
+
+
+def test_a_missing_fired_record_is_named_with_its_remedy():
+    model, masks, _ = setup()
+    with pytest.raises(ValueError, match=r"needs fired for layer '0\.weight': pass fired=\{name: bool tensor\}$"):
+        prune_and_grow(model, masks, 0.3, grow="unfired", fired={})
