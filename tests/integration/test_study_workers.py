@@ -8,7 +8,7 @@
 - SQLite and Optuna's journal file (one machine: one `paths.root`): the same simultaneous start,
   without the kill.
 
-The processes are the real CLI; nothing is mocked. Servers come from conftest.py.
+The processes are the real CLI; nothing is mocked. Servers come from the fixtures below.
 """
 
 from __future__ import annotations
@@ -19,11 +19,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-from integration_servers import REPO, MlflowServer, Postgres, tail
+from integration_servers import (
+    REPO,
+    MlflowServer,
+    Postgres,
+    group_alive,
+    start_mlflow_server,
+    start_postgres,
+    stop_group,
+    stop_postgres,
+    tail,
+)
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -41,6 +52,32 @@ STUDY_OVERRIDES = [
     "runtime.n_threads=1",  # three processes on this machine's cores
 ]
 LONGER_TRIALS = "compress.epochs=12"  # a few seconds per trial: time to kill one in the middle
+
+
+# Fixtures live here, not in a conftest.py: a second `conftest` module on sys.path would
+# shadow tests/conftest.py for the tests that `from conftest import make_cfg`.
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        stop_postgres(server)
+    assert server.proc.poll() is not None, "postgres was left running"
+
+
+@pytest.fixture(scope="session")
+def mlflow_on_postgres(postgres: Postgres, tmp_path_factory) -> Iterator[MlflowServer]:
+    """An MLflow tracking server whose backend store is a database on the PostgreSQL server."""
+    postgres.create_database("mlflow")
+    server = start_mlflow_server(
+        postgres.url("mlflow", driver="psycopg"), tmp_path_factory.mktemp("mlflow-server")
+    )
+    try:
+        yield server
+    finally:
+        stop_group(server.proc)
+    assert not group_alive(server.proc.pid), "mlflow server processes were left running"
 
 
 def start_workers(folder: Path, per_worker: list[list[str]]) -> list[tuple[subprocess.Popen, Path]]:

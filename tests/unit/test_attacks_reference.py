@@ -93,3 +93,17 @@ def test_rmia_bad_parameters_raise():
     inputs = AttackInputs(target=sig_from_prob([0.5, 0.6]), references=[sig_from_prob([0.5, 0.5])])
     with pytest.raises(MissingInputError, match="population_target"):
         RMIA(population="given").fit(inputs)
+
+
+def test_lira_defaults_to_the_global_variance_and_the_normal_log_density_is_exact():
+    from attacks.lira import _log_normal_pdf
+
+    rng = np.random.default_rng(3)
+    target, refs = rng.normal(size=6), rng.normal(size=(4, 6))
+    ref_in = np.array([[True] * 6, [False] * 6, [True] * 6, [False] * 6])
+    np.testing.assert_array_equal(
+        lira_offline_scores(target, refs, ref_in), lira_offline_scores(target, refs, ref_in, variance="global"))
+    np.testing.assert_array_equal(
+        lira_online_scores(target, refs, ref_in), lira_online_scores(target, refs, ref_in, variance="global"))
+    assert _log_normal_pdf(np.float64(1.0), np.float64(0.0), np.float64(2.0)) == pytest.approx(
+        -0.125 - np.log(2.0) - 0.5 * np.log(2 * np.pi), abs=1e-12)

@@ -102,3 +102,8 @@ def test_subset_keeps_rows():
     sub = s.subset(np.array([3, 1]))
     np.testing.assert_array_equal(sub.labels, [0, 1])
     np.testing.assert_array_equal(sub.logits[0], [9, 10, 11])
+
+
+def test_signal_features_are_stored_as_float32():
+    s = Signals(np.zeros((2, 3), np.float32), np.array([0, 1]), features=np.ones((2, 4), np.float64))
+    assert s.features.dtype == np.float32
