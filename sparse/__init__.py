@@ -11,6 +11,7 @@ from sparse.export import (
     load_export,
     read_export,
     save_export,
+    size_report,
 )
 from sparse.inference import SparseLinear, measure_latency, to_sparse_linear
 from sparse.init import (
@@ -82,6 +83,7 @@ __all__ = [
     "regrowth_ratio_at",
     "resize",
     "save_export",
+    "size_report",
     "target_count",
     "to_sparse_linear",
     "uniform_densities",

@@ -27,6 +27,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +296,21 @@ def dense_size_bytes(model: nn.Module) -> int:
             seen.add(id(t))
             n += t.numel()
     return 4 * n
+
+
+def size_report(
+    model: nn.Module, masks: MaskSet | None = None, value_dtype: str = "float32"
+) -> Mapping[str, float]:
+    """Exported bytes, dense fp32 bytes, their ratio, and (with masks) nonzero counts and density."""
+    exported = exported_size_bytes(model, masks, value_dtype)
+    dense = dense_size_bytes(model)
+    out: dict[str, float] = {
+        "model_size_bytes": exported,
+        "dense_size_bytes": dense,
+        "size_ratio": exported / dense,
+    }
+    if masks is not None:
+        out.update(
+            {"n_active": masks.n_active(), "n_total": masks.n_total(), "density": masks.density()}
+        )
+    return out
