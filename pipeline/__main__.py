@@ -89,6 +89,14 @@ def _run_compare(cfg: DictConfig) -> Any:
     return compare.run(cfg)
 
 
+def _run_cache(cfg: DictConfig) -> Any:
+    from pipeline.stages import cache
+
+    report = cache.run(cfg)
+    print(cache.format_report(report, str(cfg.paths.cache_dir)))
+    return report
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "teacher": _standalone("teacher", _run_teacher),
     "shadows": _standalone("shadows", _run_shadows),
@@ -97,6 +105,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "search": _run_search,
     "report": _standalone("report", _run_report),
     "compare": _standalone("compare", _run_compare),
+    "cache": _run_cache,  # no MLflow run: maintenance of paths.cache_dir
 }
 assert set(STAGE_FUNCTIONS) == set(STAGES)
 
@@ -169,6 +178,9 @@ def cli() -> None:
     """Console script: a bare first word is the stage (`safecompress search ...`)."""
     if len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
         sys.argv[1] = f"stage={sys.argv[1]}"
+        # `safecompress cache verify` == `python -m pipeline stage=cache cache.action=verify`
+        if sys.argv[1] == "stage=cache" and len(sys.argv) > 2 and "=" not in sys.argv[2] and not sys.argv[2].startswith("-"):
+            sys.argv[2] = f"cache.action={sys.argv[2]}"
     main()
 
 

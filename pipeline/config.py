@@ -26,7 +26,7 @@ DATASETS = (
     "texas100",
     "ag_news",
 )
-STAGES = ("teacher", "shadows", "compress", "attack", "search", "report", "compare")
+STAGES = ("teacher", "shadows", "compress", "attack", "search", "report", "compare", "cache")
 COMPRESS_METHODS = ("dense", "oneshot", "gmp", "dst", "dst_adv", "safecompress", "dpsgd")
 SELECTION_RULES = ("weighted", "ratio", "lexicographic", "pareto_knee")
 VARIANTS = ("metric", "bmia", "wmia", "mmia")
@@ -232,6 +232,29 @@ class CompareConfig:
     study: Optional[str] = None  # an Optuna study's name: its Pareto trials against the frontier
 
 
+CACHE_ACTIONS = ("list", "verify", "clear")
+
+
+@dataclass
+class CacheCommandConfig:
+    """`stage=cache`: list, verify or clear the entries of `paths.cache_dir`."""
+
+    action: str = "list"  # list | verify | clear
+    stages: list[str] = field(default_factory=list)  # only these stages' entries; empty: all
+    keys: list[str] = field(default_factory=list)  # only these keys (a prefix is enough)
+    damaged: bool = False  # only damaged and moved-aside entries
+    all: bool = False  # clear: every entry (a clear needs a selection)
+
+
+def validate_cache_command(c: CacheCommandConfig) -> None:
+    _check_choice("cache.action", c.action, CACHE_ACTIONS)
+    if c.action == "clear" and not (c.stages or c.keys or c.damaged or c.all):
+        raise ValueError(
+            "cache.action=clear needs a selection: cache.stages=[teacher,...], cache.keys=[<key prefix>,...], "
+            "cache.damaged=true (damaged and moved-aside entries) or cache.all=true (everything)"
+        )
+
+
 OBJECTIVE_DIRECTIONS = {
     "accuracy": "maximize",
     "attack_auc": "minimize",
@@ -301,6 +324,8 @@ def validate_attack(attack: AttackConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check the composed config before any training; raises ValueError naming the bad value."""
     _check_choice("stage", str(cfg.stage), STAGES)
+    if str(cfg.stage) == "cache":
+        validate_cache_command(to_schema(CacheCommandConfig, cfg.cache))
     validate_device(str(cfg.runtime.get("device", "cpu")))
     _check_choice("dataset", str(cfg.dataset.name), DATASETS)
     train = to_schema(TrainConfig, cfg.train)

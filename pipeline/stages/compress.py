@@ -75,8 +75,10 @@ from pipeline.selection import (
 )
 from pipeline.stages import teacher as teacher_stage
 from pipeline.training import (
+    DivergenceCheck,
     NonFiniteLossError,
     batch_indices,
+    chance_accuracy,
     evaluate,
     make_optimizer,
     model_device,
@@ -573,6 +575,8 @@ def _train_loop(cfg, c: CompressConfig, data: DataBundle, teacher):
     step, update, epoch_losses = 0, 0, []
     last_grads = None
     pool: _CandidatePool | None = None  # allocated at the first mask update
+    start_acc = evaluate(state.model, xv, yv)[1] if (c.init == "teacher" or c.method in ("oneshot", "gmp")) else None
+    diverged = DivergenceCheck(data.dataset.n_classes, f"compress[{c.method}]", chance_accuracy(yv, data.dataset.n_classes), start_acc)
     bar = Progress(total, f"compress[{c.method}]", "step", bool(cfg.runtime.progress), leave=False)
     while step < total:
         interrupt.check()
@@ -588,6 +592,7 @@ def _train_loop(cfg, c: CompressConfig, data: DataBundle, teacher):
         xb = data.dataset.augment(x[idx], aug_gen) if data.dataset.augment is not None else x[idx]
         loss, grads = _masked_step(state, xb, y[idx], losses, keep_grads=needs_grads and is_update)
         last_grads = grads if grads is not None else last_grads
+        diverged.step(loss)
         epoch_losses.append(loss)
         step += 1
         bar.update(1)
@@ -637,6 +642,7 @@ def _train_loop(cfg, c: CompressConfig, data: DataBundle, teacher):
                 {"epoch": len(history), "loss": float(np.mean(epoch_losses)), "val_accuracy": val_acc,
                  "density": state.masks.density()}
             )
+            diverged.epoch(len(history) - 1, history[-1]["loss"], val_acc)
             epoch_losses = []
     bar.close()
     assert state.masks is not None
@@ -1193,6 +1199,7 @@ def _dpsgd(cfg, c: CompressConfig, data: DataBundle, teacher):
         )
         history = []
         device = model_device(model)
+        diverged = DivergenceCheck(data.dataset.n_classes, "DP-SGD")
         for epoch in range(recipe.epochs):
             dp_model.train()
             ls = []
@@ -1210,7 +1217,10 @@ def _dpsgd(cfg, c: CompressConfig, data: DataBundle, teacher):
                 if masks is not None:
                     masks.apply(model)  # post-processing: keeps the DP guarantee
                 ls.append(loss.item())
+                diverged.step(ls[-1])
             _, val_acc = evaluate(model, *data.part("val"))
+            if ls:
+                diverged.epoch(epoch, float(np.mean(ls)))
             history.append({"epoch": epoch, "loss": float(np.mean(ls)) if ls else math.nan, "val_accuracy": val_acc,
                             "epsilon": float(engine.get_epsilon(delta))})
     clean = build_model(cfg, data, "compress")
