@@ -8,11 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import make_cfg
 
 from pipeline.cache import DATA_INDEX_FILE
 from pipeline.context import load_data
 from pipeline.stages import teacher as teacher_stage
-from tests.conftest import make_cfg
 
 pytestmark = pytest.mark.smoke
 

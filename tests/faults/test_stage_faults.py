@@ -10,11 +10,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_cfg
 
 from pipeline.cache import DAMAGED_DIR
 from pipeline.stages import attack as attack_stage
 from pipeline.stages import compress as compress_stage
-from tests.conftest import make_cfg
 
 pytestmark = pytest.mark.smoke
 
