@@ -35,7 +35,8 @@ def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[D
             tracking.set_tags({"stage": stage_name, "git_commit": tracking.git_commit(), **tracking.run_tags(cfg)})
             tracking.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
             mlflow.log_text(tracking.config_yaml(cfg), "config.yaml")
-            return fn(cfg)
+            with tracking.error_tagged():  # a FAILED run always says why
+                return fn(cfg)
 
     return wrapped
 
@@ -115,7 +116,7 @@ def run_stage(cfg: DictConfig) -> Any:
     name = str(cfg.stage)
     if name not in STAGE_FUNCTIONS:
         raise ValueError(f"unknown stage {name!r}; valid: {sorted(STAGE_FUNCTIONS)}")
-    validate(cfg)
+    validate(cfg, data=True)  # everything knowable from the config, before any store, run or model
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     threads.configure(cfg)  # runtime.n_threads: auto shares the cores among search workers
     logging.getLogger().setLevel(str(cfg.runtime.get("log_level", "INFO")))

@@ -197,6 +197,24 @@ def file_lock(path: Path | None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def tag_error(err: BaseException) -> None:
+    """Tag the active run with `error` (type and message); tracking problems only log."""
+    try:
+        set_tags({"error": f"{type(err).__name__}: {err}"[:4000]})
+    except Exception as tag_err:  # noqa: BLE001 - the original error matters more
+        log.warning("could not tag the failed run with its error: %s", tag_err)
+
+
+@contextmanager
+def error_tagged() -> Iterator[None]:
+    """Tag the active run with `error` when the block raises (the run then ends FAILED)."""
+    try:
+        yield
+    except Exception as err:
+        tag_error(err)
+        raise
+
+
 def active() -> bool:
     try:
         import mlflow
