@@ -457,15 +457,20 @@ def read_lock(path: Path) -> dict[str, Any] | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host is running (a zombie, killed but not yet reaped by its
+    parent, is not: in a container without an init process orphans stay zombies)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, another user's
+    except OSError:  # PermissionError: alive, another user's
         return True
-    except OSError:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def _owner(info: dict[str, Any]) -> str:

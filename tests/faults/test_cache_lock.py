@@ -91,3 +91,14 @@ def test_claim_lets_this_process_build_while_others_wait(tmp_path):
         entry = cache.get_or_create("shadow", "a", {"i": 0}, lambda out: (out / "m").write_text("a"))
         assert not entry.hit
     assert not cache.lock_path("shadow", "a").exists() and not cache.lock_path("shadow", "b").exists()
+
+
+def test_lock_of_a_killed_but_unreaped_process_is_taken_over(tmp_path):
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(1.0)  # exited, not yet waited for: a zombie
+    cache = Cache(tmp_path, stale_s=3600, poll_s=0.05)
+    _write_lock(cache.lock_path("teacher", "k1"), socket.gethostname(), zombie.pid)
+    t0 = time.monotonic()
+    entry = cache.get_or_create("teacher", "k1", {"a": 1}, lambda out: (out / "m").write_text("x"))
+    assert not entry.hit and time.monotonic() - t0 < 30
+    zombie.wait()
