@@ -148,6 +148,8 @@ def alternatives(path: str, value: Any, cfg: DictConfig) -> Iterator[Any]:
         yield from (2, 0.5, True, "changed")
     elif value == {}:
         yield DROP
+    elif value == []:
+        yield from (["teacher"], ["changed"])
 
 
 DROP = object()  # drop the (empty mapping) entry from its parent
