@@ -37,7 +37,8 @@ def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[D
             tracking.set_tags({"stage": stage_name, "git_commit": tracking.git_commit(), **tracking.run_tags(cfg)})
             tracking.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
             mlflow.log_text(tracking.config_yaml(cfg), "config.yaml")
-            return fn(cfg)
+            with tracking.error_tagged():  # a FAILED run always says why
+                return fn(cfg)
 
     return wrapped
 
@@ -94,6 +95,15 @@ def _run_compare(cfg: DictConfig) -> Any:
     return result
 
 
+def _run_cache(cfg: DictConfig) -> Any:
+    """list, verify or clear cached stage results (safecompress cache verify; cache.*)"""
+    from pipeline.stages import cache
+
+    report = cache.run(cfg)
+    print(cache.format_report(report, str(cfg.paths.cache_dir)))
+    return report
+
+
 # the stage registry: the only list of stage names (`stage=...`, its error message and --help)
 STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "teacher": _standalone("teacher", _run_teacher),
@@ -103,6 +113,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "search": _run_search,
     "report": _standalone("report", _run_report),
     "compare": _standalone("compare", _run_compare),
+    "cache": _run_cache,  # no MLflow run: maintenance of paths.cache_dir
 }
 
 
@@ -125,7 +136,7 @@ def run_stage(cfg: DictConfig) -> Any:
     name = str(cfg.stage)
     if name not in STAGE_FUNCTIONS:
         raise ValueError(f"unknown stage {name!r}; valid: {sorted(STAGE_FUNCTIONS)}")
-    validate(cfg)
+    validate(cfg, data=True)  # everything knowable from the config, before any store, run or model
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     threads.configure(cfg)  # runtime.n_threads: auto shares the cores among search workers
     logging.getLogger().setLevel(str(cfg.runtime.get("log_level", "INFO")))
@@ -195,6 +206,9 @@ def cli() -> None:
     """Console script: a bare first word is the stage (`safecompress search ...`)."""
     if len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
         sys.argv[1] = f"stage={sys.argv[1]}"
+        # `safecompress cache verify` == `python -m pipeline stage=cache cache.action=verify`
+        if sys.argv[1] == "stage=cache" and len(sys.argv) > 2 and "=" not in sys.argv[2] and not sys.argv[2].startswith("-"):
+            sys.argv[2] = f"cache.action={sys.argv[2]}"
     main()
 
 

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 T = TypeVar("T")
 
@@ -230,6 +230,29 @@ class CompareConfig:
     study: Optional[str] = None  # an Optuna study's name: its Pareto trials against the frontier
 
 
+CACHE_ACTIONS = ("list", "verify", "clear")
+
+
+@dataclass
+class CacheCommandConfig:
+    """`stage=cache`: list, verify or clear the entries of `paths.cache_dir`."""
+
+    action: str = "list"  # list | verify | clear
+    stages: list[str] = field(default_factory=list)  # only these stages' entries; empty: all
+    keys: list[str] = field(default_factory=list)  # only these keys (a prefix is enough)
+    damaged: bool = False  # only damaged and moved-aside entries
+    all: bool = False  # clear: every entry (a clear needs a selection)
+
+
+def validate_cache_command(c: CacheCommandConfig) -> None:
+    _check_choice("cache.action", c.action, CACHE_ACTIONS)
+    if c.action == "clear" and not (c.stages or c.keys or c.damaged or c.all):
+        raise ValueError(
+            "cache.action=clear needs a selection: cache.stages=[teacher,...], cache.keys=[<key prefix>,...], "
+            "cache.damaged=true (damaged and moved-aside entries) or cache.all=true (everything)"
+        )
+
+
 OBJECTIVE_DIRECTIONS = {
     "accuracy": "maximize",
     "attack_auc": "minimize",
@@ -296,8 +319,33 @@ def validate_attack(attack: AttackConfig) -> None:
         raise ValueError(f"attack.primary={attack.primary!r} must be 'max' or one of {list(attack.audit)}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check the composed config before any training; raises ValueError naming the bad value."""
+# stages that read the data set (and so check `attack.n_audit` against its splits first)
+DATA_STAGES = ("teacher", "shadows", "compress", "attack", "search")
+# audit attacks that need the reference (shadow) models
+REFERENCE_ATTACKS = ("lira_offline", "lira_online", "rmia", "shadow")
+
+
+def validate(cfg: DictConfig, data: bool = False) -> None:
+    """Check the composed config before any training; raises ValueError naming the bad value.
+
+    Every value a stage will reject later is checked here, so a refused command leaves
+    nothing behind (no trained model, no study, no tracked run). `data=True` also loads the
+    data set (cached per process) to check the split sizes against `attack.n_audit`.
+    """
+    if str(cfg.stage) == "cache":
+        validate_cache_command(to_schema(CacheCommandConfig, cfg.cache))
+    _validate_groups(cfg)
+    validate_names(cfg)
+    stage = str(cfg.stage)
+    if stage in ("attack", "search"):
+        validate_references(cfg)
+    if stage == "search":
+        validate_search_values(cfg)
+    if data and stage in DATA_STAGES:
+        validate_data(cfg)
+
+
+def _validate_groups(cfg: DictConfig) -> None:
     validate_device(str(cfg.runtime.get("device", "cpu")))
     _check_choice("dataset", str(cfg.dataset.name), DATASETS)
     train = to_schema(TrainConfig, cfg.train)
@@ -337,6 +385,93 @@ def validate(cfg: DictConfig) -> None:
             )
     for name in search.objectives:
         _check_choice("search objective", name, tuple(OBJECTIVE_DIRECTIONS))
+
+
+_NAME_FORBIDDEN = ("'", '"', "`", "\\")
+
+
+def validate_name(what: str, value: Any) -> None:
+    """A name that is quoted into MLflow search filters (`tags.x = '<name>'`): no quotes,
+    backquotes, backslashes or control characters, which such a filter cannot hold."""
+    text = str(value)
+    bad = sorted({ch for ch in text if ch in _NAME_FORBIDDEN or ord(ch) < 32})
+    if not text.strip() or bad:
+        raise ValueError(
+            f"{what}={text!r} cannot be used: it is quoted into MLflow run filters, which cannot hold "
+            f"{' '.join(repr(b) for b in bad) or 'an empty name'}; use letters, digits, spaces and - _ . : / @ +"
+        )
+
+
+def validate_names(cfg: DictConfig) -> None:
+    """Study and experiment names (search, tracking, report, compare) that reach MLflow filters."""
+    names = {
+        "experiment_name": cfg.get("experiment_name"),
+        "search.study_name": OmegaConf.select(cfg, "search.study_name", default=None),
+        "tracking.experiment": OmegaConf.select(cfg, "tracking.experiment", default=None),
+        "report.experiment_name": OmegaConf.select(cfg, "report.experiment_name", default=None),
+        "report.study_name": OmegaConf.select(cfg, "report.study_name", default=None),
+        "compare.experiment_name": OmegaConf.select(cfg, "compare.experiment_name", default=None),
+        "compare.study": OmegaConf.select(cfg, "compare.study", default=None),
+    }
+    for what, value in names.items():
+        if value is not None:
+            validate_name(what, value)
+
+
+def validate_references(cfg: DictConfig) -> None:
+    """Reference-model attacks (LiRA, RMIA, Shokri's shadow attack) need `shadows.n_models >= 1`."""
+    attack = to_schema(AttackConfig, cfg.attack)
+    shadows = to_schema(ShadowsConfig, cfg.shadows)
+    needing = [n for n, p in attack.audit.items() if (p or {}).get("attack", n) in REFERENCE_ATTACKS]
+    if needing and shadows.n_models < 1:
+        raise ValueError(
+            f"shadows.n_models=0 but attack.audit runs {needing}, which need reference models; set "
+            f"shadows.n_models >= 1 (default 8) or remove them from attack.audit (e.g. ~attack.audit.{needing[0]})"
+        )
+
+
+def validate_search_values(cfg: DictConfig) -> None:
+    """Every value a search trial can set is valid: each categorical choice, and both ends of each
+    numeric range, applied to the config one at a time and checked like the config itself."""
+    search = to_schema(SearchConfig, cfg.search)
+    for p in search.space:
+        if OmegaConf.select(cfg, p.key, default=_MISSING) is _MISSING:
+            raise ValueError(f"search space key {p.key!r} does not exist in the config")
+        if p.type == "categorical":
+            values = list(p.choices or [])
+        elif p.type in ("float", "int") and p.low is not None and p.high is not None:
+            values = [p.low, p.high] if p.type == "float" else [int(p.low), int(p.high)]
+        else:
+            continue  # the search stage reports a malformed space entry
+        for value in values:
+            trial = cfg.copy()
+            with open_dict(trial):
+                OmegaConf.update(trial, p.key, value, merge=False)
+            try:
+                _validate_groups(trial)
+                if str(cfg.stage) in ("attack", "search"):
+                    validate_references(trial)
+            except Exception as err:  # noqa: BLE001 - any rejection of the value, reported with its key
+                allowed = f"; choices given: {list(p.choices or [])}" if p.type == "categorical" else ""
+                raise ValueError(
+                    f"search space {p.key}: the value {value!r} would fail every trial that draws it: {err}{allowed}"
+                ) from err
+
+
+def validate_data(cfg: DictConfig) -> None:
+    """Load the data set (as the stages will) to check its files and `attack.n_audit` against the
+    split sizes before any model trains."""
+    from pipeline.context import load_data
+
+    try:
+        load_data(cfg)
+    except ValueError as err:
+        if "n_audit" in str(err):
+            raise ValueError(f"attack.n_audit: {err}") from err
+        raise
+
+
+_MISSING = object()
 
 
 def validate_compress(c: CompressConfig) -> None:

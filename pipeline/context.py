@@ -7,9 +7,9 @@ no paths, devices or thread counts (those live in `paths`, `runtime`,
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline.cache import Cache, cache_key, canonical_json
+from pipeline.cache import (
+    DATA_INDEX_FILE,
+    Cache,
+    cache_key,
+    canonical_json,
+    check_entry_file,
+    data_file_hashes,
+)
 from pipeline.config import DATASETS, AttackConfig, TrainConfig, to_schema
 from pipeline.data import Dataset, Splits, make_splits, plant_canaries
+from pipeline.datasets import recording_reads
 from pipeline.models import MODELS
 from pipeline.seeds import derive_seed
 
@@ -60,30 +68,78 @@ DATA_VERSION = 1
 
 
 def data_key(cfg: DictConfig) -> str:
-    """The data's cache key from the config alone (nothing is loaded); equals `load_data(cfg).key`."""
+    """The data's cache key, equal to `load_data(cfg).key`: from the config alone for embedded
+    sets (nothing is loaded); a set read from files keys on their content, so it is loaded
+    (once per process) to learn which files it reads."""
+    if any(k in cfg.dataset for k in PATH_KEYS):
+        return load_data(cfg).key
     return cache_key("data", DATA_VERSION, data_spec(cfg))
 
 
 def load_data(cfg: DictConfig) -> DataBundle:
+    """The data set and its splits; `key` hashes the data spec and the content of every file
+    the loader read (embedded sets: their generator parameters only)."""
     name = str(cfg.dataset.name)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {list(DATASETS)}")
     paths = {k: str(cfg.dataset[k]) for k in PATH_KEYS if k in cfg.dataset}
-    return _load_data(canonical_json(data_spec(cfg)), canonical_json(paths))
+    index = Path(str(cfg.paths.cache_dir)) / DATA_INDEX_FILE
+    return _load_data(canonical_json(data_spec(cfg)), canonical_json(paths), index)
 
 
-@functools.lru_cache(maxsize=8)
-def _load_data(spec_json: str, paths_json: str) -> DataBundle:
+# (spec, paths) -> (bundle, the files read with their stat when read); a file changed since is read again
+_loaded: dict[tuple[str, str], tuple[DataBundle, dict[str, tuple[int, int, int]]]] = {}
+_MAX_LOADED = 8
+
+
+def _stat_sig(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _load_data(spec_json: str, paths_json: str, index: Path | None = None) -> DataBundle:
+    memo = _loaded.get((spec_json, paths_json))
+    if memo is not None and all(_stat_sig(p) == sig for p, sig in memo[1].items()):
+        return memo[0]
     spec = json.loads(spec_json)
     ds_cfg = {**spec["dataset"], **json.loads(paths_json)}
     split = ds_cfg.pop("split")
     n_canaries = int(ds_cfg.pop("canaries", 0) or 0)
     target = ds_cfg.pop("_target_")
-    dataset = _call(target, ds_cfg)
+    with recording_reads() as files:
+        dataset = _call(target, ds_cfg)
+    sigs = {os.path.abspath(f): _stat_sig(str(f)) for f in files}
     splits = make_splits(len(dataset), split, spec["seed"], n_audit=spec["n_audit"])
     dataset, splits = plant_canaries(dataset, splits, n_canaries, spec["seed"])
-    key = cache_key("data", DATA_VERSION, spec)
-    return DataBundle(dataset, splits, key)
+    hashes = data_file_hashes(files, index)
+    data_dir = ds_cfg.get("data_dir")
+    key_spec = dict(spec)
+    if hashes:  # by path relative to data_dir: moving the folder keeps the key
+        key_spec["files"] = {_relative(p, data_dir): h for p, h in sorted(hashes.items())}
+    key = cache_key("data", DATA_VERSION, key_spec)
+    bundle = DataBundle(dataset, splits, key)
+    if memo is not None and memo[0].key != key:
+        log.info("data set %s: files changed since loaded in this process; data key %s -> %s",
+                 spec["dataset"].get("name"), memo[0].key, key)
+    if len(_loaded) >= _MAX_LOADED:
+        _loaded.pop(next(iter(_loaded)))
+    _loaded[(spec_json, paths_json)] = (bundle, {p: s for p, s in sigs.items() if s is not None})
+    return bundle
+
+
+def _relative(path: str, data_dir: str | None) -> str:
+    if data_dir:
+        try:
+            return Path(path).relative_to(Path(data_dir).resolve()).as_posix()
+        except ValueError:
+            try:
+                return Path(path).relative_to(Path(os.path.abspath(data_dir))).as_posix()
+            except ValueError:
+                pass
+    return Path(path).name
 
 
 def _call(target: str, kwargs: dict[str, Any]) -> Dataset:
@@ -131,6 +187,7 @@ def save_model(model: nn.Module, path: Path) -> None:
 
 def load_model(cfg: DictConfig, data: DataBundle, path: Path) -> nn.Module:
     model = build_model(cfg, data, "load")
+    check_entry_file(path)
     try:
         state = torch.load(path, map_location=device(cfg), weights_only=True)
         model.load_state_dict(state)

@@ -25,6 +25,9 @@ Expected files (relative to `data_dir`):
   class in 1..4, no header (a `Class Index,Title,Description` header, as in the
   Kaggle copy, is skipped).
 
+Every file a loader reads is reported to `recording_reads()`; `pipeline.context` hashes
+those files into the data's cache key, so a replaced file retrains what was built on it.
+
 Checksums: the CIFAR archives are checked against their published MD5 by
 default; every loader takes `expected_md5` to check the file it reads (for the
 tabular and text sets no checksum is published, so the default is no check and
@@ -43,7 +46,8 @@ import re
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -93,6 +97,27 @@ AG_NEWS_CLASSES = 4
 
 
 # --------------------------------------------------------------------------- helpers
+
+_recorders: list[list[Path]] = []
+
+
+@contextmanager
+def recording_reads() -> Iterator[list[Path]]:
+    """Collect the paths of the data files the loaders read inside this block."""
+    files: list[Path] = []
+    _recorders.append(files)
+    try:
+        yield files
+    finally:
+        _recorders.remove(files)
+
+
+def record_read(path: Path) -> None:
+    """Report a data file a loader reads (its content enters the cache keys)."""
+    for files in _recorders:
+        if path not in files:
+            files.append(path)
+
 
 
 def file_md5(path: Path) -> str:
@@ -237,6 +262,7 @@ def load_cifar(
     folder = root / spec["folder"]
     files: list[str] = spec["files"]
     if archive.is_file():
+        record_read(archive)
         _check_md5(archive, expected_md5 or spec["md5"], verify_checksum)
         members = _read_tar_members(archive, [f"{spec['folder']}/{f}" for f in files])
         blobs = [(f"{archive}:{k}", v) for k, v in members.items()]
@@ -251,6 +277,8 @@ def load_cifar(
             log.info(
                 "%s: reading extracted folder %s; the archive MD5 cannot be checked", name, folder
             )
+        for f in files:
+            record_read(folder / f)
         blobs = [(str(folder / f), (folder / f).read_bytes()) for f in files]
     else:
         raise FileNotFoundError(
@@ -349,6 +377,8 @@ def _read_from_tree_or_archive(
     for base in [root, *(root / s for s in subfolders)]:
         paths = [base / r for r in relative]
         if all(p.is_file() for p in paths):
+            for p in paths:
+                record_read(p)
             if len(paths) == 1:
                 _check_md5(paths[0], expected_md5, verify=True)
             elif expected_md5 is not None:
@@ -358,6 +388,7 @@ def _read_from_tree_or_archive(
             return {r: (str(p), p.read_bytes()) for r, p in zip(relative, paths, strict=True)}
     archive = _first_existing([root / archive_name, *(root / s / archive_name for s in subfolders)])
     if archive is not None:
+        record_read(archive)
         _check_md5(archive, expected_md5, verify=True)
         members = _read_tar_members(archive, list(relative))
         return {r: (f"{archive}:{r}", members[r]) for r in relative}
@@ -530,6 +561,8 @@ def load_ag_news(
             f"no header. Get {AG_NEWS_SOURCE}, extract it into {root} "
             "(set paths.data_dir to use another folder; this tool does not download)"
         )
+    record_read(folder / "train.csv")
+    record_read(folder / "test.csv")
     _check_md5(folder / "train.csv", expected_md5, verify=True)
     labels: list[int] = []
     docs: list[list[str]] = []

@@ -4,6 +4,17 @@ Plain mini-batch SGD/Adam with a per-step learning-rate schedule. Batches are
 drawn from an explicit generator, so a run is reproducible from its seed.
 `TrainState` is one sparse-training trajectory (model, optimizer, masks), the unit
 that compress methods and the grouped candidate probes (`pipeline.batched`) copy.
+
+Every loop stops with `NonFiniteLossError` when the loss becomes NaN or infinite, and with
+its subclass `DivergenceError` when training stays finite but diverges (`DivergenceCheck`):
+- the loss: its reference is the larger of the first batch's loss and ln C (the loss of a
+  uniform guess over C classes). An epoch whose mean training loss exceeds
+  `LOSS_FACTOR` (10) times the reference, or a single batch above `STEP_FACTOR` (100) times
+  it, has diverged: such a model is confidently wrong on most examples, which neither
+  noise nor a learning-rate warm-up produces (Adam at lr=1e9 reaches 1e19);
+- the accuracy, for training that starts from a trained model (fine-tuning a pruned
+  teacher): starting at least `START_MARGIN` (0.2) above chance (the most frequent class's
+  share) and ending its first epoch within `CHANCE_MARGIN` (0.02) of chance.
 """
 
 from __future__ import annotations
@@ -24,6 +35,66 @@ from pipeline.config import TrainConfig
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training loss becomes NaN or infinite."""
+
+
+class DivergenceError(NonFiniteLossError):
+    """Raised when training stays finite but diverges (see `DivergenceCheck`)."""
+
+
+LOSS_FACTOR = 10.0
+STEP_FACTOR = 100.0
+START_MARGIN = 0.2
+CHANCE_MARGIN = 0.02
+
+
+class DivergenceCheck:
+    """The divergence rule of the module docstring, fed one loss per step and one summary per epoch.
+
+    `n_classes` sets ln C; `chance` is the accuracy of always guessing the most frequent
+    class; `start_accuracy` (None: training from scratch) enables the accuracy rule.
+    """
+
+    def __init__(self, n_classes: int, what: str = "training", chance: float | None = None,
+                 start_accuracy: float | None = None):
+        self.floor = math.log(max(int(n_classes), 2))
+        self.what = what
+        self.chance = chance if chance is not None else 1.0 / max(int(n_classes), 1)
+        self.start_accuracy = start_accuracy
+        self.reference: float | None = None
+
+    def step(self, loss: float) -> None:
+        if self.reference is None:
+            self.reference = max(float(loss), self.floor)
+        elif loss > STEP_FACTOR * self.reference:
+            raise DivergenceError(
+                f"{self.what} diverged: a batch's loss is {loss:.4g}, more than {STEP_FACTOR:g}x its start "
+                f"({self.reference:.4g}); lower the learning rate"
+            )
+
+    def epoch(self, epoch: int, mean_loss: float, accuracy: float | None = None) -> None:
+        if self.reference is not None and mean_loss > LOSS_FACTOR * self.reference:
+            raise DivergenceError(
+                f"{self.what} diverged: epoch {epoch}'s mean loss is {mean_loss:.4g}, more than "
+                f"{LOSS_FACTOR:g}x its start ({self.reference:.4g}); lower the learning rate"
+            )
+        if (
+            epoch == 0
+            and accuracy is not None
+            and self.start_accuracy is not None
+            and self.start_accuracy >= self.chance + START_MARGIN
+            and accuracy <= self.chance + CHANCE_MARGIN
+        ):
+            raise DivergenceError(
+                f"{self.what} diverged: accuracy fell from {self.start_accuracy:.3f} to {accuracy:.3f} (chance: "
+                f"{self.chance:.3f}) in the first epoch; lower the learning rate"
+            )
+
+
+def chance_accuracy(y: torch.Tensor, n_classes: int) -> float:
+    """The accuracy of always guessing the most frequent class of `y`."""
+    if len(y) == 0:
+        return 1.0 / max(n_classes, 1)
+    return float(torch.bincount(y.cpu(), minlength=n_classes).max().item() / len(y))
 
 
 def make_optimizer(params, recipe: TrainConfig) -> torch.optim.Optimizer:
@@ -118,6 +189,8 @@ def train(
     total = recipe.epochs * steps_per_epoch(len(y), recipe.batch_size)
     history: list[EpochStats] = []
     step = 0
+    n_classes = int(y.max().item()) + 1 if len(y) else 2
+    check = DivergenceCheck(n_classes, chance=chance_accuracy(y, n_classes))
     for epoch in range(recipe.epochs):
         losses = []
         for idx in batch_indices(len(y), recipe.batch_size, generator):
@@ -125,9 +198,11 @@ def train(
             set_lr(optimizer, recipe, step, total)
             xb = augment(x[idx], generator) if augment is not None else x[idx]
             losses.append(train_step(model, optimizer, xb, y[idx]))
+            check.step(losses[-1])
             step += 1
         _, acc = evaluate(model, x, y)
         stats = EpochStats(epoch, float(sum(losses) / len(losses)), acc)
+        check.epoch(epoch, stats.loss, acc)
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)

@@ -27,7 +27,12 @@ from pipeline import interrupt
 from pipeline.batched.fused import FusedSGD, fused_optimizer
 from pipeline.config import TrainConfig
 from pipeline.models import MLP
-from pipeline.training import NonFiniteLossError, set_lr, steps_per_epoch
+from pipeline.training import (
+    DivergenceCheck,
+    NonFiniteLossError,
+    set_lr,
+    steps_per_epoch,
+)
 
 _ACTIVATIONS: dict[type[nn.Module], object] = {
     nn.ReLU: F.relu,
@@ -267,7 +272,9 @@ def train_grouped(
     x_epoch, y_epoch = x_all.new_empty((k, n, x_all.shape[1])), y_all.new_empty((k, n))
     total = recipe.epochs * steps_per_epoch(n, recipe.batch_size)
     step = 0
+    check = DivergenceCheck(int(y_all.max().item()) + 1, "shadow training")  # on the summed loss
     for epoch in range(recipe.epochs):
+        epoch_loss = 0.0
         perms = torch.stack([torch.randperm(n, generator=g) for g in generators])  # (K, n)
         # one gather per epoch into reused buffers; every batch is then a slice
         rows = (perms.to(offsets.device) + offsets).view(-1)
@@ -282,7 +289,10 @@ def train_grouped(
             ).item()
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"shadow training loss is {loss}; lower train.lr")
+            check.step(loss)
+            epoch_loss += loss
             step += 1
+        check.epoch(epoch, epoch_loss / steps_per_epoch(n, recipe.batch_size))
         if on_epoch is not None:
             on_epoch(epoch)
     trainer.write_back(models)

@@ -28,7 +28,9 @@ from pipeline.config import CompressConfig
 from pipeline.progress import Progress
 from pipeline.seeds import derive_seed, generator
 from pipeline.training import (
+    DivergenceCheck,
     TrainState,
+    chance_accuracy,
     evaluate,
     make_optimizer,
     model_device,
@@ -141,6 +143,9 @@ def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
     history: list[dict[str, float]] = []
     step, update, epoch_losses = 0, 0, []
     last_grads = None
+    n_classes = data.dataset.n_classes
+    start_acc = evaluate(state.model, xv, yv)[1] if method.starts_from_dense(c) else None
+    diverged = DivergenceCheck(n_classes, f"compress[{c.method}]", chance_accuracy(yv, n_classes), start_acc)
     bar = Progress(total, f"compress[{c.method}]", "step", job.progress, leave=False)
     while step < total:
         interrupt.check()
@@ -156,6 +161,7 @@ def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
         xb = data.dataset.augment(x[idx], aug_gen) if data.dataset.augment is not None else x[idx]
         loss, grads = masked_step(state, xb, y[idx], losses, keep_grads=needs_grads and is_update)
         last_grads = grads if grads is not None else last_grads
+        diverged.step(loss)
         epoch_losses.append(loss)
         step += 1
         bar.update(1)
@@ -189,6 +195,7 @@ def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
                 {"epoch": len(history), "loss": float(np.mean(epoch_losses)), "val_accuracy": val_acc,
                  "density": state.masks.density()}
             )
+            diverged.epoch(len(history) - 1, history[-1]["loss"], val_acc)
             epoch_losses = []
     bar.close()
     assert state.masks is not None

@@ -114,18 +114,24 @@ def run(cfg: DictConfig, recipe: str | None = None) -> ShadowsResult:
         if cache.lookup("shadow", keys_all[k], {**specs[k], "data": data.key}) is None
     ]
     t0 = time.perf_counter()
-    trained = _train_missing(cfg, data, missing, rows_all) if missing else {}
     keys, paths, rows, hits = [], [], [], 0
-    for k in range(shadows.n_models):
-        s, key, row = specs[k], keys_all[k], rows_all[k]
-        entry = cache.get_or_create(
-            "shadow", key, {**s, "data": data.key},
-            lambda out, k=k, row=row: _save_one(data, trained.get(k) or _train(cfg, data, [k], rows_all)[k], row, out),
-        )
-        hits += int(entry.hit)
-        keys.append(key)
-        paths.append(entry.path)
-        rows.append(row)
+    # Claim the missing shadows no other process is building (a worker or another machine on
+    # the same cache waits for those in get_or_create instead of training them again).
+    with cache.claim("shadow", [keys_all[k] for k in missing]) as claimed:
+        mine = [k for k in missing if keys_all[k] in claimed]
+        trained = _train_missing(cfg, data, mine, rows_all) if mine else {}
+        for k in range(shadows.n_models):
+            s, key, row = specs[k], keys_all[k], rows_all[k]
+            entry = cache.get_or_create(
+                "shadow", key, {**s, "data": data.key},
+                lambda out, k=k, row=row: _save_one(
+                    data, trained.get(k) or _train(cfg, data, [k], rows_all)[k], row, out
+                ),
+            )
+            hits += int(entry.hit)
+            keys.append(key)
+            paths.append(entry.path)
+            rows.append(row)
     membership = np.stack(rows) if rows else np.zeros((0, n_pop), dtype=bool)
     tracking.log_metrics({"shadows_n_models": len(keys), "shadows_cache_hits": hits})
     log.info("shadows[dense]: %d models (%d from cache) in %.1f s", len(keys), hits, time.perf_counter() - t0)

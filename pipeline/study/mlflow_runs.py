@@ -138,8 +138,10 @@ def maybe_run(run_id: str | None) -> Iterator[object]:
     except KeyboardInterrupt:
         status = "KILLED"
         raise
-    except BaseException:
+    except BaseException as err:
         status = "FAILED"
+        if run is not None and isinstance(err, Exception):
+            tracking.tag_error(err)  # a FAILED parent run always says why
         raise
     finally:
         end_run(run, status)

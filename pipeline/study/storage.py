@@ -108,8 +108,12 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                     RetryHeartbeatStaleTrialCallback()
                 ),
             }
-        with tracking.file_lock(lock):
+        with tracking.file_lock(lock, "Optuna study store", "search.storage"):
+            if lock is not None:  # created complete or not at all (tracking.prepare_sqlite_store)
+                tracking.prepare_sqlite_store(db, "Optuna study store", "search.storage", _create_optuna_store)
             return optuna.storages.RDBStorage(url, **kwargs)
+    except tracking.StoreError:
+        raise
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
         raise ValueError(
             f"cannot open Optuna storage {shown!r}: {tracking.mask_secrets(str(err))} (valid: "
@@ -153,6 +157,13 @@ def missing_driver(url: str) -> str | None:
             + (hint or f"install the Python package that provides {module!r}")
         )
     return None
+
+
+def _create_optuna_store(url: str) -> None:
+    """Create and migrate an Optuna SQLite storage at `url`."""
+    import optuna
+
+    optuna.storages.RDBStorage(url).engine.dispose()
 
 
 def heartbeat_interval_of(storage) -> int | None:

@@ -46,6 +46,7 @@ NOT_IN_KEYS = {
     "compress fields it sets",
     "report": "reads tracked runs; nothing cached",
     "compare": "reads tracked runs; nothing cached",
+    "cache": "options of the cache command (stage=cache), which computes nothing",
     "dataset.data_dir": "locates the data files (context.PATH_KEYS); never part of a key",
 }
 
@@ -148,6 +149,8 @@ def alternatives(path: str, value: Any, cfg: DictConfig) -> Iterator[Any]:
         yield from (2, 0.5, True, "changed")
     elif value == {}:
         yield DROP
+    elif value == []:
+        yield from (["teacher"], ["changed"])
 
 
 DROP = object()  # drop the (empty mapping) entry from its parent

@@ -18,7 +18,7 @@ import sparse
 from pipeline import interrupt
 from pipeline.compress.method import CompressJob, CompressMethod, Trained, register
 from pipeline.seeds import derive_seed, generator
-from pipeline.training import NonFiniteLossError, evaluate, model_device
+from pipeline.training import DivergenceCheck, NonFiniteLossError, evaluate, model_device
 
 
 @register
@@ -53,6 +53,7 @@ class DPSGD(CompressMethod):
             )
             history = []
             device = model_device(model)
+            diverged = DivergenceCheck(data.dataset.n_classes, "DP-SGD")
             for epoch in range(recipe.epochs):
                 dp_model.train()
                 ls = []
@@ -70,7 +71,10 @@ class DPSGD(CompressMethod):
                     if masks is not None:
                         masks.apply(model)  # post-processing: keeps the DP guarantee
                     ls.append(loss.item())
+                    diverged.step(ls[-1])
                 _, val_acc = evaluate(model, *data.part("val"))
+                if ls:
+                    diverged.epoch(epoch, float(np.mean(ls)))
                 history.append({"epoch": epoch, "loss": float(np.mean(ls)) if ls else math.nan, "val_accuracy": val_acc,
                                 "epsilon": float(engine.get_epsilon(delta))})
         clean = job.new_model("compress")
