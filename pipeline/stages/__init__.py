@@ -1,3 +1,3 @@
 """The pipeline's stages, one module each: teacher, shadows, compress, attack, search, report,
-compare. Stages are peers: none imports another (tests/unit/test_imports.py); `pipeline.flow`
+compare, cache. Stages are peers: none imports another (tests/unit/test_imports.py); `pipeline.flow`
 hands one stage's result to the next, and `pipeline.__main__` maps `stage=NAME` to it."""
