@@ -59,16 +59,19 @@ class Trial:
     """The search's per-trial work, wired here: teacher and dense shadows once, then compress +
     audit per trial. A plain object of this module, so spawned search workers can unpickle it."""
 
-    def prepare(self, cfg: DictConfig, index: int = 0) -> tuple[TeacherResult, ShadowsResult]:
-        """Teacher and shadows for search worker `index`. Odd workers build the shadows first:
-        on a cold cache one worker trains the teacher while the next trains the shadows, and
-        each then finds the other's entry in the cache (or waits for it) instead of idling on
-        the same lock."""
-        if index % 2:
-            shadows = shadows_stage.run(cfg)
+    def prepare(
+        self, cfg: DictConfig, index: int = 0, n_workers: int = 1
+    ) -> tuple[TeacherResult, ShadowsResult]:
+        """Teacher and shadows for search worker `index` of `n_workers`. On a cold cache worker 0
+        trains the teacher while the others train the shadows, each its share first
+        (`shadows.run(share=...)`), then worker 0 trains its share too; every worker then finds
+        the others' entries in the cache (or waits for them) instead of idling on one lock."""
+        share = (index, n_workers)
+        if index > 0:
+            shadows = shadows_stage.run(cfg, share=share)
             return teacher_stage.run(cfg), shadows
         teacher = teacher_stage.run(cfg)
-        return teacher, shadows_stage.run(cfg)
+        return teacher, shadows_stage.run(cfg, share=share)
 
     def __call__(
         self, cfg: DictConfig, teacher_result: TeacherResult, dense_shadows: ShadowsResult

@@ -89,8 +89,13 @@ def matched_keys(cfg: DictConfig, data_key: str, dense: tuple[str, ...]) -> tupl
 RECIPES = SHADOW_RECIPES
 
 
-def run(cfg: DictConfig, recipe: str | None = None) -> ShadowsResult:
+def run(cfg: DictConfig, recipe: str | None = None, share: tuple[int, int] = (0, 1)) -> ShadowsResult:
     """The K reference models: `dense` (the teacher's recipe) or `matched` (the compress recipe).
+
+    `share=(i, n)`: process i of n building a cold cache together (search workers) trains the
+    missing dense shadows k with k % n == i first, then any missing one no other process is
+    building, and waits for the rest; the models are the same whichever process trains them
+    (grouped training of a subset gives each model the same bits).
 
     Matched references (SPEC "Statistical power": dense shadows under-state a
     compressed model's leakage) are made by running the configured compress
@@ -109,29 +114,45 @@ def run(cfg: DictConfig, recipe: str | None = None) -> ShadowsResult:
     specs = [shadow_spec(cfg, k) for k in range(shadows.n_models)]
     keys_all = list(dense_keys(cfg, data.key))
     rows_all = [membership_row(int(cfg.seed), k, n_pop, shadows.member_fraction) for k in range(shadows.n_models)]
-    missing = [
-        k for k in range(shadows.n_models)
-        if cache.lookup("shadow", keys_all[k], {**specs[k], "data": data.key}) is None
-    ]
+    index, n_parts = share
+    if not 0 <= index < n_parts:
+        raise ValueError(f"shadows share {share}: expected (i, n) with 0 <= i < n")
+
+    def missing() -> list[int]:
+        return [
+            k for k in range(shadows.n_models)
+            if cache.lookup("shadow", keys_all[k], {**specs[k], "data": data.key}) is None
+        ]
+
     t0 = time.perf_counter()
-    keys, paths, rows, hits = [], [], [], 0
+    todo = missing()
+    built = 0
     # Claim the missing shadows no other process is building (a worker or another machine on
-    # the same cache waits for those in get_or_create instead of training them again).
-    with cache.claim("shadow", [keys_all[k] for k in missing]) as claimed:
-        mine = [k for k in missing if keys_all[k] in claimed]
-        trained = _train_missing(cfg, data, mine, rows_all) if mine else {}
-        for k in range(shadows.n_models):
-            s, key, row = specs[k], keys_all[k], rows_all[k]
-            entry = cache.get_or_create(
-                "shadow", key, {**s, "data": data.key},
-                lambda out, k=k, row=row: _save_one(
-                    data, trained.get(k) or _train(cfg, data, [k], rows_all)[k], row, out
-                ),
-            )
-            hits += int(entry.hit)
-            keys.append(key)
-            paths.append(entry.path)
-            rows.append(row)
+    # the same cache waits for those in get_or_create instead of training them again): this
+    # process's share first, then whatever is still missing and unclaimed.
+    passes = [[k for k in todo if k % n_parts == index], None] if n_parts > 1 else [todo]
+    for wanted in passes:
+        wanted = missing() if wanted is None else wanted
+        with cache.claim("shadow", [keys_all[k] for k in wanted]) as claimed:
+            mine = [k for k in wanted if keys_all[k] in claimed]
+            trained = _train_missing(cfg, data, mine, rows_all) if mine else {}
+            for k in mine:
+                cache.get_or_create(
+                    "shadow", keys_all[k], {**specs[k], "data": data.key},
+                    lambda out, k=k, model=trained[k]: _save_one(data, model, rows_all[k], out),
+                )
+            built += len(mine)
+    keys, paths, rows, hits = [], [], [], -built
+    for k in range(shadows.n_models):
+        s, key, row = specs[k], keys_all[k], rows_all[k]
+        entry = cache.get_or_create(  # built above, by another process, or (its builder died) here
+            "shadow", key, {**s, "data": data.key},
+            lambda out, k=k, row=row: _save_one(data, _train(cfg, data, [k], rows_all)[k], row, out),
+        )
+        hits += int(entry.hit)
+        keys.append(key)
+        paths.append(entry.path)
+        rows.append(row)
     membership = np.stack(rows) if rows else np.zeros((0, n_pop), dtype=bool)
     tracking.log_metrics({"shadows_n_models": len(keys), "shadows_cache_hits": hits})
     log.info("shadows[dense]: %d models (%d from cache) in %.1f s", len(keys), hits, time.perf_counter() - t0)

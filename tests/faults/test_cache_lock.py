@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.cache import Cache
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,3 +104,34 @@ def test_lock_of_a_killed_but_unreaped_process_is_taken_over(tmp_path):
     entry = cache.get_or_create("teacher", "k1", {"a": 1}, lambda out: (out / "m").write_text("x"))
     assert not entry.hit and time.monotonic() - t0 < 30
     zombie.wait()
+
+
+def test_shadow_shares_train_a_part_each_and_give_the_same_models(tmp_path, caplog):
+    """Search workers on a cold cache split the dense shadows (`share=(i, n)`): a process trains
+    its share first, then whatever is still missing and unclaimed, and the models are bit for bit
+    those of one process training them all (grouped training of a subset)."""
+    import torch
+    from conftest import make_cfg
+
+    from pipeline.stages import shadows as shadows_stage
+
+    overrides = ["experiment=smoke", "tracking.enabled=false", "shadows.n_models=5"]
+    whole = shadows_stage.run(make_cfg(overrides, tmp_path / "one"))
+    cfg = make_cfg(overrides, tmp_path / "shared")
+    # another process (worker 0 of 2) already built its share 0, 2, 4 on the shared cache
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.shadows"):
+        shadows_stage.run(cfg, share=(0, 2))
+    first = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training ")]
+    assert first[0].startswith("training 3 shadow model(s)")  # its share: 0, 2, 4
+    assert first[1].startswith("training 2 shadow model(s)")  # then the rest, unclaimed: 1, 3
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.shadows"):
+        again = shadows_stage.run(cfg, share=(1, 2))  # worker 1 finds every model built
+    assert again.n_cache_hits == 5
+    assert not [r for r in caplog.records if r.getMessage().startswith("training ")]
+    assert again.keys == whole.keys
+    for a, b in zip(whole.paths, again.paths):
+        wa, wb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[n], wb[n]) for n in wa)
+    with pytest.raises(ValueError, match=r"0 <= i < n"):
+        shadows_stage.run(cfg, share=(2, 2))
