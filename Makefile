@@ -1,5 +1,5 @@
 # Set-up and the two main commands. Everything runs in one virtual environment, .venv.
-#   make demo   install, then run the default experiment (search on the embedded data set)
+#   make demo   install, then run the default experiment (search on the embedded data set, every core)
 #   make test   install, then run the test suite (unit + smoke; `make test-slow` adds slow tests)
 # Override the interpreter or the torch build: make demo PYTHON=python3.11 TORCH="torch==2.13.0"
 PYTHON ?= python3
@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-demo: install
-	$(BIN)/python -m pipeline $(ARGS)
+demo: install  # one search worker per core (python -m pipeline alone: one, reproducible from the seed)
+	$(BIN)/python -m pipeline search.n_workers=auto $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)

@@ -136,6 +136,7 @@ def run_stage(cfg: DictConfig) -> Any:
     name = str(cfg.stage)
     if name not in STAGE_FUNCTIONS:
         raise ValueError(f"unknown stage {name!r}; valid: {sorted(STAGE_FUNCTIONS)}")
+    threads.resolve_workers(cfg)  # search.n_workers=auto: one per core
     validate(cfg, data=True)  # everything knowable from the config, before any store, run or model
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     threads.configure(cfg)  # runtime.n_threads: auto shares the cores among search workers

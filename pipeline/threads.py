@@ -43,6 +43,24 @@ def threads_per_process(n_threads: Any, n_workers: int = 1, cores: int | None = 
     return n_threads
 
 
+def resolve_workers(cfg) -> int:
+    """`search.n_workers=auto`: one search worker per core this process may use, at most
+    `search.n_trials`; replaced in `cfg` by the number (so the logged config says it). An
+    integer is kept. Returns the number."""
+    value = cfg.search.get("n_workers", 1)
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        from omegaconf import open_dict
+
+        n = max(1, min(available_cores(), int(cfg.search.n_trials)))
+        with open_dict(cfg):
+            cfg.search.n_workers = n
+        log.info("search.n_workers=auto: %d worker process(es) on %d core(s)", n, available_cores())
+        return n
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"search.n_workers must be 'auto' or a positive integer, got {value!r}")
+    return value
+
+
 def workers_sharing_cores(cfg) -> int:
     """How many processes of this command share the machine's cores: the search's workers."""
     if str(cfg.get("stage", "")) != "search":

@@ -57,3 +57,17 @@ def test_the_default_is_one_thread_and_auto_is_accepted(cfg_factory):
     from pipeline.config import validate
 
     validate(cfg)  # the config validation accepts auto
+
+
+def test_auto_workers_are_one_per_core_capped_at_the_trials(cfg_factory, monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    cfg = cfg_factory("experiment=smoke", "search.n_workers=auto", "search.n_trials=3")
+    assert threads.resolve_workers(cfg) == 3 and cfg.search.n_workers == 3  # the logged config says 3
+    cfg = cfg_factory("experiment=smoke", "search.n_workers=auto", "search.n_trials=8")
+    assert threads.resolve_workers(cfg) == 4
+    assert threads.threads_per_process("auto", cfg.search.n_workers, cores=4) == 1
+    cfg = cfg_factory("experiment=smoke", "search.n_workers=2")
+    assert threads.resolve_workers(cfg) == 2  # an integer is kept
+    cfg = cfg_factory("experiment=smoke", "search.n_workers=many")
+    with pytest.raises(ValueError, match="'auto' or a positive integer, got 'many'"):
+        threads.resolve_workers(cfg)
