@@ -60,7 +60,8 @@ def run(cfg: DictConfig, teacher: TeacherResult) -> CompressResult:
         if len(table) and "chosen" in table:
             chosen = table[table["chosen"]]
             for strategy, count in chosen["strategy"].value_counts().items():
-                metrics[f"wins_{strategy}"] = float(count)
+                # "magnitude/random" -> "wins_magnitude-random": a "/" would open its own MLflow chart section
+                metrics[f"wins_{strategy.replace('/', '-')}"] = float(count)
         table.to_csv(out / "candidates.csv", index=False)
         (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": history}, indent=1))
 
