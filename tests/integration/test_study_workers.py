@@ -24,7 +24,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from integration_servers import (
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from servers import (
     REPO,
     MlflowServer,
     Postgres,
@@ -35,8 +37,6 @@ from integration_servers import (
     stop_postgres,
     tail,
 )
-from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
 
 N_WORKERS = 3
 N_TRIALS = 6

@@ -11,74 +11,22 @@ FINISHED nested run with the objectives per complete trial, none left RUNNING).
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from servers import free_port, group_alive, start_mlflow_server, stop_group
 
 pytestmark = pytest.mark.smoke
 
 REPO = Path(__file__).resolve().parents[2]
 N_TRIALS = 4
 STUDY = "smoke-synthetic-seed0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(folder: Path, port: int, log_name: str) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "server",
-           "--backend-store-uri", f"sqlite:///{folder}/server.db",
-           "--default-artifact-root", str(folder / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    out = open(folder / log_name, "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow server exited with {proc.returncode}:\n{(folder / log_name).read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.5)
-    stop_server(proc)
-    raise AssertionError("mlflow server not healthy after 180 s")
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (started as its own session) by its PID; SIGKILL the rest."""
-    if group_alive(proc.pid):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while group_alive(proc.pid) and time.monotonic() < deadline:
-        proc.poll()
-        time.sleep(0.2)
-    if group_alive(proc.pid):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
 
 
 def study_cmd(root: Path, port: int) -> list[str]:
@@ -105,7 +53,7 @@ def trials(root: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_a_study_outlives_its_tracking_server(tmp_path):
     port = free_port()
-    server = start_server(tmp_path, port, "server-1.log")
+    server = start_mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path, port, "server-1.log")
     log1 = tmp_path / "study-1.log"
     try:
         with open(log1, "w") as out:
@@ -117,13 +65,13 @@ def test_a_study_outlives_its_tracking_server(tmp_path):
                     assert study.poll() is None, log1.read_text()[-3000:]
                     assert time.monotonic() < deadline, "no trial completed in 600 s"
                     time.sleep(0.3)
-                stop_server(server)  # in the middle of the study
+                stop_group(server.proc)  # in the middle of the study
                 study.wait(timeout=900)
             finally:
                 if study.poll() is None:
                     study.kill()
     finally:
-        stop_server(server)
+        stop_group(server.proc)
     text = log1.read_text()
     assert study.returncode == 0, text[-3000:]
     assert "tracking paused" in text and "Rerun the same command once the server is back" in text
@@ -131,7 +79,7 @@ def test_a_study_outlives_its_tracking_server(tmp_path):
     assert len(done) == N_TRIALS  # no result lost
     n_before = len(trials(tmp_path))
 
-    server = start_server(tmp_path, port, "server-2.log")
+    server = start_mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path, port, "server-2.log")
     try:
         again = subprocess.run(study_cmd(tmp_path, port), cwd=REPO, env=env(),
                                capture_output=True, text=True, timeout=900)
@@ -155,5 +103,5 @@ def test_a_study_outlives_its_tracking_server(tmp_path):
         artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
         assert {"pareto.csv", "trials.csv"} <= artifacts
     finally:
-        stop_server(server)
-    assert not group_alive(server.pid)
+        stop_group(server.proc)
+    assert not group_alive(server.proc.pid)

@@ -1,4 +1,4 @@
-"""Real servers for the integration tests: PostgreSQL from Debian's package and `mlflow server`.
+"""Real servers for the tests: PostgreSQL from Debian's package and `mlflow server`.
 
 Each server lives in a temporary folder, listens on 127.0.0.1 and a free port, and is stopped by
 its PID in teardown. PostgreSQL runs from its own binaries (`initdb`, `postgres`) on a temporary
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PG_USER = "safecompress"
 
 
@@ -216,13 +216,16 @@ def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
         time.sleep(0.2)
 
 
-def start_mlflow_server(backend_uri: str, folder: Path) -> MlflowServer:
-    """`mlflow server` on 127.0.0.1 with its artifacts in `folder/artifacts` (served by it)."""
-    port = free_port()
+def start_mlflow_server(
+    backend_uri: str, folder: Path, port: int | None = None, log_name: str = "mlflow-server.log"
+) -> MlflowServer:
+    """`mlflow server` on 127.0.0.1 (a free port unless `port`: a restart on the same one) with
+    its artifacts in `folder/artifacts` (served by it); stop it with `stop_group(server.proc)`."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     artifacts = folder / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    log_path = folder / "mlflow-server.log"
+    log_path = folder / log_name
     cmd = [
         str(Path(sys.executable).with_name("mlflow")), "server",
         "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
