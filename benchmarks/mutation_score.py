@@ -82,7 +82,7 @@ GROUPS: dict[str, dict] = {
         "tests": ["tests/unit/test_selection.py"],
     },
     "cache_keys": {
-        "files": ["pipeline/cache.py", "pipeline/context.py", "pipeline/stages/teacher.py",
+        "files": ["pipeline/cache/keys.py", "pipeline/cache/store.py", "pipeline/context.py", "pipeline/stages/teacher.py",
                   "pipeline/stages/shadows.py", "pipeline/stages/compress.py", "pipeline/stages/attack.py"],
         "tests": ["tests/unit/test_cache.py", "tests/unit/test_cache_keys.py"],
         "functions": [

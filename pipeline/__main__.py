@@ -18,7 +18,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import flow, interrupt, threads, tracking
-from pipeline.config import validate
+from pipeline.datasets import datasets_help
+from pipeline.masking import config_yaml
+from pipeline.validation import validate
 
 log = logging.getLogger("pipeline")
 
@@ -36,7 +38,7 @@ def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[D
         with mlflow.start_run(experiment_id=exp_id, run_name=stage_name):
             tracking.set_tags({"stage": stage_name, "git_commit": tracking.git_commit(), **tracking.run_tags(cfg)})
             tracking.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-            mlflow.log_text(tracking.config_yaml(cfg), "config.yaml")
+            mlflow.log_text(config_yaml(cfg), "config.yaml")
             with tracking.error_tagged():  # a FAILED run always says why
                 return fn(cfg)
 
@@ -127,8 +129,9 @@ def stages_help() -> str:
     )
 
 
-# conf/config.yaml's help header lists the stages through this resolver
+# conf/config.yaml's help header lists the stages and the data sets through these resolvers
 OmegaConf.register_new_resolver("safecompress_stages", stages_help, replace=True)
+OmegaConf.register_new_resolver("safecompress_datasets", datasets_help, replace=True)
 
 
 def run_stage(cfg: DictConfig) -> Any:

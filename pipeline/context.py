@@ -27,9 +27,9 @@ from pipeline.cache import (
     check_entry_file,
     data_file_hashes,
 )
-from pipeline.config import DATASETS, AttackConfig, TrainConfig, to_schema
+from pipeline.config import AttackConfig, TrainConfig, to_schema
 from pipeline.data import Dataset, Splits, make_splits, plant_canaries
-from pipeline.datasets import recording_reads
+from pipeline.datasets import dataset_info, recording_reads
 from pipeline.models import MODELS
 from pipeline.seeds import derive_seed
 
@@ -79,9 +79,7 @@ def data_key(cfg: DictConfig) -> str:
 def load_data(cfg: DictConfig) -> DataBundle:
     """The data set and its splits; `key` hashes the data spec and the content of every file
     the loader read (embedded sets: their generator parameters only)."""
-    name = str(cfg.dataset.name)
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {list(DATASETS)}")
+    dataset_info(str(cfg.dataset.name))  # an unknown name raises, naming the registered ones
     paths = {k: str(cfg.dataset[k]) for k in PATH_KEYS if k in cfg.dataset}
     index = Path(str(cfg.paths.cache_dir)) / DATA_INDEX_FILE
     return _load_data(canonical_json(data_spec(cfg)), canonical_json(paths), index)
@@ -151,7 +149,7 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
 
 
 def device(cfg: DictConfig) -> torch.device:
-    """`runtime.device` (checked by `pipeline.config.validate`): where models live and compute.
+    """`runtime.device` (checked by `pipeline.validation.validate`): where models live and compute.
 
     Data stays on the CPU and batches move to the model; initial weights are drawn on the
     CPU, so a seed gives the same starting model on every device.

@@ -3,19 +3,25 @@ when no run is active (stages called from tests or scripts need no MLflow run)."
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
-import re
 import subprocess
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from pipeline.masking import mask_logs, mask_secrets
+from pipeline.stores import (
+    StoreError,
+    file_lock,
+    make_store_folder,
+    prepare_sqlite_store,
+    store_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +50,7 @@ def setup(cfg: DictConfig) -> str | None:
     lock_path = db_path = None
     if uri.startswith("sqlite:///"):
         db_path = Path(uri[len("sqlite:///") :])
-        _make_store_folder(db_path, "MLflow tracking store", "tracking.uri")
+        make_store_folder(db_path, "MLflow tracking store", "tracking.uri")
         lock_path = db_path.with_name(db_path.name + ".lock")
     mlflow.set_tracking_uri(uri)
     # Parallel jobs (Hydra's joblib launcher) opening a new SQLite store at once race in
@@ -59,102 +65,7 @@ def setup(cfg: DictConfig) -> str | None:
         try:
             return call(_experiment_id, cfg, uri)
         except Exception as err:  # noqa: BLE001 - a store that cannot be written: one clear message
-            raise StoreError(_store_message(db_path, "MLflow tracking store", "tracking.uri", err, "open")) from err
-
-
-class StoreError(RuntimeError):
-    """A tracking or study store that cannot be created, migrated or written."""
-
-
-def _store_advice(folder: Path, setting: str, err: BaseException) -> str:
-    text = f"{err}".lower()
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC or "disk is full" in text or "no space" in text:
-        return f"the disk is full: free space on {folder} (or set {setting} to a store on another disk)"
-    if (isinstance(err, OSError) and err.errno in (errno.EROFS, errno.EACCES, errno.EPERM)) or "readonly" in text \
-            or "read-only" in text or "unable to open database" in text:
-        return f"{folder} is not writable: make it writable (or set {setting} to a writable place)"
-    return f"check that {folder} has free space and is writable (or set {setting} elsewhere)"
-
-
-def _store_message(db_path: Path, what: str, setting: str, err: BaseException, verb: str) -> str:
-    return (
-        f"cannot {verb} the {what} {db_path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-        f"What to do: {_store_advice(db_path.parent, setting, err)}, then run the same command again"
-    )
-
-
-def _make_store_folder(db_path: Path, what: str, setting: str) -> None:
-    try:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StoreError(_store_message(db_path, what, setting, err, "create the folder of")) from err
-
-
-def _remove_sqlite_files(path: Path) -> None:
-    for suffix in ("", "-journal", "-wal", "-shm"):
-        try:
-            os.unlink(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            log.warning("could not remove %s%s: %s", path, suffix, err)
-
-
-def prepare_sqlite_store(db_path: Path, what: str, setting: str, create: Callable[[str], None]) -> None:
-    """Make sure the SQLite store `db_path` exists, fully migrated, and can be written.
-
-    A new store is created and migrated by `create(url)` in a temporary file beside it and moved
-    in place (`os.replace`) only when complete, so a disk that fills up or a folder that turns out
-    read-only leaves nothing behind (before, a half-made store kept `_alembic_tmp_*` tables that
-    failed every later run). An existing store left half-migrated by an older version is repaired
-    when that is safe (`repair_interrupted_migration`). Errors name the file and what to do.
-    Call it under the store's lock.
-    """
-    if db_path.exists() and db_path.stat().st_size > 0:
-        for path in (db_path, db_path.parent):
-            if not os.access(path, os.W_OK):
-                raise StoreError(
-                    f"the {what} {db_path} is read-only ({path} is not writable). What to do: make it writable "
-                    f"(or set {setting} to a writable place), then run the same command again"
-                )
-        repair_interrupted_migration(db_path, what)
-        return
-    tmp = db_path.with_name(f".{db_path.name}.creating.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        create(f"sqlite:///{tmp}")
-        os.replace(tmp, db_path)
-    except BaseException as err:
-        _remove_sqlite_files(tmp)
-        if isinstance(err, Exception):
-            raise StoreError(_store_message(db_path, what, setting, err, "create")) from err
-        raise
-    log.info("created the %s %s", what, db_path)
-
-
-def repair_interrupted_migration(db_path: Path, what: str) -> None:
-    """Drop `_alembic_tmp_<table>` copies an interrupted schema migration left behind, when
-    `<table>` itself is intact; refuse (naming the file) when only the copy is left."""
-    import sqlite3
-
-    con = sqlite3.connect(str(db_path), timeout=60)
-    try:
-        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        leftovers = sorted(n for n in names if n.startswith("_alembic_tmp_"))
-        for tmp in leftovers:
-            table = tmp[len("_alembic_tmp_") :]
-            if table not in names:
-                raise StoreError(
-                    f"the {what} {db_path} was left half-migrated: table {table!r} exists only as its "
-                    f"migration copy {tmp!r}. What to do: restore the file from a backup, or move it away "
-                    "to start a new store, then run the same command again"
-                )
-            con.execute(f'DROP TABLE "{tmp}"')
-            log.warning("%s %s: dropped %s, left by an interrupted schema migration", what, db_path, tmp)
-        con.commit()
-    except sqlite3.DatabaseError as err:
-        raise StoreError(_store_message(db_path, what, "the store setting", err, "read")) from err
-    finally:
-        con.close()
+            raise StoreError(store_message(db_path, "MLflow tracking store", "tracking.uri", err, "open")) from err
 
 
 def _create_mlflow_store(url: str, artifact_root: str) -> None:
@@ -292,29 +203,6 @@ def ui_url(exp_id: str | None, host: str = "http://127.0.0.1:5000") -> str:
     return f"{host}/{path}?workflowType=machine_learning"
 
 
-@contextmanager
-def file_lock(path: Path | None, what: str = "store", setting: str = "its setting") -> Iterator[None]:
-    """An exclusive advisory lock on `path` across processes (no-op for None or without fcntl)."""
-    if path is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    try:
-        f = open(path, "a")  # noqa: SIM115 - closed below
-    except OSError as err:
-        raise StoreError(_store_message(path, f"lock file of the {what}", setting, err, "create")) from err
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def tag_error(err: BaseException) -> None:
     """Tag the active run with `error` (type and message); tracking problems only log."""
     try:
@@ -421,76 +309,6 @@ def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
     call(mlflow.log_text, text, artifact_file)
-
-
-def config_yaml(cfg: DictConfig, masked: bool = True) -> str:
-    """The run's config as logged (`config.yaml`): resolved, except values built from `paths`
-    (cache, MLflow and Optuna stores, data files) or read from the environment
-    (`${oc.env:...}`, e.g. a database password), which keep their interpolations, so the file
-    re-runs elsewhere with `paths.root=...` and never holds the secret:
-
-        python -m pipeline --config-dir DIR --config-name logged paths.root=/tmp/rerun
-
-    (DIR/logged.yaml is the downloaded file; a name other than `config`, which the package's
-    own conf/ would shadow.) A password written literally into a URL is replaced by `***`
-    (`masked=False`: not, for the copies handed to worker processes, which must connect).
-    """
-    return OmegaConf.to_yaml(
-        _keep_path_interpolations(
-            OmegaConf.to_container(cfg, resolve=True),
-            OmegaConf.to_container(cfg, resolve=False),
-            masked,
-        )
-    )
-
-
-def _keep_path_interpolations(resolved: Any, raw: Any, masked: bool = False) -> Any:
-    """`resolved`, except values whose raw form refers to `${paths.…}` (cache, MLflow store, data
-    files) or `${oc.env:…}`; with `masked`, URL passwords in the other strings become `***`."""
-    if isinstance(resolved, dict) and isinstance(raw, dict):
-        return {k: _keep_path_interpolations(v, raw.get(k), masked) for k, v in resolved.items()}
-    if isinstance(resolved, list) and isinstance(raw, list) and len(resolved) == len(raw):
-        return [_keep_path_interpolations(v, r, masked) for v, r in zip(resolved, raw)]
-    if isinstance(raw, str) and ("${paths." in raw or "${oc.env:" in raw):
-        return mask_secrets(raw) if masked else raw
-    return mask_secrets(resolved) if masked and isinstance(resolved, str) else resolved
-
-
-# scheme://user:PASSWORD@host... (a password cannot hold an unescaped "/" or "@"); a password
-# that is an interpolation (`${oc.env:PGPASSWORD}`) is no secret and is kept
-_URL_PASSWORD = re.compile(r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?!\$\{)[^@\s/]+(?=@)")
-# libpq/SQLAlchemy query form: ...?password=PASSWORD&...
-_QUERY_PASSWORD = re.compile(r"(?i)(?P<pre>(?:^|[?&;\s])password=)(?!\$\{)[^&\s;'\"]+")
-MASK = "***"
-
-
-def mask_secrets(text: str) -> str:
-    """`text` with the passwords of any URLs in it replaced by `***` (user, host, db kept)."""
-    if "://" not in text and "password=" not in text.lower():
-        return text
-    text = _URL_PASSWORD.sub(lambda m: m.group("pre") + MASK, text)
-    return _QUERY_PASSWORD.sub(lambda m: m.group("pre") + MASK, text)
-
-
-class SecretMaskingFilter(logging.Filter):
-    """Masks URL passwords in every record a handler emits (console, Hydra's job log)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is the handler's to report
-            return True
-        masked = mask_secrets(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-
-def mask_logs() -> None:
-    """Install `SecretMaskingFilter` on the root logger's handlers (idempotent)."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
-            handler.addFilter(SecretMaskingFilter())
 
 
 def git_commit() -> str:

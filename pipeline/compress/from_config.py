@@ -14,8 +14,9 @@ from torch import nn
 
 import sparse
 from pipeline.compress.method import CompressJob, compress_recipe, compress_spec
-from pipeline.config import CompressConfig, to_schema, validate_compress
+from pipeline.config import CompressConfig, to_schema
 from pipeline.context import DataBundle, build_model, load_model, model_spec, train_recipe
+from pipeline.validation import validate_compress
 
 
 def compress_config(cfg: DictConfig) -> CompressConfig:

@@ -37,10 +37,11 @@ from attacks.signals import compute_signals
 from pipeline import progress, tracking
 from pipeline.cache import cache_key
 from pipeline.compress.from_config import load_compressed
-from pipeline.config import AttackConfig, to_schema, validate_attack
+from pipeline.config import AttackConfig, to_schema
 from pipeline.context import DataBundle, get_cache, load_data, load_model, plain
 from pipeline.results import AttackResult, CompressResult, ShadowsResult
 from pipeline.seeds import derive_seed
+from pipeline.validation import validate_attack
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from attacks.metrics import fpr_key, weighted_metrics
 from pipeline import runs, tracking
 from pipeline.config import CompareConfig, to_schema
 from pipeline.frontier import (
@@ -44,13 +43,13 @@ from pipeline.frontier import (
     mean_envelope,
     with_leakage,
 )
+from pipeline.intervals import AUDIT_METRIC, example_bootstrap, seed_bootstrap
 from pipeline.pareto import front_hypervolume
 from pipeline.plots import plot_tradeoff
 
 log = logging.getLogger(__name__)
 
 MATCH = ("dataset", "target_density", "seed")
-_AUDIT_METRIC = re.compile(r"^audit_(?:(?P<attack>.+)_)?(?P<key>auc|tpr_at_[0-9.]+pct_fpr)$")
 
 
 @dataclass(frozen=True)
@@ -188,96 +187,6 @@ def pairs(frame: pd.DataFrame, a: str, b: str, density: float | None = None) -> 
     return merged
 
 
-# ---------------------------------------------------------------- intervals
-
-
-def seed_bootstrap(diffs: np.ndarray, n_bootstrap: int, confidence: float, seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of the mean paired difference, resampling seeds with replacement."""
-    d = np.asarray(diffs, dtype=float)
-    if len(d) < 2:  # one seed has no spread to resample
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(d), size=(n_bootstrap, len(d)))
-    means = d[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
-
-
-def _metric_replicates(
-    scores: dict[str, np.ndarray], attack: str | None, key: str, w1: np.ndarray, w0: np.ndarray
-) -> np.ndarray | None:
-    """(B,) replicates of audit metric `key` of one attack (None: the strongest attack per replicate)."""
-    y = scores["labels"].astype(bool)
-    names = [k for k in scores if k not in ("labels", "example_index")]
-    names = [attack] if attack is not None else names
-    if any(n not in scores for n in names) or not names:
-        return None
-    fpr = None
-    if key != "auc":
-        fpr = float(key[len("tpr_at_"):-len("pct_fpr")]) / 100.0
-        if (~y).sum() < math.ceil(1.0 / fpr - 1e-9):
-            return None  # too few non-members: the metric is not defined (never logged either)
-    reps = []
-    for n in names:
-        s = np.asarray(scores[n], dtype=float)
-        s1, s0 = s[y], s[~y]
-        o1, o0 = np.argsort(s1, kind="mergesort"), np.argsort(s0, kind="mergesort")
-        m = weighted_metrics(s1[o1], s0[o0], w1[:, o1], w0[:, o0], () if fpr is None else (fpr,))
-        reps.append(m["auc"] if fpr is None else m[fpr_key(fpr)])
-    return np.max(np.vstack(reps), axis=0)
-
-
-def example_bootstrap(
-    score_pairs: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
-    metric: str,
-    n_bootstrap: int,
-    confidence: float,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Hierarchical paired bootstrap of mean(metric_a − metric_b): seeds, then examples within a seed.
-
-    Each element of `score_pairs` is one seed's (scores_a, scores_b) as read by
-    `runs.load_scores`. Members and non-members are resampled separately (stratified);
-    when both methods audited the same examples they share the resample.
-    """
-    m = _AUDIT_METRIC.match(metric)
-    if m is None or not score_pairs:
-        return math.nan, math.nan
-    attack, key = m.group("attack"), m.group("key")
-    rng = np.random.default_rng(seed)
-    per_seed = []
-    for sa, sb in score_pairs:
-        ya = sa["labels"].astype(bool)
-        n1, n0 = int(ya.sum()), int((~ya).sum())
-        w1 = rng.multinomial(n1, np.full(n1, 1.0 / n1), size=n_bootstrap).astype(float)
-        w0 = rng.multinomial(n0, np.full(n0, 1.0 / n0), size=n_bootstrap).astype(float)
-        same = np.array_equal(sa.get("example_index"), sb.get("example_index")) and np.array_equal(
-            sa["labels"], sb["labels"])
-        if same:
-            v1, v0 = w1, w0
-        else:
-            yb = sb["labels"].astype(bool)
-            m1, m0 = int(yb.sum()), int((~yb).sum())
-            v1 = rng.multinomial(m1, np.full(m1, 1.0 / m1), size=n_bootstrap).astype(float)
-            v0 = rng.multinomial(m0, np.full(m0, 1.0 / m0), size=n_bootstrap).astype(float)
-        ra = _metric_replicates(sa, attack, key, w1, w0)
-        rb = _metric_replicates(sb, attack, key, v1, v0)
-        if ra is None or rb is None:
-            return math.nan, math.nan
-        per_seed.append(ra - rb)
-    d = np.vstack(per_seed)  # (n_seeds, B)
-    k = len(d)
-    pick = rng.integers(0, k, size=(n_bootstrap, k))  # resampled seeds per replicate
-    # the j-th draw of a replicate reads example replicate (b + j) mod B of its seed, so a
-    # seed drawn twice in one replicate gets two different example resamples
-    cols = (np.arange(n_bootstrap)[:, None] + np.arange(k)[None, :]) % n_bootstrap
-    means = d[pick, cols].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
-
-
 def paired_table(frame: pd.DataFrame, c: CompareConfig, load_scores=None) -> pd.DataFrame:
     """Per (dataset, density, metric): n pairs, means of a and b, mean difference, intervals."""
     merged = pairs(frame, c.a, c.b, c.density)
@@ -305,7 +214,7 @@ def paired_table(frame: pd.DataFrame, c: CompareConfig, load_scores=None) -> pd.
                 "ci_low_seeds": lo, "ci_high_seeds": hi,
                 "ci_low_examples": math.nan, "ci_high_examples": math.nan,
             }
-            if scores is not None and len(d) == len(g) and _AUDIT_METRIC.match(metric):
+            if scores is not None and len(d) == len(g) and AUDIT_METRIC.match(metric):
                 row["ci_low_examples"], row["ci_high_examples"] = example_bootstrap(
                     scores, metric, c.n_bootstrap, c.confidence, c.seed)
             lo_x, hi_x = (row["ci_low_examples"], row["ci_high_examples"])
@@ -500,3 +409,4 @@ def _md(t: pd.DataFrame) -> str:
     sep = "|" + "---|" * len(t.columns)
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
     return "\n".join([head, sep, *body])
+

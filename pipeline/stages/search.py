@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import interrupt, progress, tracking
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_schema
+from pipeline.masking import config_yaml, mask_secrets
 from pipeline.pareto import hypervolume, nondominated_ranks, normalised_objectives
 from pipeline.study import mlflow_runs, storage, workers
 
@@ -92,7 +93,7 @@ def suggest(trial, space: list[SearchParam]) -> dict[str, Any]:
 
 
 def apply_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
-    trial_cfg = OmegaConf.create(tracking.config_yaml(cfg, masked=False))  # resolved, paths relocatable
+    trial_cfg = OmegaConf.create(config_yaml(cfg, masked=False))  # resolved, paths relocatable
     for k, v in params.items():
         OmegaConf.update(trial_cfg, k, v, merge=False)
     return trial_cfg
@@ -202,7 +203,7 @@ def run(cfg: DictConfig, trial_work) -> SearchResult:
             "MLflow tracking at %s could not be reached: the study's results are complete in its "
             "Optuna storage, but MLflow is missing some of them. Rerun the same command once the "
             "server is back: it runs no trial again and logs what is missing.",
-            tracking.mask_secrets(str(cfg.tracking.uri)),
+            mask_secrets(str(cfg.tracking.uri)),
         )
     return SearchResult(
         s.study_name, s.storage, workers.counts(shared.study)[0], pareto, parent_id, csv
@@ -256,7 +257,7 @@ def _log_trial_inputs(trial_cfg: DictConfig, params: dict[str, Any], teacher, sh
             "shadow_keys": ",".join(shadows.keys),
         }
     )
-    tracking.log_text(tracking.config_yaml(trial_cfg), "config.yaml")
+    tracking.log_text(config_yaml(trial_cfg), "config.yaml")
 
 
 def _log_trial_outputs(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pipeline import tracking
 from pipeline.config import SearchConfig
+from pipeline.masking import mask_secrets
 from pipeline.study.lock import storage_lock
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def new_parent(s: SearchConfig, exp_id: str) -> str:
             {
                 "n_trials": s.n_trials,
                 "objectives": ",".join(s.objectives),
-                "storage": tracking.mask_secrets(s.storage),
+                "storage": mask_secrets(s.storage),
                 "space": ",".join(p.key for p in s.space),
             }
         )

@@ -19,8 +19,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline import tracking
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig
+from pipeline.masking import mask_logs, mask_secrets
+from pipeline.stores import StoreError, file_lock, prepare_sqlite_store
 from pipeline.study import mlflow_runs
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    tracking.mask_logs()
-    shown = tracking.mask_secrets(url)
+    mask_logs()
+    shown = mask_secrets(url)
     if url.startswith("journal:"):
         try:
             from optuna.storages.journal import JournalFileBackend
@@ -108,15 +109,15 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                     RetryHeartbeatStaleTrialCallback()
                 ),
             }
-        with tracking.file_lock(lock, "Optuna study store", "search.storage"):
-            if lock is not None:  # created complete or not at all (tracking.prepare_sqlite_store)
-                tracking.prepare_sqlite_store(db, "Optuna study store", "search.storage", _create_optuna_store)
+        with file_lock(lock, "Optuna study store", "search.storage"):
+            if lock is not None:  # created complete or not at all (pipeline.stores.prepare_sqlite_store)
+                prepare_sqlite_store(db, "Optuna study store", "search.storage", _create_optuna_store)
             return optuna.storages.RDBStorage(url, **kwargs)
-    except tracking.StoreError:
+    except StoreError:
         raise
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear message
         raise ValueError(
-            f"cannot open Optuna storage {shown!r}: {tracking.mask_secrets(str(err))} (valid: "
+            f"cannot open Optuna storage {shown!r}: {mask_secrets(str(err))} (valid: "
             "sqlite:///<file>, an SQLAlchemy URL such as postgresql://user:pw@host/db (the postgres "
             "extra), or journal:<file>)"
         ) from None  # the chained error's text may hold the URL

@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import interrupt, threads, tracking
+from pipeline import interrupt, threads
 from pipeline.config import SearchConfig
+from pipeline.masking import config_yaml, mask_logs
 from pipeline.study import mlflow_runs
 from pipeline.study.storage import SharedStudy
 
@@ -279,7 +280,7 @@ def spawn(cfg: DictConfig, n: int, parent_id: str | None, body: WorkerBody) -> l
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    text = tracking.config_yaml(cfg, masked=False)  # the workers must connect
+    text = config_yaml(cfg, masked=False)  # the workers must connect
     level = logging.getLogger().getEffectiveLevel()
     procs = [
         ctx.Process(target=worker_main, args=(text, parent_id, i + 1, level, body), daemon=False)
@@ -320,7 +321,7 @@ def worker_main(
 ) -> None:
     """Entry point of a spawned worker: logging, threads and Ctrl-C handling around `body`."""
     logging.basicConfig(level=level, format=f"[worker {index}] %(levelname)s %(name)s: %(message)s")
-    tracking.mask_logs()
+    mask_logs()
     cfg = OmegaConf.create(cfg_yaml)
     threads.configure(cfg)  # runtime.n_threads=auto: this worker's share of the cores
     try:

@@ -43,7 +43,7 @@ def test_refused_before_any_work(cfg_factory, tmp_path, overrides, words):
 
 
 def test_no_references_needed_when_no_reference_attack(cfg_factory):
-    from pipeline.config import validate
+    from pipeline.validation import validate
 
     validate(cfg_factory("experiment=smoke", "stage=search", "shadows.n_models=0", "~attack.audit.lira_offline"))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
-from pipeline.tracking import StoreError
+from pipeline.stores import StoreError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import STAGE_FUNCTIONS
+from pipeline.datasets import DATASETS
 
 pytestmark = pytest.mark.smoke
 
@@ -36,6 +37,8 @@ def test_console_script_runs_stages_from_a_folder_outside_the_clone(tmp_path):
     help_text = _run([str(SCRIPT), "--help"], cwd=tmp_path).stdout
     for stage in STAGE_FUNCTIONS:
         assert f"\n{stage} " in help_text, f"--help does not list the stage {stage!r}"
+    for name in DATASETS:  # the data set registry
+        assert f"\n{name} " in help_text, f"--help does not list the data set {name!r}"
 
     # the stage as a bare first word; paths.root defaults to the working folder
     _run([str(SCRIPT), "attack", "experiment=smoke", "compress=dst"], cwd=tmp_path)

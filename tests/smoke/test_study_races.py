@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from pipeline import tracking
+from pipeline import masking, tracking
 
 pytestmark = pytest.mark.smoke
 
@@ -70,7 +70,7 @@ def _stand_in_process(cfg_yaml: str, barrier, trial_s: float) -> None:
 def _run_at_once(cfg, n_procs: int, trial_s: float = 1.0) -> None:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(n_procs)
-    text = tracking.config_yaml(cfg)
+    text = masking.config_yaml(cfg)
     procs = [ctx.Process(target=_stand_in_process, args=(text, barrier, trial_s)) for _ in range(n_procs)]
     for p in procs:
         p.start()

@@ -32,8 +32,8 @@ import sparse
 from pipeline import config as config_module
 from pipeline import context
 from pipeline.compress import from_config as compress_from_config
-from pipeline.config import validate
 from pipeline.stages import attack, compress, shadows, teacher
+from pipeline.validation import validate
 
 # Fields that must never enter a cache key (each with why). A prefix covers its subtree.
 NOT_IN_KEYS = {

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from attacks.metrics import roc_auc
-from pipeline import frontier, pareto, runs
+from pipeline import frontier, intervals, pareto, runs
 from pipeline.__main__ import run_stage
 from pipeline.config import CompareConfig, FrontierConfig
 from pipeline.stages import compare
@@ -78,7 +78,7 @@ def test_paired_difference_and_intervals(store):
         row = p.loc[metric]
         assert row["n_pairs"] == 4
         assert row["diff"] == pytest.approx(d.mean(), abs=1e-12)
-        lo, hi = compare.seed_bootstrap(d, 200, 0.95, 0)
+        lo, hi = intervals.seed_bootstrap(d, 200, 0.95, 0)
         assert (row["ci_low_seeds"], row["ci_high_seeds"]) == pytest.approx((lo, hi))
         assert d.min() <= lo <= d.mean() <= hi <= d.max()
     # accuracy differences 0.1 - 0.01*seed are all > 0: the interval excludes zero
@@ -95,10 +95,10 @@ def test_paired_difference_and_intervals(store):
 def test_example_bootstrap_of_identical_models_is_zero():
     rng = np.random.default_rng(0)
     pairs = [(s, dict(s)) for s in (_scores(rng, 100, 1.0) for _ in range(3))]
-    assert compare.example_bootstrap(pairs, "audit_loss_auc", 200, 0.95) == (0.0, 0.0)
-    assert compare.example_bootstrap(pairs, "audit_auc", 200, 0.95) == (0.0, 0.0)
+    assert intervals.example_bootstrap(pairs, "audit_loss_auc", 200, 0.95) == (0.0, 0.0)
+    assert intervals.example_bootstrap(pairs, "audit_auc", 200, 0.95) == (0.0, 0.0)
     # 100 non-members cannot give a TPR at 0.1% FPR: no interval rather than a one-sample number
-    assert all(np.isnan(compare.example_bootstrap(pairs, "audit_tpr_at_0.1pct_fpr", 200, 0.95)))
+    assert all(np.isnan(intervals.example_bootstrap(pairs, "audit_tpr_at_0.1pct_fpr", 200, 0.95)))
 
 
 def test_methods_without_shared_seeds_name_the_seeds(store):

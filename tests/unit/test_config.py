@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from pipeline.__main__ import run_stage
-from pipeline.config import validate
+from pipeline.validation import validate
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import validate
 from pipeline.context import build_model, load_data
 from pipeline.datasets import (
     augment_cifar,
@@ -25,6 +24,7 @@ from pipeline.datasets import (
     load_texas100,
     tokenize,
 )
+from pipeline.validation import validate
 
 # ----------------------------------------------------------------------------- fake files
 

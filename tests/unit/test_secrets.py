@@ -9,7 +9,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import tracking
+from pipeline import masking, tracking
 from pipeline.study import storage
 
 SECRET = "s3cr3t-Pw"
@@ -32,7 +32,7 @@ SECRET = "s3cr3t-Pw"
     ],
 )
 def test_mask_secrets(text, masked):
-    assert tracking.mask_secrets(text) == masked
+    assert masking.mask_secrets(text) == masked
 
 
 def _cfg(cfg_factory, storage_url: str):
@@ -43,21 +43,21 @@ def test_password_from_the_environment_stays_an_interpolation(cfg_factory, monke
     monkeypatch.setenv("SC_TEST_PGPASSWORD", SECRET)
     cfg = _cfg(cfg_factory, "'postgresql://alice:${oc.env:SC_TEST_PGPASSWORD}@db/optuna'")
     assert cfg.search.storage == f"postgresql://alice:{SECRET}@db/optuna"  # what the run uses
-    logged = tracking.config_yaml(cfg)
+    logged = masking.config_yaml(cfg)
     assert SECRET not in logged
     assert "postgresql://alice:${oc.env:SC_TEST_PGPASSWORD}@db/optuna" in logged
     # the logged file re-runs: the password comes back from the environment
     assert OmegaConf.create(logged).search.storage == f"postgresql://alice:{SECRET}@db/optuna"
     # worker processes get the real value to connect with
-    assert OmegaConf.create(tracking.config_yaml(cfg, masked=False)).search.storage == cfg.search.storage
+    assert OmegaConf.create(masking.config_yaml(cfg, masked=False)).search.storage == cfg.search.storage
 
 
 def test_a_literal_password_is_masked_in_the_logged_config(cfg_factory):
     cfg = _cfg(cfg_factory, f"postgresql://alice:{SECRET}@db/optuna")
-    logged = tracking.config_yaml(cfg)
+    logged = masking.config_yaml(cfg)
     assert SECRET not in logged
     assert "postgresql://alice:***@db/optuna" in logged
-    assert SECRET in tracking.config_yaml(cfg, masked=False)
+    assert SECRET in masking.config_yaml(cfg, masked=False)
 
 
 def test_log_records_are_masked(capsys):
@@ -65,9 +65,9 @@ def test_log_records_are_masked(capsys):
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        tracking.mask_logs()
-        tracking.mask_logs()  # idempotent
-        assert sum(isinstance(f, tracking.SecretMaskingFilter) for f in handler.filters) == 1
+        masking.mask_logs()
+        masking.mask_logs()  # idempotent
+        assert sum(isinstance(f, masking.SecretMaskingFilter) for f in handler.filters) == 1
         logging.getLogger("pipeline.some.module").warning("storage %s down", f"postgresql://a:{SECRET}@h/db")
     finally:
         root.removeHandler(handler)

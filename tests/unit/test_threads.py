@@ -54,7 +54,7 @@ def test_the_default_is_one_thread_and_auto_is_accepted(cfg_factory):
     )
     assert runtime.n_threads == 1
     cfg = cfg_factory("experiment=smoke", "runtime.n_threads=auto", "search.n_workers=2")
-    from pipeline.config import validate
+    from pipeline.validation import validate
 
     validate(cfg)  # the config validation accepts auto
 

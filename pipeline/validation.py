@@ -1,0 +1,309 @@
+"""The one validation pass: every value rule the schemas' types cannot express, checked on the
+composed config before any training, store or tracked run (`validate`).
+
+Each check raises a ValueError naming the key, the bad value and the allowed values; the
+allowed values come from the registries (compress methods, data sets, attacks) and from the
+choices beside the schemas (`pipeline.config`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pipeline.config import (
+    ADVERSARIAL_KINDS,
+    CACHE_ACTIONS,
+    INITS,
+    LR_SCHEDULES,
+    MMIA_COMBINES,
+    OBJECTIVE_DIRECTIONS,
+    OPTIMIZERS,
+    REFERENCES,
+    SELECTION_RULES,
+    SHADOW_RECIPES,
+    VARIANTS,
+    AttackConfig,
+    CacheCommandConfig,
+    CompressConfig,
+    SearchConfig,
+    ShadowsConfig,
+    TrainConfig,
+    to_schema,
+)
+
+
+def validate_cache_command(c: CacheCommandConfig) -> None:
+    _check_choice("cache.action", c.action, CACHE_ACTIONS)
+    if c.action == "clear" and not (c.stages or c.keys or c.damaged or c.all):
+        raise ValueError(
+            "cache.action=clear needs a selection: cache.stages=[teacher,...], cache.keys=[<key prefix>,...], "
+            "cache.damaged=true (damaged and moved-aside entries) or cache.all=true (everything)"
+        )
+
+
+def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {list(valid)}")
+
+
+def _check_count(what: str, value: int, minimum: int = 1) -> None:
+    if int(value) < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+
+
+def validate_device(device: str) -> None:
+    """`runtime.device`: cpu, cuda, cuda:<index> or mps, and present in this torch build and machine."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ValueError(f"unknown runtime.device {device!r}; valid: ['cpu', 'cuda', 'cuda:<index>', 'mps']")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"runtime.device={device!r} but torch {torch.__version__} sees no CUDA device (a CPU-only build "
+                "or no GPU): install a CUDA build of torch (make install TORCH=...) or use runtime.device=cpu"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"runtime.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("runtime.device='mps' but torch sees no MPS device; use runtime.device=cpu")
+
+
+def validate_attack(attack: AttackConfig) -> None:
+    """The audit's attacks (each built once: unknown names, parameters and values raise) and `primary`."""
+    import attacks
+
+    _check_choice("attack.reference", attack.reference, REFERENCES)
+    try:
+        attacks.check_specs(attack.audit)
+    except ValueError as err:
+        raise ValueError(f"attack.audit: {err}") from err
+    if attack.primary != "max" and attack.primary not in attack.audit:
+        raise ValueError(f"attack.primary={attack.primary!r} must be 'max' or one of {list(attack.audit)}")
+
+
+# stages that read the data set (and so check `attack.n_audit` against its splits first)
+DATA_STAGES = ("teacher", "shadows", "compress", "attack", "search")
+# audit attacks that need the reference (shadow) models
+REFERENCE_ATTACKS = ("lira_offline", "lira_online", "rmia", "shadow")
+
+
+def validate(cfg: DictConfig, data: bool = False) -> None:
+    """Check the composed config before any training; raises ValueError naming the bad value.
+
+    Every value a stage will reject later is checked here, so a refused command leaves
+    nothing behind (no trained model, no study, no tracked run). `data=True` also loads the
+    data set (cached per process) to check the split sizes against `attack.n_audit`.
+    """
+    if str(cfg.stage) == "cache":
+        validate_cache_command(to_schema(CacheCommandConfig, cfg.cache))
+    _validate_groups(cfg)
+    validate_names(cfg)
+    stage = str(cfg.stage)
+    if stage in ("attack", "search"):
+        validate_references(cfg)
+    if stage == "search":
+        validate_search_values(cfg)
+    if data and stage in DATA_STAGES:
+        validate_data(cfg)
+
+
+def _validate_groups(cfg: DictConfig) -> None:
+    validate_device(str(cfg.runtime.get("device", "cpu")))
+    from pipeline.datasets import check_target  # the registry (it imports torch: not at startup)
+
+    check_target(str(cfg.dataset.name), cfg.dataset.get("_target_"))
+    train = to_schema(TrainConfig, cfg.train)
+    _check_count("train.epochs", train.epochs)
+    _check_count("train.batch_size", train.batch_size)
+    _check_choice("train.optimizer", train.optimizer, OPTIMIZERS)
+    _check_choice("train.lr_schedule", train.lr_schedule, LR_SCHEDULES)
+    if not train.lr > 0:
+        raise ValueError(f"train.lr must be > 0, got {train.lr}")
+    shadows = to_schema(ShadowsConfig, cfg.shadows)
+    _check_count("shadows.n_models", shadows.n_models, 0)
+    if not 0 < shadows.member_fraction < 1:
+        raise ValueError(f"shadows.member_fraction must be in (0, 1), got {shadows.member_fraction}")
+    _check_choice("shadows.recipe", shadows.recipe, SHADOW_RECIPES)
+    compress = to_schema(CompressConfig, cfg.compress)
+    validate_compress(compress)
+    attack = to_schema(AttackConfig, cfg.attack)
+    validate_attack(attack)
+    _check_choice("attack.search_reference", attack.search_reference, REFERENCES)
+    if attack.n_bootstrap and attack.n_bootstrap < 100:
+        raise ValueError(f"attack.n_bootstrap must be 0 (off) or >= 100, got {attack.n_bootstrap}")
+    search = to_schema(SearchConfig, cfg.search)
+    _check_count("search.n_trials", search.n_trials)
+    _check_count("search.n_workers", search.n_workers)
+    _check_count("search.population_size", search.population_size, 2)
+    if search.grace_period <= search.heartbeat_interval:
+        raise ValueError(
+            f"search.grace_period ({search.grace_period}) must exceed search.heartbeat_interval "
+            f"({search.heartbeat_interval})"
+        )
+    for name in search.constraints:
+        metric, _, bound = name.rpartition("_")
+        if bound not in ("min", "max") or metric not in OBJECTIVE_DIRECTIONS:
+            raise ValueError(
+                f"unknown search constraint {name!r}; write <metric>_min or <metric>_max with a metric in "
+                f"{list(OBJECTIVE_DIRECTIONS)}"
+            )
+    for name in search.objectives:
+        _check_choice("search objective", name, tuple(OBJECTIVE_DIRECTIONS))
+
+
+_NAME_FORBIDDEN = ("'", '"', "`", "\\")
+
+
+def validate_name(what: str, value: Any) -> None:
+    """A name that is quoted into MLflow search filters (`tags.x = '<name>'`): no quotes,
+    backquotes, backslashes or control characters, which such a filter cannot hold."""
+    text = str(value)
+    bad = sorted({ch for ch in text if ch in _NAME_FORBIDDEN or ord(ch) < 32})
+    if not text.strip() or bad:
+        raise ValueError(
+            f"{what}={text!r} cannot be used: it is quoted into MLflow run filters, which cannot hold "
+            f"{' '.join(repr(b) for b in bad) or 'an empty name'}; use letters, digits, spaces and - _ . : / @ +"
+        )
+
+
+def validate_names(cfg: DictConfig) -> None:
+    """Study and experiment names (search, tracking, report, compare) that reach MLflow filters."""
+    names = {
+        "experiment_name": cfg.get("experiment_name"),
+        "search.study_name": OmegaConf.select(cfg, "search.study_name", default=None),
+        "tracking.experiment": OmegaConf.select(cfg, "tracking.experiment", default=None),
+        "report.experiment_name": OmegaConf.select(cfg, "report.experiment_name", default=None),
+        "report.study_name": OmegaConf.select(cfg, "report.study_name", default=None),
+        "compare.experiment_name": OmegaConf.select(cfg, "compare.experiment_name", default=None),
+        "compare.study": OmegaConf.select(cfg, "compare.study", default=None),
+    }
+    for what, value in names.items():
+        if value is not None:
+            validate_name(what, value)
+
+
+def validate_references(cfg: DictConfig) -> None:
+    """Reference-model attacks (LiRA, RMIA, Shokri's shadow attack) need `shadows.n_models >= 1`."""
+    attack = to_schema(AttackConfig, cfg.attack)
+    shadows = to_schema(ShadowsConfig, cfg.shadows)
+    needing = [n for n, p in attack.audit.items() if (p or {}).get("attack", n) in REFERENCE_ATTACKS]
+    if needing and shadows.n_models < 1:
+        raise ValueError(
+            f"shadows.n_models=0 but attack.audit runs {needing}, which need reference models; set "
+            f"shadows.n_models >= 1 (default 8) or remove them from attack.audit (e.g. ~attack.audit.{needing[0]})"
+        )
+
+
+def validate_search_values(cfg: DictConfig) -> None:
+    """Every value a search trial can set is valid: each categorical choice, and both ends of each
+    numeric range, applied to the config one at a time and checked like the config itself."""
+    search = to_schema(SearchConfig, cfg.search)
+    for p in search.space:
+        if OmegaConf.select(cfg, p.key, default=_MISSING) is _MISSING:
+            raise ValueError(f"search space key {p.key!r} does not exist in the config")
+        if p.type == "categorical":
+            values = list(p.choices or [])
+        elif p.type in ("float", "int") and p.low is not None and p.high is not None:
+            values = [p.low, p.high] if p.type == "float" else [int(p.low), int(p.high)]
+        else:
+            continue  # the search stage reports a malformed space entry
+        for value in values:
+            trial = cfg.copy()
+            with open_dict(trial):
+                OmegaConf.update(trial, p.key, value, merge=False)
+            try:
+                _validate_groups(trial)
+                if str(cfg.stage) in ("attack", "search"):
+                    validate_references(trial)
+            except Exception as err:  # noqa: BLE001 - any rejection of the value, reported with its key
+                allowed = f"; choices given: {list(p.choices or [])}" if p.type == "categorical" else ""
+                raise ValueError(
+                    f"search space {p.key}: the value {value!r} would fail every trial that draws it: {err}{allowed}"
+                ) from err
+
+
+def validate_data(cfg: DictConfig) -> None:
+    """Load the data set (as the stages will) to check its files and `attack.n_audit` against the
+    split sizes before any model trains."""
+    from pipeline.context import load_data
+
+    try:
+        load_data(cfg)
+    except ValueError as err:
+        if "n_audit" in str(err):
+            raise ValueError(f"attack.n_audit: {err}") from err
+        raise
+
+
+_MISSING = object()
+
+
+def validate_compress(c: CompressConfig) -> None:
+    from pipeline.compress import METHODS  # the registry (pipeline.compress imports this module)
+
+    _check_choice("compress.method", c.method, tuple(METHODS))
+    if not 0.0 < c.density <= 1.0:
+        raise ValueError(f"compress.density must be in (0, 1], got {c.density}")
+    if c.epochs is not None:
+        _check_count("compress.epochs", c.epochs)
+    _check_count("compress.update_every", c.update_every)
+    _check_count("compress.n_candidates", c.n_candidates)
+    _check_count("compress.probe_steps", c.probe_steps)
+    if not 0.0 <= c.stop_fraction <= 1.0:
+        raise ValueError(f"compress.stop_fraction must be in [0, 1], got {c.stop_fraction}")
+    _check_choice("compress.init", c.init, INITS)
+    _check_choice("compress.variant", c.variant, VARIANTS)
+    _check_choice("compress.selection.rule", c.selection.rule, SELECTION_RULES)
+    for m in c.safety.mmia_members:
+        _check_choice("compress.safety.mmia_members entry", m, ("metric", "bmia", "wmia"))
+    _check_choice("compress.safety.mmia_combine", c.safety.mmia_combine, MMIA_COMBINES)
+    _check_count("compress.safety.attacker_epochs", c.safety.attacker_epochs)
+    _check_count("compress.safety.attacker_refresh_epochs", c.safety.attacker_refresh_epochs, 0)
+    _check_choice("compress.adversarial.kind", c.adversarial.kind, ADVERSARIAL_KINDS)
+    if c.adversarial.lam < 0:
+        raise ValueError(f"compress.adversarial.lam must be >= 0, got {c.adversarial.lam}")
+    if not 0.0 <= c.adversarial.warmup_fraction < 1.0:
+        raise ValueError(
+            f"compress.adversarial.warmup_fraction must be in [0, 1), got {c.adversarial.warmup_fraction}"
+        )
+    if c.distill.temperature <= 0 or not 0.0 <= c.distill.weight <= 1.0:
+        raise ValueError(
+            f"compress.distill needs temperature > 0 and weight in [0, 1], got "
+            f"{c.distill.temperature} and {c.distill.weight}"
+        )
+    if c.dp.epsilon <= 0 or c.dp.max_grad_norm <= 0:
+        raise ValueError(f"compress.dp needs epsilon > 0 and max_grad_norm > 0, got {c.dp.epsilon}, {c.dp.max_grad_norm}")
+    if not 0.0 < c.safety.holdout_fraction < 1.0:
+        raise ValueError(
+            f"compress.safety.holdout_fraction must be in (0, 1), got {c.safety.holdout_fraction}"
+        )
+    sel = c.selection
+    if min(sel.lam, sel.delta, sel.z) < 0:
+        raise ValueError(
+            f"compress.selection lam, delta and z must be >= 0, got {sel.lam}, {sel.delta}, {sel.z}"
+        )
+    if not c.strategies:
+        raise ValueError("compress.strategies must list at least one {prune, grow} strategy")
+    from sparse import DENSITY_SCHEDULES, GROW_CRITERIA, PRUNE_CRITERIA, REGROWTH_SCHEDULES
+
+    for i, st in enumerate(c.strategies):  # checked here, not at the first mask update after training
+        _check_choice(f"compress.strategies[{i}].prune", st.prune, PRUNE_CRITERIA)
+        _check_choice(f"compress.strategies[{i}].grow", st.grow, GROW_CRITERIA)
+    ds = c.density_schedule
+    _check_choice("compress.density_schedule.kind", ds.kind, DENSITY_SCHEDULES)
+    _check_choice("compress.regrowth.kind", c.regrowth.kind, REGROWTH_SCHEDULES)
+    if not 0.0 < ds.start <= 1.0:
+        raise ValueError(f"compress.density_schedule.start must be in (0, 1], got {ds.start}")
+    if not 0.0 <= ds.begin < ds.end <= 1.0:
+        raise ValueError(
+            f"compress.density_schedule window [{ds.begin}, {ds.end}] must satisfy 0 <= begin < end <= 1"
+        )
+    r = c.regrowth
+    if not (0.0 <= r.end < 1.0 and 0.0 <= r.start < 1.0):
+        raise ValueError(f"compress.regrowth start/end must be in [0, 1), got {r.start}/{r.end}")
