@@ -1,8 +1,9 @@
 """Typed schemas for the plain-data config groups, and the allowed values of their choices.
 
-Hydra composes YAML; at each stage boundary the group is merged into its
-dataclass schema (`to_schema`), so a misspelled key or a wrong type fails with
-the key's name. The value rules that types cannot express are checked up front by
+Hydra composes YAML into the root schema `RootConfig` (registered with Hydra's ConfigStore
+and named first in conf/config.yaml's defaults), so a misspelled key or a wrong type fails at
+composition with the key's name; at each stage boundary a group is read as its typed
+dataclass (`to_schema`). The value rules that types cannot express are checked up front by
 `pipeline.validation.validate`, so bad input is reported before a single epoch runs.
 """
 
@@ -12,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 T = TypeVar("T")
 
@@ -255,3 +256,79 @@ def to_schema(schema: type[T], node: Any) -> T:
                 merged[f.name] = node[f.name]
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
+
+
+# ------------------------------------------------------------------ the root schema (Hydra's ConfigStore)
+
+
+@dataclass
+class RuntimeConfig:
+    """`runtime`: devices, threads and output; never part of a cache key."""
+
+    device: str = "cpu"  # cpu | cuda | cuda:<index> | mps
+    n_threads: Any = 1  # auto | a positive integer | null (torch's default)
+    progress: bool = True
+    batched_shadows: bool = True
+    batched_probes: bool = True
+    log_level: str = "INFO"
+
+
+@dataclass
+class PathsConfig:
+    """`paths`: where the cache, stores, outputs and data files are; never part of a cache key.
+    The values (interpolations of `paths.root`) are conf/paths/default.yaml's."""
+
+    root: str = MISSING
+    cache_dir: str = MISSING
+    mlruns_dir: str = MISSING
+    output_dir: str = MISSING
+    data_dir: str = MISSING
+
+
+@dataclass
+class TrackingConfig:
+    """`tracking`: the MLflow store and experiment (values: conf/tracking/default.yaml)."""
+
+    uri: str = MISSING
+    artifact_dir: str = MISSING
+    experiment: str = MISSING
+    enabled: bool = True
+    call_timeout_s: float = 60.0  # seconds
+
+
+@dataclass
+class RootConfig:
+    """The composed config's schema: Hydra merges every group into it, so a misspelled key or a
+    wrong type fails at composition, naming the key. `dataset` and `model` are `_target_`
+    groups (the loader's and the model's signature is their schema, checked when they are built)."""
+
+    dataset: Any = None
+    model: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    shadows: ShadowsConfig = field(default_factory=ShadowsConfig)
+    # no default audit here: a group's mapping would be merged into it, not replace it
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(audit={}))
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    stage: str = "search"
+    seed: int = 0
+    experiment_name: str = "default"
+    cache: CacheCommandConfig = field(default_factory=CacheCommandConfig)
+
+
+SCHEMA_NAME = "safecompress_schema"  # conf/config.yaml's first default
+
+
+def register_schema() -> None:
+    """Register `RootConfig` with Hydra's ConfigStore (done on importing this module)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RootConfig)
+
+
+register_schema()

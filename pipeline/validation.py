@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from pipeline.config import (
     ADVERSARIAL_KINDS,
@@ -27,6 +28,7 @@ from pipeline.config import (
     AttackConfig,
     CacheCommandConfig,
     CompressConfig,
+    RootConfig,
     SearchConfig,
     ShadowsConfig,
     TrainConfig,
@@ -100,6 +102,7 @@ def validate(cfg: DictConfig, data: bool = False) -> None:
     nothing behind (no trained model, no study, no tracked run). `data=True` also loads the
     data set (cached per process) to check the split sizes against `attack.n_audit`.
     """
+    validate_schema(cfg)
     if str(cfg.stage) == "cache":
         validate_cache_command(to_schema(CacheCommandConfig, cfg.cache))
     _validate_groups(cfg)
@@ -111,6 +114,18 @@ def validate(cfg: DictConfig, data: bool = False) -> None:
         validate_search_values(cfg)
     if data and stage in DATA_STAGES:
         validate_data(cfg)
+
+
+def validate_schema(cfg: DictConfig) -> None:
+    """Every key and type against the root schema `RootConfig`. Hydra checks them while composing;
+    this also covers keys added with `+` (which Hydra lets through) and a config composed
+    without the schema (a logged config.yaml run again with --config-name)."""
+    try:
+        OmegaConf.merge(OmegaConf.structured(RootConfig), OmegaConf.to_container(cfg, resolve=False))
+    except (ConfigKeyError, ValidationError) as err:
+        where = getattr(err, "full_key", None) or "?"
+        first = str(err).splitlines()[0]
+        raise ValueError(f"config key {where}: {first} (the schemas are in pipeline/config.py)") from err
 
 
 def _validate_groups(cfg: DictConfig) -> None:

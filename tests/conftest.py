@@ -10,6 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import pipeline.config  # noqa: F401 - registers the root schema that conf/config.yaml names first
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # One torch thread per test process: our models are small, and two OpenMP threads competing
 # with another process on a 2-core machine spin and run many times slower.

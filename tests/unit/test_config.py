@@ -84,10 +84,63 @@ def test_a_missing_gpu_is_reported_before_training(cfg_factory, monkeypatch):
 
 def test_an_audit_mapping_replaces_the_schemas_default_attacks(cfg_factory):
     # a mapping merged into the schema used to keep the default's entries: an attack option file
-    # (or `~attack.audit +attack.audit={loss: {}}`) listing only the loss attack still ran offline
+    # (or `~attack.audit.lira_offline`) listing only the loss attack still ran offline
     # LiRA (and trained its shadows) while the cache key said loss only
     from pipeline.stages.attack import attack_config
 
-    cfg = cfg_factory("experiment=smoke", "~attack.audit", "+attack.audit={loss: {}}")
+    cfg = cfg_factory("experiment=smoke", "~attack.audit.lira_offline")
     assert list(attack_config(cfg).audit) == ["loss"]
     assert list(attack_config(cfg_factory("experiment=smoke")).audit) == ["loss", "lira_offline"]
+
+
+# ------------------------------------------------------------------ the root schema (ConfigStore)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("compress.densty=0.1", "compress.densty"),  # a misspelled key
+        ("train.epochs=2.5", "train.epochs"),  # a wrong type
+        ("compress.adversarial.enabled=maybe", "compress.adversarial.enabled"),
+        ("seed=first", "seed"),
+        ("runtime.progress=sometimes", "runtime.progress"),
+        ("tracking.enabled=perhaps", "tracking.enabled"),
+    ],
+)
+def test_hydra_refuses_unknown_keys_and_wrong_types_at_composition(cfg_factory, override, key):
+    with pytest.raises(ConfigCompositionException) as err:
+        cfg_factory("experiment=smoke", override)
+    text = f"{err.value} {err.value.__cause__}"
+    assert key.rsplit(".", 1)[-1] in text, text
+
+
+@pytest.mark.parametrize("override", ["+train.epoch=3", "+tracking.urii=sqlite:///x.db", "+compress.safety.depth=2"])
+def test_keys_appended_with_plus_are_checked_by_the_validation_pass(cfg_factory, override):
+    # Hydra lets `+key=value` add a key the schema lacks; the one validation pass refuses it
+    cfg = cfg_factory("experiment=smoke", override)
+    key = override[1:].split("=")[0]
+    with pytest.raises(ValueError, match=f"config key {key}: Key '{key.rsplit('.', 1)[-1]}' not in"):
+        validate(cfg)
+    validate(cfg_factory("experiment=smoke", "+dataset.canaries=4"))  # `_target_` groups take new keys
+
+
+def test_the_root_schema_types_the_composed_config(cfg_factory):
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from pipeline.config import SCHEMA_NAME, CompressConfig, RootConfig
+
+    assert f"{SCHEMA_NAME}.yaml" in ConfigStore.instance().list("")
+    cfg = cfg_factory("experiment=smoke", "compress=dense")
+    assert OmegaConf.get_type(cfg) is RootConfig
+    assert OmegaConf.get_type(cfg.compress) is CompressConfig
+    assert isinstance(cfg.compress.density, float)  # dense.yaml's 1.0, typed
+    # `_target_` groups keep their own keys (their constructors are their schemas)
+    assert cfg.dataset._target_ == "pipeline.data.load_synthetic"
+
+
+def test_each_group_mapping_replaces_the_schema_default_under_the_root_schema(cfg_factory):
+    # the root schema has no default audit, so an attack option's mapping is the whole audit
+    assert list(cfg_factory("experiment=smoke").attack.audit) == ["loss", "lira_offline"]
+    full = cfg_factory("experiment=smoke", "attack=full").attack.audit
+    assert list(full)[:3] == ["loss", "lira_offline", "confidence"] and len(full) == 9
