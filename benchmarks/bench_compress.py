@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 
 from pipeline import threads
 from pipeline.compress import from_config, train_compressed
-from pipeline.context import load_data
+from pipeline.context import RunContext, load_data
 from pipeline.stages import teacher
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -53,7 +53,7 @@ def cfg_for(root: str, *overrides: str, update_every: int = 20):
 def timed(cfg) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, final val accuracy) of the compress method alone."""
     data = load_data(cfg)
-    job = from_config.job(cfg, data, teacher.run(cfg).model_path)
+    job = from_config.job(RunContext.build(cfg), data, teacher.run(RunContext.build(cfg)).model_path)
     wall, cpu = time.perf_counter(), time.process_time()
     history = train_compressed(job).history
     return time.perf_counter() - wall, time.process_time() - cpu, history[-1]["val_accuracy"]

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 import attacks
 from attacks.signals import compute_signals
-from pipeline.context import build_model, load_data, train_recipe
+from pipeline.context import RunContext, build_model, load_data, train_recipe
 from pipeline.seeds import generator
 from pipeline.stages import shadows as shadows_stage
 from pipeline.stages import teacher as teacher_stage
@@ -70,10 +70,11 @@ def main(argv: list[str]) -> None:
             cfg = compose(config_name="config", overrides=["dataset=purchase_synth", "tracking.enabled=false",
                                                            "runtime.progress=false", f"seed={seed}", *overrides])
         data = load_data(cfg)
-        t = teacher_stage.run(cfg)
-        teacher = teacher_stage.load(cfg, t)
-        refs = shadows_stage.load_models(cfg, shadows_stage.run(cfg))
-        unseen = build_model(cfg, data, "never_seen")
+        ctx = RunContext.build(cfg)
+        t = teacher_stage.run(ctx)
+        teacher = teacher_stage.load(ctx, t)
+        refs = shadows_stage.load_models(ctx, shadows_stage.run(ctx))
+        unseen = build_model(ctx, data, "never_seen")
         km = torch.from_numpy(data.splits.known_members)
         train(unseen, data.dataset.x[km], data.dataset.y[km], train_recipe(cfg), generator(seed, "never_seen"))
         a_teacher, a_unseen = audit(cfg, data, teacher, refs), audit(cfg, data, unseen, refs)

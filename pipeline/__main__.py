@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import flow, interrupt, threads, tracking
+from pipeline.context import RunContext
 from pipeline.datasets import datasets_help
 from pipeline.masking import config_yaml
 from pipeline.validation import validate
@@ -25,14 +26,15 @@ from pipeline.validation import validate
 log = logging.getLogger("pipeline")
 
 
-def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+def _standalone(stage_name: str, fn: Callable[[RunContext], Any]) -> Callable[[RunContext], Any]:
     """Run a single stage inside its own MLflow run (the search makes its own runs)."""
 
     @functools.wraps(fn)  # keeps the docstring: the stage's line in --help
-    def wrapped(cfg: DictConfig) -> Any:
+    def wrapped(ctx: RunContext) -> Any:
+        cfg = ctx.cfg
         exp_id = tracking.setup(cfg)
         if exp_id is None:
-            return fn(cfg)
+            return fn(ctx)
         import mlflow
 
         with mlflow.start_run(experiment_id=exp_id, run_name=stage_name):
@@ -40,74 +42,74 @@ def _standalone(stage_name: str, fn: Callable[[DictConfig], Any]) -> Callable[[D
             tracking.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
             mlflow.log_text(config_yaml(cfg), "config.yaml")
             with tracking.error_tagged():  # a FAILED run always says why
-                return fn(cfg)
+                return fn(ctx)
 
     return wrapped
 
 
-def _run_teacher(cfg: DictConfig) -> Any:
+def _run_teacher(ctx: RunContext) -> Any:
     """train the dense model on the target's train split"""
-    return flow.teacher(cfg)
+    return flow.teacher(ctx)
 
 
-def _run_shadows(cfg: DictConfig) -> Any:
+def _run_shadows(ctx: RunContext) -> Any:
     """train the reference (shadow) models on the attacker's population split"""
-    return flow.shadows(cfg)
+    return flow.shadows(ctx)
 
 
-def _run_compress(cfg: DictConfig) -> Any:
+def _run_compress(ctx: RunContext) -> Any:
     """compress one model (compress={methods})"""
-    result = flow.compress(cfg)
+    result = flow.compress(ctx)
     tracking.log_metrics(result.metrics)
     return result
 
 
-def _run_attack(cfg: DictConfig) -> Any:
+def _run_attack(ctx: RunContext) -> Any:
     """compress, then audit the model with the attack suite (attack=default, full)"""
-    comp = flow.compress(cfg)
+    comp = flow.compress(ctx)
     tracking.log_metrics(comp.metrics)
-    return flow.attack(cfg, comp)
+    return flow.attack(ctx, comp)
 
 
-def _run_search(cfg: DictConfig) -> Any:
+def _run_search(ctx: RunContext) -> Any:
     """Optuna NSGA-II over the compress settings; every trial compresses and audits"""
     from pipeline.stages import search
 
-    result = search.run(cfg, flow.Trial())
+    result = search.run(ctx, flow.Trial())
     _print_pareto(result)
-    _print_where(cfg, result)
+    _print_where(ctx, result)
     return result
 
 
-def _run_report(cfg: DictConfig) -> Any:
+def _run_report(ctx: RunContext) -> Any:
     """the papers' tables and plots from tracked runs (report.experiment_name=...)"""
     from pipeline.stages import report
 
-    result = report.run(cfg)
+    result = report.run(ctx)
     _print_written(result.markdown, result.files)
     return result
 
 
-def _run_compare(cfg: DictConfig) -> Any:
+def _run_compare(ctx: RunContext) -> Any:
     """paired comparison of methods, and the train-less frontier (compare.*)"""
     from pipeline.stages import compare
 
-    result = compare.run(cfg)
+    result = compare.run(ctx)
     _print_written(result.markdown, result.files)
     return result
 
 
-def _run_cache(cfg: DictConfig) -> Any:
+def _run_cache(ctx: RunContext) -> Any:
     """list, verify or clear cached stage results (safecompress cache verify; cache.*)"""
     from pipeline.stages import cache
 
-    report = cache.run(cfg)
-    print(cache.format_report(report, str(cfg.paths.cache_dir)))
+    report = cache.run(ctx)
+    print(cache.format_report(report, ctx.paths.cache_dir))
     return report
 
 
 # the stage registry: the only list of stage names (`stage=...`, its error message and --help)
-STAGE_FUNCTIONS: dict[str, Callable[[DictConfig], Any]] = {
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {
     "teacher": _standalone("teacher", _run_teacher),
     "shadows": _standalone("shadows", _run_shadows),
     "compress": _standalone("compress", _run_compress),
@@ -135,7 +137,7 @@ OmegaConf.register_new_resolver("safecompress_datasets", datasets_help, replace=
 
 
 def run_stage(cfg: DictConfig) -> Any:
-    """Validate the config, set threads and logging, and run `cfg.stage`."""
+    """Validate the config, set threads and logging, build the run context and run `cfg.stage`."""
     name = str(cfg.stage)
     if name not in STAGE_FUNCTIONS:
         raise ValueError(f"unknown stage {name!r}; valid: {sorted(STAGE_FUNCTIONS)}")
@@ -143,9 +145,10 @@ def run_stage(cfg: DictConfig) -> Any:
     validate(cfg, data=True)  # everything knowable from the config, before any store, run or model
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     threads.configure(cfg)  # runtime.n_threads: auto shares the cores among search workers
-    logging.getLogger().setLevel(str(cfg.runtime.get("log_level", "INFO")))
+    ctx = RunContext.build(cfg)  # built once: every stage of this command gets it
+    logging.getLogger().setLevel(ctx.runtime.log_level)
     with interrupt.guarded():  # a Ctrl-C swallowed by a garbage-collector callback is raised again
-        return STAGE_FUNCTIONS[name](cfg)
+        return STAGE_FUNCTIONS[name](ctx)
 
 
 def _print_written(text: str, files: Any) -> None:
@@ -166,14 +169,14 @@ def _print_pareto(result: Any) -> None:
     ))
 
 
-def _print_where(cfg: DictConfig, result: Any) -> None:
+def _print_where(ctx: RunContext, result: Any) -> None:
     """The demo's last lines: where the results are and how to open both UIs."""
     if result.pareto_csv is not None:
         out = result.pareto_csv.parent
         print(f"\nResults in {out}/: pareto.csv (the front), trials.csv (every trial), pareto.png (the plot)")
-    uri = str(cfg.tracking.uri)
-    if bool(cfg.tracking.get("enabled", True)):
-        exp_id = tracking.setup(cfg)
+    uri = ctx.tracking.uri
+    if ctx.tracking.enabled:
+        exp_id = tracking.setup(ctx.cfg)
         if uri.startswith(("http://", "https://")):
             print(f"MLflow: {tracking.ui_url(exp_id, uri.rstrip('/'))}")
         else:

@@ -1,4 +1,5 @@
-"""What every stage needs from the config: the data and its splits, models, the cache, specs.
+"""What every stage needs from the config: the run context (seed, device, runtime switches, cache,
+tracking settings, data), the data and its splits, models, specs.
 
 Specs are the declared config fields that enter a stage's cache key. They hold
 no paths, devices or thread counts (those live in `paths`, `runtime`,
@@ -27,7 +28,14 @@ from pipeline.cache import (
     check_entry_file,
     data_file_hashes,
 )
-from pipeline.config import AttackConfig, TrainConfig, to_schema
+from pipeline.config import (
+    AttackConfig,
+    PathsConfig,
+    RuntimeConfig,
+    TrackingConfig,
+    TrainConfig,
+    to_schema,
+)
 from pipeline.data import Dataset, Splits, make_splits, plant_canaries
 from pipeline.datasets import dataset_info, recording_reads
 from pipeline.models import MODELS
@@ -148,46 +156,82 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
     return plain(cfg.model)
 
 
-def device(cfg: DictConfig) -> torch.device:
-    """`runtime.device` (checked by `pipeline.validation.validate`): where models live and compute.
+@dataclass(frozen=True)
+class RunContext:
+    """One command's run settings, built once at the entry point (`RunContext.build`) and handed
+    to every stage: the root seed, the device, the runtime switches (threads, progress bars,
+    batching), the cache, the tracking settings, the model group and the data.
 
-    Data stays on the CPU and batches move to the model; initial weights are drawn on the
-    CPU, so a seed gives the same starting model on every device.
+    A stage's entry function reads its own config group from `cfg` (its schema, and the
+    declared fields of its cache key); code below it takes what it needs from here, typed.
+    Nothing here enters a cache key except through `seed`, `model` and `data`'s own key.
     """
-    return torch.device(str(cfg.runtime.get("device", "cpu")))
+
+    cfg: DictConfig
+    seed: int
+    # `runtime.device` (checked by `pipeline.validation.validate`): where models live and compute.
+    # Data stays on the CPU and batches move to the model; initial weights are drawn on the
+    # CPU, so a seed gives the same starting model on every device.
+    device: torch.device
+    runtime: RuntimeConfig
+    paths: PathsConfig
+    tracking: TrackingConfig
+    cache: Cache
+    model: dict[str, Any]  # the model group: `_target_` and the constructor's arguments
+
+    @classmethod
+    def build(cls, cfg: DictConfig) -> RunContext:
+        runtime = to_schema(RuntimeConfig, cfg.runtime)
+        paths = to_schema(PathsConfig, cfg.paths)
+        return cls(
+            cfg=cfg,
+            seed=int(cfg.seed),
+            device=torch.device(runtime.device),
+            runtime=runtime,
+            paths=paths,
+            tracking=to_schema(TrackingConfig, cfg.tracking),
+            cache=Cache(Path(paths.cache_dir)),
+            model=plain(cfg.model),
+        )
+
+    @property
+    def data(self) -> DataBundle:
+        """The data set and its splits (loaded on first use, then the same bundle for every stage
+        of this process while its files are unchanged)."""
+        return load_data(self.cfg)
+
+    @property
+    def progress(self) -> bool:
+        return self.runtime.progress
 
 
-def build_model(cfg: DictConfig, data: DataBundle, *seed_path: object, seed: int | None = None) -> nn.Module:
-    """Instantiate `cfg.model` for the data's shape, initialised from `derive_seed(seed, *seed_path)`
-    (`seed`: the root `cfg.seed` unless given), on `runtime.device`."""
-    target = str(cfg.model.get("_target_", ""))
+def build_model(ctx: RunContext, data: DataBundle, *seed_path: object, seed: int | None = None) -> nn.Module:
+    """Instantiate the model group for the data's shape, initialised from `derive_seed(seed,
+    *seed_path)` (`seed`: the root seed unless given), on the run's device."""
+    target = str(ctx.model.get("_target_", ""))
     if target not in MODELS:
         raise ValueError(f"unknown model {target!r}; valid: {list(MODELS)} (conf/model/ has a config for each)")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(int(cfg.seed) if seed is None else seed, "init", *seed_path))
+        torch.manual_seed(derive_seed(ctx.seed if seed is None else seed, "init", *seed_path))
         model = instantiate(
-            cfg.model, input_shape=list(data.dataset.input_shape), n_classes=data.dataset.n_classes
+            ctx.model, input_shape=list(data.dataset.input_shape), n_classes=data.dataset.n_classes
         )
-    return model.to(device(cfg))
+    return model.to(ctx.device)
 
 
 def train_recipe(cfg: DictConfig) -> TrainConfig:
     return to_schema(TrainConfig, cfg.train)
 
 
-def get_cache(cfg: DictConfig) -> Cache:
-    return Cache(Path(str(cfg.paths.cache_dir)))
-
-
 def save_model(model: nn.Module, path: Path) -> None:
     torch.save(model.state_dict(), path)
 
 
-def load_model(cfg: DictConfig, data: DataBundle, path: Path) -> nn.Module:
-    model = build_model(cfg, data, "load")
+def load_model(ctx: RunContext, data: DataBundle, path: Path) -> nn.Module:
+    model = build_model(ctx, data, "load")
     check_entry_file(path)
     try:
-        state = torch.load(path, map_location=device(cfg), weights_only=True)
+        state = torch.load(path, map_location=ctx.device, weights_only=True)
         model.load_state_dict(state)
     except (RuntimeError, OSError, EOFError) as err:
         raise RuntimeError(f"cannot load model weights from {path}: {err}") from err

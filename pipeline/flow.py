@@ -2,16 +2,17 @@
 
 Stages never import each other (a test parses the imports); a stage that needs another's
 result takes it as an argument. This module makes those results in order and hands them
-on: the compress stage gets the teacher, the attack stage the compressed model and the
-reference models its attacks need, and the search's trials get one compress + audit each
-(`Trial`, passed to the search stage and picklable for its worker processes).
+on, with the run context (`pipeline.context.RunContext`) the entry point built: the
+compress stage gets the teacher, the attack stage the compressed model and the reference
+models its attacks need, and the search's trials get one compress + audit each (`Trial`,
+passed to the search stage and picklable for its worker processes).
 """
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.context import load_data, load_model
+from pipeline.context import RunContext, load_model
 from pipeline.results import (
     AttackResult,
     CompressResult,
@@ -24,40 +25,42 @@ from pipeline.stages import shadows as shadows_stage
 from pipeline.stages import teacher as teacher_stage
 
 
-def teacher(cfg: DictConfig) -> TeacherResult:
-    return teacher_stage.run(cfg)
+def teacher(ctx: RunContext) -> TeacherResult:
+    return teacher_stage.run(ctx)
 
 
-def shadows(cfg: DictConfig) -> ShadowsResult:
-    return shadows_stage.run(cfg)
+def shadows(ctx: RunContext) -> ShadowsResult:
+    return shadows_stage.run(ctx)
 
 
-def compress(cfg: DictConfig, teacher_result: TeacherResult | None = None) -> CompressResult:
-    return compress_stage.run(cfg, teacher_result or teacher_stage.run(cfg))
+def compress(ctx: RunContext, teacher_result: TeacherResult | None = None) -> CompressResult:
+    return compress_stage.run(ctx, teacher_result or teacher_stage.run(ctx))
 
 
 def attack(
-    cfg: DictConfig, compressed: CompressResult | None = None, dense_shadows: ShadowsResult | None = None
+    ctx: RunContext, compressed: CompressResult | None = None, dense_shadows: ShadowsResult | None = None
 ) -> AttackResult:
-    """Audit the compressed model of `cfg` (made here unless given) with the references it needs."""
-    compressed = compressed or compress(cfg)
-    needs = attack_stage.references(cfg)
-    matched = shadows_stage.run(cfg, "matched") if "matched" in needs else None
+    """Audit the run's compressed model (made here unless given) with the references it needs."""
+    compressed = compressed or compress(ctx)
+    needs = attack_stage.references(ctx.cfg)
+    matched = shadows_stage.run(ctx, "matched") if "matched" in needs else None
     if "dense" in needs and dense_shadows is None:
-        dense_shadows = shadows_stage.run(cfg)
-    return attack_stage.run(cfg, compressed, dense_shadows if "dense" in needs else None, matched)
+        dense_shadows = shadows_stage.run(ctx)
+    return attack_stage.run(ctx, compressed, dense_shadows if "dense" in needs else None, matched)
 
 
-def dense_size_bytes(cfg: DictConfig, teacher_result: TeacherResult) -> int:
+def dense_size_bytes(ctx: RunContext, teacher_result: TeacherResult) -> int:
     """Bytes of the dense teacher's weights (the search normalises model size by it)."""
     import sparse
 
-    return sparse.dense_size_bytes(load_model(cfg, load_data(cfg), teacher_result.model_path))
+    return sparse.dense_size_bytes(load_model(ctx, ctx.data, teacher_result.model_path))
 
 
 class Trial:
     """The search's per-trial work, wired here: teacher and dense shadows once, then compress +
-    audit per trial. A plain object of this module, so spawned search workers can unpickle it."""
+    audit per trial. The search hands over configs (a trial's is the run's with the trial's
+    parameters); each becomes a run context here. A plain object of this module, so spawned
+    search workers can unpickle it."""
 
     def prepare(
         self, cfg: DictConfig, index: int = 0, n_workers: int = 1
@@ -66,18 +69,20 @@ class Trial:
         trains the teacher while the others train the shadows, each its share first
         (`shadows.run(share=...)`), then worker 0 trains its share too; every worker then finds
         the others' entries in the cache (or waits for them) instead of idling on one lock."""
+        ctx = RunContext.build(cfg)
         share = (index, n_workers)
         if index > 0:
-            shadows = shadows_stage.run(cfg, share=share)
-            return teacher_stage.run(cfg), shadows
-        teacher = teacher_stage.run(cfg)
-        return teacher, shadows_stage.run(cfg, share=share)
+            shadows = shadows_stage.run(ctx, share=share)
+            return teacher_stage.run(ctx), shadows
+        teacher = teacher_stage.run(ctx)
+        return teacher, shadows_stage.run(ctx, share=share)
 
     def __call__(
         self, cfg: DictConfig, teacher_result: TeacherResult, dense_shadows: ShadowsResult
     ) -> tuple[CompressResult, AttackResult]:
-        comp = compress_stage.run(cfg, teacher_result)
-        return comp, attack(cfg, comp, dense_shadows)
+        ctx = RunContext.build(cfg)
+        comp = compress_stage.run(ctx, teacher_result)
+        return comp, attack(ctx, comp, dense_shadows)
 
     def dense_size_bytes(self, cfg: DictConfig, teacher_result: TeacherResult) -> int:
-        return dense_size_bytes(cfg, teacher_result)
+        return dense_size_bytes(RunContext.build(cfg), teacher_result)

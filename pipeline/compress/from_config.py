@@ -1,4 +1,4 @@
-"""The config-facing edge of `pipeline.compress`: a `CompressJob` and a spec from the composed config.
+"""The config-facing edge of `pipeline.compress`: a `CompressJob` and a spec from the run context.
 
 Called at a stage's entry (the compress stage; the matched reference models of the
 shadows stage); below it, methods see only the typed job.
@@ -15,7 +15,14 @@ from torch import nn
 import sparse
 from pipeline.compress.method import CompressJob, compress_recipe, compress_spec
 from pipeline.config import CompressConfig, to_schema
-from pipeline.context import DataBundle, build_model, load_model, model_spec, train_recipe
+from pipeline.context import (
+    DataBundle,
+    RunContext,
+    build_model,
+    load_model,
+    model_spec,
+    train_recipe,
+)
 from pipeline.validation import validate_compress
 
 
@@ -30,26 +37,26 @@ def spec(cfg: DictConfig) -> dict[str, Any]:
     return compress_spec(compress_config(cfg), model_spec(cfg), train_recipe(cfg))
 
 
-def job(cfg: DictConfig, data: DataBundle, dense_path: Path, seed: int | None = None) -> CompressJob:
-    """The job of `cfg.compress` on `data`, from root `seed` (default `cfg.seed`), starting where
-    the method starts from a dense model from the weights at `dense_path`."""
-    c = compress_config(cfg)
-    seed = int(cfg.seed) if seed is None else seed
+def job(ctx: RunContext, data: DataBundle, dense_path: Path, seed: int | None = None) -> CompressJob:
+    """The job of the run's `compress` group on `data`, from root `seed` (default: the run's),
+    starting where the method starts from a dense model from the weights at `dense_path`."""
+    c = compress_config(ctx.cfg)
+    seed = ctx.seed if seed is None else seed
     return CompressJob(
         c=c,
-        recipe=compress_recipe(train_recipe(cfg), c),
+        recipe=compress_recipe(train_recipe(ctx.cfg), c),
         data=data,
         seed=seed,
-        new_model=lambda *path: build_model(cfg, data, *path, seed=seed),
-        dense_model=lambda: load_model(cfg, data, dense_path),
-        batched_probes=bool(cfg.runtime.get("batched_probes", True)),
-        progress=bool(cfg.runtime.progress),
+        new_model=lambda *path: build_model(ctx, data, *path, seed=seed),
+        dense_model=lambda: load_model(ctx, data, dense_path),
+        batched_probes=ctx.runtime.batched_probes,
+        progress=ctx.progress,
     )
 
 
-def load_compressed(cfg: DictConfig, data: DataBundle, export_path: Path) -> nn.Module:
+def load_compressed(ctx: RunContext, data: DataBundle, export_path: Path) -> nn.Module:
     """A compressed model rebuilt from its export (proves the export round-trips)."""
-    model = build_model(cfg, data, "load")
+    model = build_model(ctx, data, "load")
     model = sparse.load_export(export_path, model)
     model.eval()
     return model

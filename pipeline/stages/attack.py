@@ -38,7 +38,7 @@ from pipeline import progress, tracking
 from pipeline.cache import cache_key
 from pipeline.compress.from_config import load_compressed
 from pipeline.config import AttackConfig, to_schema
-from pipeline.context import DataBundle, get_cache, load_data, load_model, plain
+from pipeline.context import DataBundle, RunContext, load_model, plain
 from pipeline.results import AttackResult, CompressResult, ShadowsResult
 from pipeline.seeds import derive_seed
 from pipeline.validation import validate_attack
@@ -97,14 +97,15 @@ def key(cfg: DictConfig, compress_key: str, dense_keys: Sequence[str], matched_k
 
 
 def run(
-    cfg: DictConfig,
+    ctx: RunContext,
     compressed: CompressResult,
     shadows: ShadowsResult | None = None,
     matched: ShadowsResult | None = None,
 ) -> AttackResult:
     """Audit `compressed`; `shadows` (dense) and `matched` are the reference models `references(cfg)` names."""
+    cfg = ctx.cfg
     a = attack_config(cfg)
-    data = load_data(cfg)
+    data = ctx.data
     needs = references(cfg)
     missing = [r for r, given in (("dense", shadows), ("matched", matched)) if r in needs and given is None]
     if missing:
@@ -114,23 +115,23 @@ def run(
     dense_keys = shadows.keys if (shadows is not None and a.reference != "matched") else ()
     all_matched = matched.keys if matched is not None else ()
     ref_keys, matched_keys = _reference_keys(a, dense_keys, all_matched)
-    the_spec = {"attack": plain(cfg.attack), "seed": int(cfg.seed)}
+    the_spec = {"attack": plain(cfg.attack), "seed": ctx.seed}
     k = key(cfg, compressed.key, dense_keys, all_matched)
 
     def build(out: Path) -> None:
-        model = load_compressed(cfg, data, compressed.export_path)
-        refs = [load_model(cfg, data, p) for p in shadows.model_paths] if ref_keys else []
-        ctx = _Context(cfg, a, data, model, refs, shadows if ref_keys else None)
+        model = load_compressed(ctx, data, compressed.export_path)
+        refs = [load_model(ctx, data, p) for p in shadows.model_paths] if ref_keys else []
+        signals = _Context(ctx.seed, a, data, model, refs, shadows if ref_keys else None)
         if matched_keys:
-            ctx.matched_refs = [load_model(cfg, data, p) for p in matched.model_paths]
+            signals.matched_refs = [load_model(ctx, data, p) for p in matched.model_paths]
         metrics: dict[str, float] = {}
         all_scores: dict[str, np.ndarray] = {}
-        evaluations = [("select", data.splits.audit_members, ctx.val_eval), ("audit", data.splits.audit_members, None)]
+        evaluations = [("select", data.splits.audit_members, signals.val_eval), ("audit", data.splits.audit_members, None)]
         if len(data.splits.canaries):
             evaluations.append(("canary", None, None))
-        show = bool(cfg.runtime.progress)
+        show = ctx.progress
         for name, members, nonmembers in progress.iterate(evaluations, len(evaluations), "attack", "audit", show, False):
-            audit, idx, labels = ctx.evaluate(name, members, nonmembers)
+            audit, idx, labels = signals.evaluate(name, members, nonmembers)
             audit.to_csv(out / f"{name}.csv")
             if name == "audit":
                 audit.plot_roc(out / "roc.png")
@@ -145,7 +146,7 @@ def run(
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
     t0 = time.perf_counter()
-    entry = get_cache(cfg).get_or_create(
+    entry = ctx.cache.get_or_create(
         "attack", k, {**the_spec, "compress": compressed.key, "shadows": ref_keys}, build
     )
     metrics = json.loads((entry.path / "metrics.json").read_text())
@@ -173,9 +174,9 @@ def _fmt(v: Any) -> str:
 class _Context:
     """Signals shared by the evaluations of one audit: known members/non-members, population."""
 
-    def __init__(self, cfg, a: AttackConfig, data: DataBundle, model, refs, shadows):
-        self.cfg, self.a, self.data, self.model, self.refs = cfg, a, data, model, refs
-        self.seed = int(cfg.seed)
+    def __init__(self, seed: int, a: AttackConfig, data: DataBundle, model, refs, shadows):
+        self.a, self.data, self.model, self.refs = a, data, model, refs
+        self.seed = seed
         wanted, self.with_grads = _needs(a)
         rng = np.random.default_rng(derive_seed(self.seed, "attack", "val_halves"))
         val = rng.permutation(data.splits.val)

@@ -15,11 +15,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
-
 from pipeline.cache import EntryInfo
 from pipeline.config import CacheCommandConfig, to_schema
-from pipeline.context import get_cache
+from pipeline.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +46,9 @@ def select(entries: list[EntryInfo], c: CacheCommandConfig) -> list[EntryInfo]:
     return out
 
 
-def run(cfg: DictConfig) -> CacheReport:
-    c = to_schema(CacheCommandConfig, cfg.cache)
-    cache = get_cache(cfg)
+def run(ctx: RunContext) -> CacheReport:
+    c = to_schema(CacheCommandConfig, ctx.cfg.cache)
+    cache = ctx.cache
     if c.action == "verify":
         entries = select(cache.verify_all(), c)
         return CacheReport("verify", entries, [])

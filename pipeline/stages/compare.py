@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 
 from pipeline import runs, tracking
 from pipeline.config import CompareConfig, to_schema
+from pipeline.context import RunContext
 from pipeline.frontier import (
     excess_auc,
     frontier_runs,
@@ -70,13 +71,13 @@ def compare_config(cfg: DictConfig) -> CompareConfig:
     return c
 
 
-def run(cfg: DictConfig) -> CompareResult:
-    c = compare_config(cfg)
-    uri, mlflow_exp = str(cfg.tracking.uri), str(cfg.tracking.experiment)
+def run(ctx: RunContext) -> CompareResult:
+    c = compare_config(ctx.cfg)
+    uri, mlflow_exp = ctx.tracking.uri, ctx.tracking.experiment
     frame = runs.load_runs(uri, c.experiment_name, mlflow_exp, stages=["attack"])
     if c.dataset is not None:
         frame = frame[frame["dataset"] == c.dataset]
-    out = Path(str(cfg.paths.output_dir)) / "compare" / c.experiment_name / _slug(f"{c.a}_vs_{c.b}")
+    out = Path(ctx.paths.output_dir) / "compare" / c.experiment_name / _slug(f"{c.a}_vs_{c.b}")
     out.parent.mkdir(parents=True, exist_ok=True)
     # everything is written to a staging folder that replaces `out` only when all of it succeeded:
     # bad input found late (an unknown study, an epoch budget) leaves no half-written comparison

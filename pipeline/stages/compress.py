@@ -22,7 +22,7 @@ import sparse
 from pipeline import tracking
 from pipeline.cache import cache_key
 from pipeline.compress import from_config, train_compressed
-from pipeline.context import DataBundle, data_spec, get_cache, load_data
+from pipeline.context import DataBundle, RunContext, data_spec
 from pipeline.progress import warn_once
 from pipeline.results import EXPORT_FILE, CompressResult, TeacherResult
 from pipeline.selection import resolution
@@ -38,10 +38,11 @@ def key(cfg: DictConfig, data_key: str, teacher_key: str) -> str:
     return cache_key("compress", VERSION, from_config.spec(cfg), {"data": data_key, "teacher": teacher_key})
 
 
-def run(cfg: DictConfig, teacher: TeacherResult) -> CompressResult:
-    """Train (or load from the cache) the compressed model of `cfg.compress`, from `teacher`."""
-    data = load_data(cfg)
-    job = from_config.job(cfg, data, teacher.model_path)
+def run(ctx: RunContext, teacher: TeacherResult) -> CompressResult:
+    """Train (or load from the cache) the compressed model of `compress`, from `teacher`."""
+    cfg = ctx.cfg
+    data = ctx.data
+    job = from_config.job(ctx, data, teacher.model_path)
     c = job.c
     the_spec = from_config.spec(cfg)
     k = key(cfg, data.key, teacher.key)
@@ -66,7 +67,7 @@ def run(cfg: DictConfig, teacher: TeacherResult) -> CompressResult:
         (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": history}, indent=1))
 
     t0 = time.perf_counter()
-    entry = get_cache(cfg).get_or_create(
+    entry = ctx.cache.get_or_create(
         "compress", k, {**the_spec, "data": data_spec(cfg), "teacher": teacher.key}, build
     )
     stored = json.loads((entry.path / "metrics.json").read_text())
@@ -87,9 +88,9 @@ def run(cfg: DictConfig, teacher: TeacherResult) -> CompressResult:
     return result
 
 
-def load(cfg: DictConfig, result: CompressResult) -> nn.Module:
+def load(ctx: RunContext, result: CompressResult) -> nn.Module:
     """The compressed model, rebuilt from its export (proves the export round-trips)."""
-    return from_config.load_compressed(cfg, load_data(cfg), result.export_path)
+    return from_config.load_compressed(ctx, ctx.data, result.export_path)
 
 
 def _candidates_table(path: Path) -> pd.DataFrame | None:

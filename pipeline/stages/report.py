@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from pipeline import runs, tracking
 from pipeline.config import ReportConfig, to_schema
+from pipeline.context import RunContext
 from pipeline.frontier import frontier_curves
 from pipeline.plots import plot_tradeoff
 
@@ -67,11 +68,11 @@ def report_config(cfg: DictConfig) -> ReportConfig:
     return to_schema(ReportConfig, cfg.report)
 
 
-def run(cfg: DictConfig) -> ReportResult:
-    rc = report_config(cfg)
-    uri, mlflow_exp = str(cfg.tracking.uri), str(cfg.tracking.experiment)
+def run(ctx: RunContext) -> ReportResult:
+    rc = report_config(ctx.cfg)
+    uri, mlflow_exp = ctx.tracking.uri, ctx.tracking.experiment
     frame = runs.load_runs(uri, rc.experiment_name, mlflow_exp, stages=rc.stages)
-    out = Path(str(cfg.paths.output_dir)) / "reports" / rc.experiment_name
+    out = Path(ctx.paths.output_dir) / "reports" / rc.experiment_name
     out.mkdir(parents=True, exist_ok=True)
 
     summary = summarize(frame)

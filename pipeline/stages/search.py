@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import interrupt, progress, tracking
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_schema
+from pipeline.context import RunContext
 from pipeline.masking import config_yaml, mask_secrets
 from pipeline.pareto import hypervolume, nondominated_ranks, normalised_objectives
 from pipeline.study import mlflow_runs, storage, workers
@@ -149,17 +150,19 @@ def n_parameter_sets(space: list[SearchParam]) -> int | None:
     return n
 
 
-def run(cfg: DictConfig, trial_work) -> SearchResult:
+def run(ctx: RunContext, trial_work) -> SearchResult:
     """Run (or resume) the study until `search.n_trials` trials are complete.
 
     `trial_work` (`pipeline.flow.Trial`) is the per-trial compress + audit, wired above the
     stages: `prepare(cfg, worker_index, n_workers)` makes the teacher and shadows every trial shares,
     `trial_work(trial_cfg, teacher, shadows)` one trial's (compress, attack) results, and
-    `dense_size_bytes(cfg, teacher)` the size the model-size objective is normalised by.
+    `dense_size_bytes(cfg, teacher)` the size the model-size objective is normalised by. A
+    trial is a config (the run's, with the trial's parameters); `trial_work` makes its run context.
     """
+    cfg = ctx.cfg
     s = to_schema(SearchConfig, cfg.search)
     validate_search(cfg, s)
-    shared = storage.open_study(cfg, s)
+    shared = storage.open_study(s, ctx.seed)
     workers.recover_running_without_heartbeat(shared)
     exp_id = tracking.setup(cfg)
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
@@ -193,17 +196,17 @@ def run(cfg: DictConfig, trial_work) -> SearchResult:
                 shared, s, exp_id, parent_id, lambda t: _log_stored_trial(cfg, t, teacher, shadows)
             )
     workers.raise_if_failed(procs)
-    out_dir = Path(str(cfg.paths.output_dir)) / "studies" / s.study_name
+    out_dir = Path(ctx.paths.output_dir) / "studies" / s.study_name
     with mlflow_runs.maybe_run(parent_id):
         pareto, csv = _pareto(
             shared.study, s, out_dir, float(trial_work.dense_size_bytes(cfg, teacher)), run_ids
         )
-    if bool(cfg.tracking.get("enabled", True)) and (parent_id is None or tracking.offline()):
+    if ctx.tracking.enabled and (parent_id is None or tracking.offline()):
         log.warning(
             "MLflow tracking at %s could not be reached: the study's results are complete in its "
             "Optuna storage, but MLflow is missing some of them. Rerun the same command once the "
             "server is back: it runs no trial again and logs what is missing.",
-            mask_secrets(str(cfg.tracking.uri)),
+            mask_secrets(ctx.tracking.uri),
         )
     return SearchResult(
         s.study_name, s.storage, workers.counts(shared.study)[0], pareto, parent_id, csv
@@ -212,8 +215,9 @@ def run(cfg: DictConfig, trial_work) -> SearchResult:
 
 def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=None) -> None:
     """What a spawned worker process runs (inside `workers.worker_main`): the same loop."""
+    ctx = RunContext.build(cfg)  # a spawned worker's entry: its own run context
     s = to_schema(SearchConfig, cfg.search)
-    shared = storage.open_study(cfg, s, worker=index)
+    shared = storage.open_study(s, ctx.seed, worker=index)
     exp_id = tracking.setup(cfg)
     teacher, shadows = trial_work.prepare(cfg, index, s.n_workers)
     with progress.collapsed_warnings(f"worker {index}'s trials"):

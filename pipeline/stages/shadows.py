@@ -25,12 +25,11 @@ from pipeline.batched import can_batch, train_grouped
 from pipeline.cache import cache_key
 from pipeline.compress import from_config as compress_from_config
 from pipeline.compress import train_compressed
-from pipeline.config import SHADOW_RECIPES, ShadowsConfig, to_schema
+from pipeline.config import SHADOW_RECIPES, ShadowsConfig, TrainConfig, to_schema
 from pipeline.context import (
     DataBundle,
+    RunContext,
     build_model,
-    get_cache,
-    load_data,
     load_model,
     model_spec,
     save_model,
@@ -79,7 +78,10 @@ def matched_spec(compress_spec: dict[str, Any], dense_key: str, index: int) -> d
 
 def matched_keys(cfg: DictConfig, data_key: str, dense: tuple[str, ...]) -> tuple[str, ...]:
     """The matched shadows' cache keys, one per dense shadow (`dense`: their keys)."""
-    c_spec = compress_from_config.spec(cfg)
+    return _matched_keys(compress_from_config.spec(cfg), data_key, dense)
+
+
+def _matched_keys(c_spec: dict[str, Any], data_key: str, dense: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(
         cache_key("shadow_matched", VERSION, matched_spec(c_spec, dk, k), {"data": data_key})
         for k, dk in enumerate(dense)
@@ -89,7 +91,7 @@ def matched_keys(cfg: DictConfig, data_key: str, dense: tuple[str, ...]) -> tupl
 RECIPES = SHADOW_RECIPES
 
 
-def run(cfg: DictConfig, recipe: str | None = None, share: tuple[int, int] = (0, 1)) -> ShadowsResult:
+def run(ctx: RunContext, recipe: str | None = None, share: tuple[int, int] = (0, 1)) -> ShadowsResult:
     """The K reference models: `dense` (the teacher's recipe) or `matched` (the compress recipe).
 
     `share=(i, n)`: process i of n building a cold cache together (search workers) trains the
@@ -102,18 +104,21 @@ def run(cfg: DictConfig, recipe: str | None = None, share: tuple[int, int] = (0,
     method on each shadow's own data, starting from the dense shadow where the
     method starts from a teacher; they are cached per recipe (compress spec).
     """
+    cfg = ctx.cfg
     shadows = to_schema(ShadowsConfig, cfg.shadows)
     recipe = recipe or shadows.recipe
     if recipe not in RECIPES:
         raise ValueError(f"unknown shadows recipe {recipe!r}; valid: {list(RECIPES)}")
     if recipe == "matched":
-        return _run_matched(cfg, run(cfg, "dense"))
-    data = load_data(cfg)
-    cache = get_cache(cfg)
+        c = compress_from_config.compress_config(cfg)
+        return _run_matched(ctx, run(ctx, "dense"), c.method, compress_from_config.spec(cfg))
+    data = ctx.data
+    cache = ctx.cache
     n_pop = len(data.splits.population)
     specs = [shadow_spec(cfg, k) for k in range(shadows.n_models)]
+    train_cfg = train_recipe(cfg)
     keys_all = list(dense_keys(cfg, data.key))
-    rows_all = [membership_row(int(cfg.seed), k, n_pop, shadows.member_fraction) for k in range(shadows.n_models)]
+    rows_all = [membership_row(ctx.seed, k, n_pop, shadows.member_fraction) for k in range(shadows.n_models)]
     index, n_parts = share
     if not 0 <= index < n_parts:
         raise ValueError(f"shadows share {share}: expected (i, n) with 0 <= i < n")
@@ -135,7 +140,7 @@ def run(cfg: DictConfig, recipe: str | None = None, share: tuple[int, int] = (0,
         wanted = missing() if wanted is None else wanted
         with cache.claim("shadow", [keys_all[k] for k in wanted]) as claimed:
             mine = [k for k in wanted if keys_all[k] in claimed]
-            trained = _train_missing(cfg, data, mine, rows_all) if mine else {}
+            trained = _train_missing(ctx, data, train_cfg, mine, rows_all) if mine else {}
             for k in mine:
                 cache.get_or_create(
                     "shadow", keys_all[k], {**specs[k], "data": data.key},
@@ -147,7 +152,7 @@ def run(cfg: DictConfig, recipe: str | None = None, share: tuple[int, int] = (0,
         s, key, row = specs[k], keys_all[k], rows_all[k]
         entry = cache.get_or_create(  # built above, by another process, or (its builder died) here
             "shadow", key, {**s, "data": data.key},
-            lambda out, k=k, row=row: _save_one(data, _train(cfg, data, [k], rows_all)[k], row, out),
+            lambda out, k=k, row=row: _save_one(data, _train(ctx, data, train_cfg, [k], rows_all)[k], row, out),
         )
         hits += int(entry.hit)
         keys.append(key)
@@ -160,26 +165,21 @@ def run(cfg: DictConfig, recipe: str | None = None, share: tuple[int, int] = (0,
 
 
 def _train_missing(
-    cfg: DictConfig, data: DataBundle, indices: list[int], rows: list[np.ndarray]
+    ctx: RunContext, data: DataBundle, recipe: TrainConfig, indices: list[int], rows: list[np.ndarray]
 ) -> dict[int, torch.nn.Module]:
-    log.info("training %d shadow model(s)%s", len(indices), " (grouped)" if _batched(cfg) else "")
-    return _train(cfg, data, indices, rows)
-
-
-def _batched(cfg: DictConfig) -> bool:
-    return bool(cfg.runtime.get("batched_shadows", True))
+    log.info("training %d shadow model(s)%s", len(indices), " (grouped)" if ctx.runtime.batched_shadows else "")
+    return _train(ctx, data, recipe, indices, rows)
 
 
 def _train(
-    cfg: DictConfig, data: DataBundle, indices: list[int], rows: list[np.ndarray]
+    ctx: RunContext, data: DataBundle, recipe: TrainConfig, indices: list[int], rows: list[np.ndarray]
 ) -> dict[int, torch.nn.Module]:
-    """Train the shadows `indices`: grouped when the architecture allows, else one by one."""
-    recipe = train_recipe(cfg)
-    models = [build_model(cfg, data, "shadow", k) for k in indices]
+    """Train the shadows `indices` with `recipe`: grouped when the architecture allows, else one by one."""
+    models = [build_model(ctx, data, "shadow", k) for k in indices]
     parts = [torch.from_numpy(data.splits.population[rows[k]]) for k in indices]
-    gens = [generator(int(cfg.seed), "shadow", k, "batches") for k in indices]
-    show = bool(cfg.runtime.progress)
-    if _batched(cfg) and len(indices) > 1 and can_batch(models) and data.dataset.augment is None:
+    gens = [generator(ctx.seed, "shadow", k, "batches") for k in indices]
+    show = ctx.progress
+    if ctx.runtime.batched_shadows and len(indices) > 1 and can_batch(models) and data.dataset.augment is None:
         # all models advance together: count epochs
         desc = f"shadows[dense] {len(indices)} models together"
         with progress.Progress(recipe.epochs, desc, "epoch", show) as bar:
@@ -202,25 +202,23 @@ def _save_one(data: DataBundle, model: torch.nn.Module, row: np.ndarray, out: Pa
     (out / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "n_members": int(row.sum())}))
 
 
-def load_models(cfg: DictConfig, result: ShadowsResult) -> list[torch.nn.Module]:
-    data = load_data(cfg)
-    return [load_model(cfg, data, p / "model.pt") for p in result.paths]
+def load_models(ctx: RunContext, result: ShadowsResult) -> list[torch.nn.Module]:
+    data = ctx.data
+    return [load_model(ctx, data, p / "model.pt") for p in result.paths]
 
 
-def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
+def _run_matched(ctx: RunContext, dense: ShadowsResult, method: str, c_spec: dict[str, Any]) -> ShadowsResult:
     """Each dense shadow's matched twin: the compress method run on that shadow's own data (its
     members train, its outsiders split into val and test), from its own seed, starting from the
     dense shadow where the method starts from a dense model (`pipeline.compress.train_compressed`)."""
-    data = load_data(cfg)
-    cache = get_cache(cfg)
-    c = compress_from_config.compress_config(cfg)
-    c_spec = compress_from_config.spec(cfg)
+    data = ctx.data
+    cache = ctx.cache
     pop = data.splits.population
-    all_keys = matched_keys(cfg, data.key, dense.keys)
+    all_keys = _matched_keys(c_spec, data.key, dense.keys)
     keys, paths, hits = [], [], 0
     t0 = time.perf_counter()
     # one count over the references (each is a whole compress run: its own bar stays off)
-    bar = progress.Progress(len(dense.keys), f"references[{c.method}]", "model", bool(cfg.runtime.progress))
+    bar = progress.Progress(len(dense.keys), f"references[{method}]", "model", ctx.progress)
     for k, (dense_key, dense_path) in enumerate(zip(dense.keys, dense.paths)):
         row = dense.membership[k]
         spec = matched_spec(c_spec, dense_key, k)
@@ -228,7 +226,7 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
 
         def build(out: Path, k=k, row=row, dense_path=dense_path) -> None:
             members, outsiders = pop[row], pop[~row]
-            rng = np.random.default_rng(derive_seed(int(cfg.seed), "shadow", k, "matched_split"))
+            rng = np.random.default_rng(derive_seed(ctx.seed, "shadow", k, "matched_split"))
             outsiders = rng.permutation(outsiders)
             view = dc_replace(
                 data,
@@ -241,8 +239,8 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
                     known_members=np.sort(members),
                 ),
             )
-            seed = derive_seed(int(cfg.seed), "shadow", k, "matched") % (2**31)
-            job = compress_from_config.job(cfg, view, dense_path / "model.pt", seed=seed)
+            seed = derive_seed(ctx.seed, "shadow", k, "matched") % (2**31)
+            job = compress_from_config.job(ctx, view, dense_path / "model.pt", seed=seed)
             save_model(train_compressed(dc_replace(job, progress=False)).model, out / "model.pt")
             np.save(out / "members.npy", row)
 
@@ -254,6 +252,6 @@ def _run_matched(cfg: DictConfig, dense: ShadowsResult) -> ShadowsResult:
     bar.close()
     log.info(
         "references[%s] (matched recipe): %d models (%d from cache) in %.1f s",
-        c.method, len(keys), hits, time.perf_counter() - t0,
+        method, len(keys), hits, time.perf_counter() - t0,
     )
     return ShadowsResult(tuple(keys), tuple(paths), dense.membership, hits)

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 from pipeline import progress, tracking
 from pipeline.cache import cache_key
 from pipeline.context import (
+    RunContext,
     build_model,
     data_spec,
-    get_cache,
     load_data,
     load_model,
     model_spec,
@@ -42,19 +42,20 @@ def key(cfg: DictConfig, data_key: str | None = None) -> str:
     return cache_key("teacher", VERSION, spec(cfg), {"data": data_key})
 
 
-def run(cfg: DictConfig) -> TeacherResult:
-    data = load_data(cfg)
+def run(ctx: RunContext) -> TeacherResult:
+    cfg = ctx.cfg
+    data = ctx.data
     recipe = train_recipe(cfg)
     the_spec = {**spec(cfg), "data": data_spec(cfg)}
     k = key(cfg, data.key)
 
     def build(out: Path) -> None:
         log.info("training the teacher (%d epochs on %d members)", recipe.epochs, len(data.splits.train))
-        model = build_model(cfg, data, "teacher")
+        model = build_model(ctx, data, "teacher")
         x, y = data.part("train")
-        with progress.Progress(recipe.epochs, "teacher", "epoch", bool(cfg.runtime.progress)) as bar:
+        with progress.Progress(recipe.epochs, "teacher", "epoch", ctx.progress) as bar:
             history = train(
-                model, x, y, recipe, generator(int(cfg.seed), "teacher", "batches"), augment=data.dataset.augment,
+                model, x, y, recipe, generator(ctx.seed, "teacher", "batches"), augment=data.dataset.augment,
                 on_epoch=lambda h: bar.update(1, loss=h.loss, train_acc=h.train_accuracy),
             )
         save_model(model, out / "model.pt")
@@ -64,7 +65,7 @@ def run(cfg: DictConfig) -> TeacherResult:
         )
 
     t0 = time.perf_counter()
-    entry = get_cache(cfg).get_or_create("teacher", k, the_spec, build)
+    entry = ctx.cache.get_or_create("teacher", k, the_spec, build)
     stored = json.loads((entry.path / "metrics.json").read_text())
     result = TeacherResult(k, entry.path, entry.hit, stored["metrics"], stored["history"])
     for h in result.history:
@@ -92,5 +93,5 @@ def _evaluate_all(model, data) -> dict[str, float]:
     return out
 
 
-def load(cfg: DictConfig, result: TeacherResult):
-    return load_model(cfg, load_data(cfg), result.model_path)
+def load(ctx: RunContext, result: TeacherResult):
+    return load_model(ctx, ctx.data, result.model_path)

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig
 from pipeline.masking import mask_logs, mask_secrets
 from pipeline.stores import StoreError, file_lock, prepare_sqlite_store
@@ -190,11 +188,11 @@ class _RetryAndCloseRun:
         mlflow_runs.close_run(trial.user_attrs.get("mlflow_run_id"), "KILLED")
 
 
-def open_study(cfg: DictConfig, s: SearchConfig, worker: int = 0) -> SharedStudy:
+def open_study(s: SearchConfig, root_seed: int, worker: int = 0) -> SharedStudy:
     """Open `search.storage` and create (or load) the study `search.study_name` on it."""
     storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
     study, created = create_study(s, storage)
-    seed = sampler_seed(cfg, s, study, created and worker == 0)
+    seed = sampler_seed(root_seed, s, study, created and worker == 0)
     import optuna
 
     # A reloaded study keeps its trials but not its sampler: pass NSGA-II every time.
@@ -231,7 +229,7 @@ def create_study(s: SearchConfig, storage):
     return study, created
 
 
-def sampler_seed(cfg: DictConfig, s: SearchConfig, study, reproducible: bool) -> int:
+def sampler_seed(root_seed: int, s: SearchConfig, study, reproducible: bool) -> int:
     """The NSGA-II seed of this process: never the same in two processes on one study.
 
     Only the process that created the study (the first worker of the first command)
@@ -246,11 +244,11 @@ def sampler_seed(cfg: DictConfig, s: SearchConfig, study, reproducible: bool) ->
     from pipeline.seeds import derive_seed
 
     if reproducible:
-        seed = derive_seed(int(cfg.seed), "search", s.study_name, 0, 0) % (2**32)
+        seed = derive_seed(root_seed, "search", s.study_name, 0, 0) % (2**32)
         log.info("sampler seed %d (this process created the study: reproducible)", seed)
         return seed
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}:{uuid.uuid4().hex}"
     n_existing = len(study.get_trials(deepcopy=False))
-    seed = derive_seed(int(cfg.seed), "search", s.study_name, n_existing, token) % (2**32)
+    seed = derive_seed(root_seed, "search", s.study_name, n_existing, token) % (2**32)
     log.info("sampler seed %d (unique to this process, %s)", seed, token)
     return seed

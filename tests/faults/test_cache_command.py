@@ -8,12 +8,13 @@ import sys
 import pytest
 
 from pipeline.__main__ import run_stage
+from pipeline.context import RunContext
 from pipeline.stages import teacher as teacher_stage
 
 
 def test_list_verify_clear(cfg_factory, tmp_path, capsys):
-    teacher = teacher_stage.run(cfg_factory("experiment=smoke", "tracking.enabled=false"))
-    other = teacher_stage.run(cfg_factory("experiment=smoke", "tracking.enabled=false", "seed=1"))
+    teacher = teacher_stage.run(RunContext.build(cfg_factory("experiment=smoke", "tracking.enabled=false")))
+    other = teacher_stage.run(RunContext.build(cfg_factory("experiment=smoke", "tracking.enabled=false", "seed=1")))
     capsys.readouterr()
 
     report = run_stage(cfg_factory("stage=cache"))

@@ -113,11 +113,12 @@ def test_shadow_shares_train_a_part_each_and_give_the_same_models(tmp_path, capl
     import torch
     from conftest import make_cfg
 
+    from pipeline.context import RunContext
     from pipeline.stages import shadows as shadows_stage
 
     overrides = ["experiment=smoke", "tracking.enabled=false", "shadows.n_models=5"]
-    whole = shadows_stage.run(make_cfg(overrides, tmp_path / "one"))
-    cfg = make_cfg(overrides, tmp_path / "shared")
+    whole = shadows_stage.run(RunContext.build(make_cfg(overrides, tmp_path / "one")))
+    cfg = RunContext.build(make_cfg(overrides, tmp_path / "shared"))
     # another process (worker 0 of 2) already built its share 0, 2, 4 on the shared cache
     with caplog.at_level(logging.INFO, logger="pipeline.stages.shadows"):
         shadows_stage.run(cfg, share=(0, 2))

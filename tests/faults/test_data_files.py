@@ -11,7 +11,7 @@ import pytest
 from conftest import make_cfg
 
 from pipeline.cache import DATA_INDEX_FILE
-from pipeline.context import load_data
+from pipeline.context import RunContext, load_data
 from pipeline.stages import teacher as teacher_stage
 
 pytestmark = pytest.mark.smoke
@@ -41,18 +41,18 @@ def test_replaced_data_file_retrains_and_says_so(tmp_path, caplog):
     data = tmp_path / "data" / "dataset_purchase"
     _write_purchase(data, seed=0)
     cfg = _cfg(tmp_path, tmp_path / "data")
-    first = teacher_stage.run(cfg)
+    first = teacher_stage.run(RunContext.build(cfg))
     assert not first.cache_hit
     assert (tmp_path / ".cache" / DATA_INDEX_FILE).exists()  # hashes remembered across runs
 
     moved = tmp_path / "elsewhere" / "dataset_purchase"  # same content, another folder: same key
     moved.parent.mkdir()
     shutil.copy(data, moved)
-    assert teacher_stage.run(_cfg(tmp_path, tmp_path / "elsewhere")).cache_hit
+    assert teacher_stage.run(RunContext.build(_cfg(tmp_path, tmp_path / "elsewhere"))).cache_hit
 
     _write_purchase(data, seed=1)  # replaced by different data at the same path
     with caplog.at_level(logging.WARNING):
-        second = teacher_stage.run(cfg)
+        second = teacher_stage.run(RunContext.build(cfg))
     assert not second.cache_hit and second.key != first.key
     assert f"data file {data}" in caplog.text and "changed" in caplog.text
     assert (first.path / "model.pt").exists()  # the earlier entry is intact, for the earlier data

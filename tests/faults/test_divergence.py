@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from pipeline.context import RunContext
 from pipeline.stages import teacher as teacher_stage
 from pipeline.training import DivergenceCheck, DivergenceError, NonFiniteLossError
 
@@ -32,7 +33,7 @@ def test_rule_accuracy_at_chance_after_a_good_start():
 
 
 def test_normal_training_is_not_stopped(cfg_factory):
-    result = teacher_stage.run(cfg_factory("experiment=smoke", "tracking.enabled=false"))
+    result = teacher_stage.run(RunContext.build(cfg_factory("experiment=smoke", "tracking.enabled=false")))
     assert all(math.isfinite(h["loss"]) for h in result.history)
 
 
@@ -40,7 +41,7 @@ def test_normal_training_is_not_stopped(cfg_factory):
 def test_adam_at_lr_1e9_is_caught_and_nothing_is_cached(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=smoke", "tracking.enabled=false", "train.optimizer=adam", "train.lr=1e9")
     with pytest.raises(NonFiniteLossError, match=r"diverged|training loss is"):
-        teacher_stage.run(cfg)
+        teacher_stage.run(RunContext.build(cfg))
     teacher_dir = tmp_path / ".cache" / "teacher"
     assert not teacher_dir.exists() or not [p for p in teacher_dir.iterdir() if not p.name.startswith(".")]
 

@@ -14,6 +14,7 @@ from conftest import make_cfg
 
 from pipeline import flow
 from pipeline.cache import DAMAGED_DIR
+from pipeline.context import RunContext
 
 pytestmark = pytest.mark.smoke
 
@@ -26,7 +27,7 @@ def built(tmp_path_factory):
     trained one by one: a rebuilt shadow is then bit-identical)."""
     root = tmp_path_factory.mktemp("built")
     cfg = make_cfg(OVERRIDES, root)
-    result = flow.attack(cfg)
+    result = flow.attack(RunContext.build(cfg))
     return root, result
 
 
@@ -62,7 +63,7 @@ def test_truncated_teacher_is_rebuilt(fresh, caplog):
     original = (teacher / "model.pt").read_bytes()
     (teacher / "model.pt").write_bytes(original[: len(original) // 3])
     with caplog.at_level(logging.WARNING):
-        comp = flow.compress(cfg)
+        comp = flow.compress(RunContext.build(cfg))
     assert (teacher / "model.pt").read_bytes() == original
     _assert_moved_aside(cfg, "teacher", teacher.name, "truncated", caplog)
     assert comp.cache_hit  # the compress entry was intact: reused
@@ -75,7 +76,7 @@ def test_finite_but_wrong_shadow_is_rebuilt_and_the_audit_unchanged(fresh, caplo
     torch.save({k: v * 1.5 + 0.01 for k, v in state.items()}, shadow / "model.pt")  # finite, wrong
     shutil.rmtree(tmp_path_of(cfg) / ".cache" / "attack")  # the audit is computed again from the shadows
     with caplog.at_level(logging.WARNING):
-        after = flow.attack(cfg)
+        after = flow.attack(RunContext.build(cfg))
     rebuilt = torch.load(shadow / "model.pt", weights_only=True)
     assert all(torch.equal(rebuilt[k], state[k]) for k in state)  # the right weights again
     _assert_moved_aside(cfg, "shadow", shadow.name, "model.pt", caplog)
@@ -107,7 +108,7 @@ def test_damaged_compress_entry_is_rebuilt(fresh, caplog, file, damage, words):
         data[len(data) // 2] ^= 0x10
         path.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
-        comp = flow.compress(cfg)
+        comp = flow.compress(RunContext.build(cfg))
     assert not comp.cache_hit
     assert {p.name: p.read_bytes() for p in entry.iterdir() if p.name != "manifest.json"} == originals
     _assert_moved_aside(cfg, "compress", entry.name, words, caplog)

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from attacks import loss_attack_auc
 from pipeline import pareto
 from pipeline.__main__ import run_stage
-from pipeline.context import build_model, load_data
+from pipeline.context import RunContext, build_model, load_data
 from pipeline.stages import teacher
 from pipeline.training import train
 
@@ -99,16 +99,16 @@ def test_every_stage_runs_from_the_cli_entry(cfg_factory):
 
 def test_teacher_on_digits_is_accurate_and_leaks_a_little(cfg_factory):
     cfg = cfg_factory("dataset=digits", "runtime.progress=false")
-    res = teacher.run(cfg)
+    res = teacher.run(RunContext.build(cfg))
     assert res.metrics["test_accuracy"] >= 0.93
     data = load_data(cfg)
-    model = teacher.load(cfg, res)
+    model = teacher.load(RunContext.build(cfg), res)
     am, t = data.splits.audit_members, data.splits.test
     slices = (data.dataset.x[am], data.dataset.y[am], data.dataset.x[t], data.dataset.y[t])
     assert loss_attack_auc(model, *slices) > 0.5
 
     # A model that never saw the audit members: the loss attack is at chance.
-    unseen = build_model(cfg, data, "unseen")
+    unseen = build_model(RunContext.build(cfg), data, "unseen")
     known = torch.from_numpy(data.splits.known_members)
     from pipeline.context import train_recipe
     from pipeline.seeds import generator

@@ -84,11 +84,11 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(cfg_factory, monkeypa
     real = compress_stage.run
     calls = []
 
-    def flaky(cfg, teacher):
+    def flaky(ctx, teacher):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("injected failure in the first trial")
-        return real(cfg, teacher)
+        return real(ctx, teacher)
 
     monkeypatch.setattr(compress_stage, "run", flaky)
     cfg = cfg_factory("experiment=smoke")

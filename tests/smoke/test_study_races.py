@@ -43,7 +43,7 @@ def _stand_in_process(cfg_yaml: str, barrier, trial_s: float) -> None:
     cfg = OmegaConf.create(cfg_yaml)
     s = to_schema(SearchConfig, cfg.search)
     barrier.wait(timeout=300)  # released together: they race to create the study and the parent
-    shared = storage.open_study(cfg, s)
+    shared = storage.open_study(s, int(cfg.seed))
     exp_id = tracking.setup(cfg)
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
     barrier.wait(timeout=300)  # and again: every process asks its first trial at the same moment

@@ -57,12 +57,12 @@ def test_split_fractions_over_one_raise(cfg_factory):
 
 
 def test_unknown_model_and_attack_names(cfg_factory):
-    from pipeline.context import build_model, load_data
+    from pipeline.context import RunContext, build_model, load_data
     from pipeline.stages.attack import attack_config
 
     cfg = cfg_factory("experiment=smoke", "model._target_=pipeline.models.Transformer")
     with pytest.raises(ValueError, match="unknown model .* valid"):
-        build_model(cfg, load_data(cfg))
+        build_model(RunContext.build(cfg), load_data(cfg))
     cfg = cfg_factory("experiment=smoke", "+attack.audit.telepathy={}")
     with pytest.raises(ValueError, match="unknown attack.*telepathy.*valid"):
         attack_config(cfg)

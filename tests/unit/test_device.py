@@ -13,7 +13,7 @@ import torch
 from attacks.signals import _forward_batches
 from pipeline.adversarial import Adversary
 from pipeline.batched import can_batch
-from pipeline.context import build_model, device, load_data
+from pipeline.context import RunContext, build_model, load_data
 from pipeline.models import MLP
 from pipeline.training import model_device, predict_logits
 
@@ -39,10 +39,10 @@ def test_predictions_and_attack_signals_move_cpu_batches_to_the_model():
 def test_build_model_places_the_model_on_runtime_device(cfg_factory):
     cfg = cfg_factory("experiment=smoke")
     data = load_data(cfg)
-    assert device(cfg) == torch.device("cpu")
-    assert all(p.device.type == "cpu" for p in build_model(cfg, data, "teacher").parameters())
+    assert RunContext.build(cfg).device == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in build_model(RunContext.build(cfg), data, "teacher").parameters())
     cfg.runtime.device = "meta"  # past validation, which only admits real devices
-    model = build_model(cfg, data, "teacher")
+    model = build_model(RunContext.build(cfg), data, "teacher")
     assert all(p.device == META for p in model.parameters())
 
 

@@ -80,3 +80,70 @@ def test_the_stage_checker_catches_both_import_forms(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from pipeline.stages import teacher\nimport pipeline.stages.compress as c\nfrom pipeline import runs\n")
     assert _stage_imports(bad) == {"pipeline.stages", "pipeline.stages.teacher", "pipeline.stages.compress"}
+
+
+# ---------------------------------------------------------------- pipeline/: config objects stop at the edge
+
+CONFIG_FRAMEWORKS = {"hydra", "omegaconf"}
+# The config edge: the entry point and its wiring, the schemas and the validation pass, the run
+# context, the stages' entry functions, the compress package's config-facing module, tracking
+# (the MLflow setup from the config), the logged config.yaml and the search workers' config text.
+CONFIG_EDGE = {
+    "__main__.py", "flow.py", "config.py", "validation.py", "context.py", "tracking.py", "masking.py",
+    "compress/from_config.py", "study/workers.py",
+}
+# `_target_` strings resolved to the registered loaders (hydra.utils, no config object)
+RESOLVES_TARGETS = {"datasets/registry.py"}
+
+
+def _below_the_edge() -> list[Path]:
+    files = []
+    for p in sorted(PIPELINE.rglob("*.py")):
+        rel = p.relative_to(PIPELINE).as_posix()
+        if rel.startswith("stages/") or rel in CONFIG_EDGE or rel in RESOLVES_TARGETS:
+            continue
+        files.append(p)
+    return files
+
+
+def test_config_objects_stop_at_the_stage_boundary():
+    below = _below_the_edge()
+    rels = {p.relative_to(PIPELINE).as_posix() for p in below}
+    assert {"cache/store.py", "compress/loop.py", "datasets/images.py", "batched/grouped.py", "training.py"} <= rels
+    offenders = {str(p.relative_to(ROOT)): sorted(imported_roots(p) & CONFIG_FRAMEWORKS) for p in below}
+    offenders = {f: bad for f, bad in offenders.items() if bad}
+    assert not offenders, f"modules below the stages' entry functions import the config frameworks: {offenders}"
+
+
+def test_the_dataset_registry_uses_hydra_only_to_resolve_targets():
+    path = PIPELINE / "datasets" / "registry.py"
+    assert "omegaconf" not in imported_roots(path)
+    assert imported_modules(path) & {"hydra.utils", "hydra.utils.get_method"}
+
+
+def _reads_root_seed(path: Path) -> bool:
+    """`int(cfg.seed)` or `cfg.seed` anywhere in the module (the run context carries the seed)."""
+    return any(
+        isinstance(node, ast.Attribute) and node.attr == "seed" and isinstance(node.value, ast.Name)
+        and node.value.id == "cfg"
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+    )
+
+
+# where the root seed is still read from the config: the run context that carries it, the
+# declared fields of the data's and the audit's cache keys, and the tracked runs' seed tag
+READS_CFG_SEED = {"context.py", "stages/attack.py", "tracking.py"}
+
+
+def test_only_the_context_and_cache_key_specs_read_the_root_seed_from_the_config():
+    readers = {p.relative_to(PIPELINE).as_posix() for p in PIPELINE.rglob("*.py") if _reads_root_seed(p)}
+    assert readers <= READS_CFG_SEED, f"read cfg.seed instead of the run context's seed: {sorted(readers - READS_CFG_SEED)}"
+
+
+def test_the_seed_checker_catches_a_read(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(cfg):\n    return int(cfg.seed) + 1\n")
+    assert _reads_root_seed(bad)
+    ok = tmp_path / "ok.py"
+    ok.write_text("def f(ctx):\n    return ctx.seed\n")
+    assert not _reads_root_seed(ok)

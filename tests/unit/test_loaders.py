@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.context import build_model, load_data
+from pipeline.context import RunContext, build_model, load_data
 from pipeline.datasets import (
     augment_cifar,
     build_vocab,
@@ -304,7 +304,7 @@ def test_composed_config_loads_ag_news_and_builds_text_model(cfg_factory, tmp_pa
     validate(cfg)
     data = load_data(cfg)
     assert data.dataset.x.shape == (40, 8)
-    model = build_model(cfg, data, "test")
+    model = build_model(RunContext.build(cfg), data, "test")
     x, _ = data.part("train")
     assert model(x).shape == (len(x), 4)
     assert model.embedding.num_embeddings == 50
