@@ -30,6 +30,7 @@ from pipeline.config import (
     CompressConfig,
     RootConfig,
     SearchConfig,
+    SearchParam,
     ShadowsConfig,
     TrainConfig,
     to_schema,
@@ -111,6 +112,7 @@ def validate(cfg: DictConfig, data: bool = False) -> None:
     if stage in ("attack", "search"):
         validate_references(cfg)
     if stage == "search":
+        validate_search(cfg, to_schema(SearchConfig, cfg.search))
         validate_search_values(cfg)
     if data and stage in DATA_STAGES:
         validate_data(cfg)
@@ -161,6 +163,11 @@ def _validate_groups(cfg: DictConfig) -> None:
             f"search.grace_period ({search.grace_period}) must exceed search.heartbeat_interval "
             f"({search.heartbeat_interval})"
         )
+    validate_search_group(search)
+
+
+def validate_search_group(search: SearchConfig) -> None:
+    """Objectives and constraints name known metrics, each objective once."""
     for name in search.constraints:
         metric, _, bound = name.rpartition("_")
         if bound not in ("min", "max") or metric not in OBJECTIVE_DIRECTIONS:
@@ -170,6 +177,8 @@ def _validate_groups(cfg: DictConfig) -> None:
             )
     for name in search.objectives:
         _check_choice("search objective", name, tuple(OBJECTIVE_DIRECTIONS))
+    if len(set(search.objectives)) != len(search.objectives):
+        raise ValueError(f"search.objectives lists an objective twice: {list(search.objectives)}")
 
 
 _NAME_FORBIDDEN = ("'", '"', "`", "\\")
@@ -322,3 +331,70 @@ def validate_compress(c: CompressConfig) -> None:
     r = c.regrowth
     if not (0.0 <= r.end < 1.0 and 0.0 <= r.start < 1.0):
         raise ValueError(f"compress.regrowth start/end must be in [0, 1), got {r.start}/{r.end}")
+
+
+# ------------------------------------------------------------------ the search space
+
+
+def validate_space(cfg: DictConfig, space: list[SearchParam]) -> None:
+    """Every key exists in the config and every range is sensible; raises before any trial runs."""
+    for p in space:
+        if OmegaConf.select(cfg, p.key, default=_MISSING) is _MISSING:
+            raise ValueError(f"search space key {p.key!r} does not exist in the config")
+        if p.type in ("float", "int"):
+            if p.low is None or p.high is None:
+                raise ValueError(f"search space key {p.key!r}: {p.type} needs low and high")
+            if p.low > p.high:
+                raise ValueError(f"search space key {p.key!r}: low={p.low} > high={p.high}")
+            if p.log and p.low <= 0:
+                raise ValueError(
+                    f"search space key {p.key!r}: a log range must have low > 0, got {p.low}"
+                )
+        elif p.type == "categorical":
+            if not p.choices:
+                raise ValueError(
+                    f"search space key {p.key!r}: categorical needs a non-empty choices list"
+                )
+        else:
+            raise ValueError(
+                f"search space key {p.key!r}: unknown type {p.type!r}; valid: ['float', 'int', 'categorical']"
+            )
+
+
+def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
+    """Space, objectives and constraints are checked before any storage, run or trial exists."""
+    validate_space(cfg, s.space)
+    validate_search_group(s)
+    if s.n_trials < 1 or s.n_workers < 1:
+        raise ValueError(
+            f"search.n_trials and search.n_workers must be >= 1, got {s.n_trials}, {s.n_workers}"
+        )
+    n_sets = n_parameter_sets(s.space)
+    if n_sets is not None and n_sets < s.n_trials:
+        raise ValueError(
+            f"search.n_trials={s.n_trials} but search.space has only {n_sets} distinct parameter "
+            "sets (a set is never trained twice); lower search.n_trials or widen search.space"
+        )
+    keys = {p.key: p for p in s.space}
+    if "compress.selection.lam" in keys:
+        rule = keys.get("compress.selection.rule")
+        rules = set(rule.choices or []) if rule is not None else {str(cfg.compress.selection.rule)}
+        if "weighted" not in rules:
+            raise ValueError(
+                f"search space key 'compress.selection.lam' only acts under compress.selection.rule=weighted, "
+                f"but every trial would use {sorted(rules)}; set compress.selection.rule=weighted or search it"
+            )
+
+
+def n_parameter_sets(space: list[SearchParam]) -> int | None:
+    """How many distinct parameter sets the space holds; None when infinite (a float range)."""
+    n = 1
+    for p in space:
+        if p.type == "float":
+            if p.low != p.high:
+                return None
+        elif p.type == "int":
+            n *= int(p.high) - int(p.low) + 1
+        else:
+            n *= len(set(map(str, p.choices)))
+    return n

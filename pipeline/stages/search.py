@@ -33,6 +33,7 @@ from pipeline.context import RunContext
 from pipeline.masking import config_yaml, mask_secrets
 from pipeline.pareto import hypervolume, nondominated_ranks, normalised_objectives
 from pipeline.study import mlflow_runs, storage, workers
+from pipeline.validation import validate_search
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ TRACKED_METRICS = (
     "model_size_bytes",
     "density",
 )
-_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -54,31 +54,6 @@ class SearchResult:
     pareto: pd.DataFrame  # one row per Pareto-optimal trial
     parent_run_id: str | None
     pareto_csv: Path | None
-
-
-def validate_space(cfg: DictConfig, space: list[SearchParam]) -> None:
-    """Every key exists in the config and every range is sensible; raises before any trial runs."""
-    for p in space:
-        if OmegaConf.select(cfg, p.key, default=_MISSING) is _MISSING:
-            raise ValueError(f"search space key {p.key!r} does not exist in the config")
-        if p.type in ("float", "int"):
-            if p.low is None or p.high is None:
-                raise ValueError(f"search space key {p.key!r}: {p.type} needs low and high")
-            if p.low > p.high:
-                raise ValueError(f"search space key {p.key!r}: low={p.low} > high={p.high}")
-            if p.log and p.low <= 0:
-                raise ValueError(
-                    f"search space key {p.key!r}: a log range must have low > 0, got {p.low}"
-                )
-        elif p.type == "categorical":
-            if not p.choices:
-                raise ValueError(
-                    f"search space key {p.key!r}: categorical needs a non-empty choices list"
-                )
-        else:
-            raise ValueError(
-                f"search space key {p.key!r}: unknown type {p.type!r}; valid: ['float', 'int', 'categorical']"
-            )
 
 
 def suggest(trial, space: list[SearchParam]) -> dict[str, Any]:
@@ -98,56 +73,6 @@ def apply_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     for k, v in params.items():
         OmegaConf.update(trial_cfg, k, v, merge=False)
     return trial_cfg
-
-
-def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
-    """Space, objectives and constraints are checked before any storage, run or trial exists."""
-    validate_space(cfg, s.space)
-    for name in s.objectives:
-        if name not in OBJECTIVE_DIRECTIONS:
-            raise ValueError(f"unknown objective {name!r}; valid: {list(OBJECTIVE_DIRECTIONS)}")
-    if len(set(s.objectives)) != len(s.objectives):
-        raise ValueError(f"search.objectives lists an objective twice: {list(s.objectives)}")
-    for name in s.constraints:
-        metric, _, bound = name.rpartition("_")
-        if bound not in ("min", "max") or metric not in OBJECTIVE_DIRECTIONS:
-            raise ValueError(
-                f"unknown search constraint {name!r}; write <metric>_min or <metric>_max with a metric in "
-                f"{list(OBJECTIVE_DIRECTIONS)}"
-            )
-    if s.n_trials < 1 or s.n_workers < 1:
-        raise ValueError(
-            f"search.n_trials and search.n_workers must be >= 1, got {s.n_trials}, {s.n_workers}"
-        )
-    n_sets = n_parameter_sets(s.space)
-    if n_sets is not None and n_sets < s.n_trials:
-        raise ValueError(
-            f"search.n_trials={s.n_trials} but search.space has only {n_sets} distinct parameter "
-            "sets (a set is never trained twice); lower search.n_trials or widen search.space"
-        )
-    keys = {p.key: p for p in s.space}
-    if "compress.selection.lam" in keys:
-        rule = keys.get("compress.selection.rule")
-        rules = set(rule.choices or []) if rule is not None else {str(cfg.compress.selection.rule)}
-        if "weighted" not in rules:
-            raise ValueError(
-                f"search space key 'compress.selection.lam' only acts under compress.selection.rule=weighted, "
-                f"but every trial would use {sorted(rules)}; set compress.selection.rule=weighted or search it"
-            )
-
-
-def n_parameter_sets(space: list[SearchParam]) -> int | None:
-    """How many distinct parameter sets the space holds; None when infinite (a float range)."""
-    n = 1
-    for p in space:
-        if p.type == "float":
-            if p.low != p.high:
-                return None
-        elif p.type == "int":
-            n *= int(p.high) - int(p.low) + 1
-        else:
-            n *= len(set(map(str, p.choices)))
-    return n
 
 
 def run(ctx: RunContext, trial_work) -> SearchResult:

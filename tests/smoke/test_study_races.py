@@ -159,9 +159,9 @@ def test_a_repeated_proposal_is_not_trained_and_does_not_count(cfg_factory, tmp_
 
 
 def test_a_space_smaller_than_n_trials_is_refused(cfg_factory):
+    from pipeline import validation
     from pipeline.config import SearchConfig, to_schema
-    from pipeline.stages import search
 
     cfg = cfg_factory("experiment=smoke", "search.n_trials=9", SPACE)
     with pytest.raises(ValueError, match="only 8 distinct parameter sets"):
-        search.validate_search(cfg, to_schema(SearchConfig, cfg.search))
+        validation.validate_search(cfg, to_schema(SearchConfig, cfg.search))
