@@ -53,7 +53,8 @@ def cfg_for(root: str, *overrides: str, update_every: int = 20):
 def timed(cfg) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, final val accuracy) of the compress method alone."""
     data = load_data(cfg)
-    job = from_config.job(RunContext.build(cfg), data, teacher.run(RunContext.build(cfg)).model_path)
+    ctx = RunContext.build(cfg)
+    job = from_config.job(ctx, data, teacher.run(ctx).model_path)
     wall, cpu = time.perf_counter(), time.process_time()
     history = train_compressed(job).history
     return time.perf_counter() - wall, time.process_time() - cpu, history[-1]["val_accuracy"]
