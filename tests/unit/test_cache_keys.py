@@ -32,6 +32,7 @@ import sparse
 from pipeline import config as config_module
 from pipeline import context
 from pipeline.compress import from_config as compress_from_config
+from pipeline.datasets import DATASETS
 from pipeline.stages import attack, compress, shadows, teacher
 from pipeline.validation import validate
 
@@ -169,14 +170,20 @@ def changed(cfg: DictConfig, path: str, value: Any) -> Iterator[DictConfig]:
         parent_path, index = (f"{parent_path}.{name}" if parent_path else name), int(i)
     parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
     raw = OmegaConf.to_container(parent, resolve=False)
+    tied = _tied(path, value)
+    before = {p: OmegaConf.select(cfg, p) for p in tied}
     with open_dict(cfg):
         if value is DROP:
             del parent[index]
         else:
             parent[index] = value
+        for p, v in tied.items():
+            OmegaConf.update(cfg, p, v, merge=False)
         try:
             yield cfg
         finally:
+            for p, v in before.items():
+                OmegaConf.update(cfg, p, v, merge=False)
             if value is DROP:  # re-insert in the original order
                 for k in list(parent.keys()):
                     del parent[k]
@@ -184,6 +191,17 @@ def changed(cfg: DictConfig, path: str, value: Any) -> Iterator[DictConfig]:
                     parent[k] = v
             else:
                 parent[index] = raw[index]
+
+
+def _tied(path: str, value: Any) -> dict[str, Any]:
+    """Leaves that change with `path`: the data set registry ties `dataset.name` to its loader
+    (`dataset._target_`), so one changes only with the other."""
+    if path == "dataset.name" and value in DATASETS:
+        return {"dataset._target_": DATASETS[value].target}
+    if path == "dataset._target_":
+        names = [n for n, info in DATASETS.items() if info.target == value]
+        return {"dataset.name": names[0]} if names else {}
+    return {}
 
 
 def keys_if_valid(cfg: DictConfig, strict: bool) -> dict[str, Any] | None:
@@ -199,7 +217,12 @@ def keys_if_valid(cfg: DictConfig, strict: bool) -> dict[str, Any] | None:
 
 @functools.cache
 def composed(name: str) -> DictConfig:
-    return make_cfg(CONFIGS[name], Path("/nonexistent-root"))
+    # untyped (the root schema would refuse a value of another type as it is set; here the
+    # validation pass is what accepts or refuses a changed value)
+    cfg = make_cfg(CONFIGS[name], Path("/nonexistent-root"))
+    untyped = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.set_struct(untyped, True)  # as Hydra composes it
+    return untyped
 
 
 def cases(name: str) -> Iterator[tuple[str, Any, dict[str, Any] | None]]:
