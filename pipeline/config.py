@@ -173,7 +173,7 @@ class SearchConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "attack_auc"])
     population_size: int = 4
     space: list[SearchParam] = field(default_factory=list)
-    n_workers: int = 1  # worker processes on this machine sharing the study
+    n_workers: Any = 1  # auto | worker processes on this machine (threads.resolve_workers)
     heartbeat_interval: int = 5  # seconds; RDB storages only
     grace_period: int = 30  # seconds without a heartbeat before a RUNNING trial is failed and retried
     constraints: dict[str, float] = field(default_factory=dict)  # e.g. {accuracy_min: 0.9}

@@ -156,7 +156,8 @@ def _validate_groups(cfg: DictConfig) -> None:
         raise ValueError(f"attack.n_bootstrap must be 0 (off) or >= 100, got {attack.n_bootstrap}")
     search = to_schema(SearchConfig, cfg.search)
     _check_count("search.n_trials", search.n_trials)
-    _check_count("search.n_workers", search.n_workers)
+    if str(search.n_workers).strip().lower() != "auto":  # auto: resolved at the entry point
+        _check_count("search.n_workers", search.n_workers)
     _check_count("search.population_size", search.population_size, 2)
     if search.grace_period <= search.heartbeat_interval:
         raise ValueError(
