@@ -87,10 +87,11 @@ def test_the_stage_checker_catches_both_import_forms(tmp_path):
 CONFIG_FRAMEWORKS = {"hydra", "omegaconf"}
 # The config edge: the entry point and its wiring, the schemas and the validation pass, the run
 # context, the stages' entry functions, the compress package's config-facing module, tracking
-# (the MLflow setup from the config), the logged config.yaml and the search workers' config text.
+# (the MLflow setup from the config), the logged config.yaml, the search workers' config text and
+# the thread and worker counts the entry point resolves.
 CONFIG_EDGE = {
     "__main__.py", "flow.py", "config.py", "validation.py", "context.py", "tracking.py", "masking.py",
-    "compress/from_config.py", "study/workers.py",
+    "compress/from_config.py", "study/workers.py", "threads.py",
 }
 # `_target_` strings resolved to the registered loaders (hydra.utils, no config object)
 RESOLVES_TARGETS = {"datasets/registry.py"}
