@@ -120,6 +120,7 @@ def test_shadow_shares_train_a_part_each_and_give_the_same_models(tmp_path, capl
     whole = shadows_stage.run(RunContext.build(make_cfg(overrides, tmp_path / "one")))
     cfg = RunContext.build(make_cfg(overrides, tmp_path / "shared"))
     # another process (worker 0 of 2) already built its share 0, 2, 4 on the shared cache
+    caplog.clear()  # not the first run's lines (logged when an earlier test left the root logger at INFO)
     with caplog.at_level(logging.INFO, logger="pipeline.stages.shadows"):
         shadows_stage.run(cfg, share=(0, 2))
     first = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training ")]
