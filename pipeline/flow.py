@@ -58,18 +58,17 @@ def dense_size_bytes(ctx: RunContext, teacher_result: TeacherResult) -> int:
 
 class Trial:
     """The search's per-trial work, wired here: teacher and dense shadows once, then compress +
-    audit per trial. The search hands over configs (a trial's is the run's with the trial's
-    parameters); each becomes a run context here. A plain object of this module, so spawned
-    search workers can unpickle it."""
+    audit per trial. The search hands over the run context, and each trial's config (the run's
+    with the trial's parameters), which becomes the trial's run context here. A plain object of
+    this module, so spawned search workers can unpickle it."""
 
     def prepare(
-        self, cfg: DictConfig, index: int = 0, n_workers: int = 1
+        self, ctx: RunContext, index: int = 0, n_workers: int = 1
     ) -> tuple[TeacherResult, ShadowsResult]:
         """Teacher and shadows for search worker `index` of `n_workers`. On a cold cache worker 0
         trains the teacher while the others train the shadows, each its share first
         (`shadows.run(share=...)`), then worker 0 trains its share too; every worker then finds
         the others' entries in the cache (or waits for them) instead of idling on one lock."""
-        ctx = RunContext.build(cfg)
         share = (index, n_workers)
         if index > 0:
             shadows = shadows_stage.run(ctx, share=share)
@@ -84,5 +83,5 @@ class Trial:
         comp = compress_stage.run(ctx, teacher_result)
         return comp, attack(ctx, comp, dense_shadows)
 
-    def dense_size_bytes(self, cfg: DictConfig, teacher_result: TeacherResult) -> int:
-        return dense_size_bytes(RunContext.build(cfg), teacher_result)
+    def dense_size_bytes(self, ctx: RunContext, teacher_result: TeacherResult) -> int:
+        return dense_size_bytes(ctx, teacher_result)

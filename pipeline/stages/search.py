@@ -79,9 +79,9 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     """Run (or resume) the study until `search.n_trials` trials are complete.
 
     `trial_work` (`pipeline.flow.Trial`) is the per-trial compress + audit, wired above the
-    stages: `prepare(cfg, worker_index, n_workers)` makes the teacher and shadows every trial shares,
+    stages: `prepare(ctx, worker_index, n_workers)` makes the teacher and shadows every trial shares,
     `trial_work(trial_cfg, teacher, shadows)` one trial's (compress, attack) results, and
-    `dense_size_bytes(cfg, teacher)` the size the model-size objective is normalised by. A
+    `dense_size_bytes(ctx, teacher)` the size the model-size objective is normalised by. A
     trial is a config (the run's, with the trial's parameters); `trial_work` makes its run context.
     """
     cfg = ctx.cfg
@@ -98,7 +98,7 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     procs = workers.spawn(cfg, s.n_workers - 1, parent_id, body)
     try:
         with mlflow_runs.maybe_run(parent_id):
-            teacher, shadows = trial_work.prepare(cfg, 0, s.n_workers)
+            teacher, shadows = trial_work.prepare(ctx, 0, s.n_workers)
     except BaseException:  # no teacher or shadows here: stop the workers too
         workers.interrupt_all(procs)
         workers.join(procs)
@@ -124,7 +124,7 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     out_dir = Path(ctx.paths.output_dir) / "studies" / s.study_name
     with mlflow_runs.maybe_run(parent_id):
         pareto, csv = _pareto(
-            shared.study, s, out_dir, float(trial_work.dense_size_bytes(cfg, teacher)), run_ids
+            shared.study, s, out_dir, float(trial_work.dense_size_bytes(ctx, teacher)), run_ids
         )
     if ctx.tracking.enabled and (parent_id is None or tracking.offline()):
         log.warning(
@@ -144,7 +144,7 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=
     s = to_schema(SearchConfig, cfg.search)
     shared = storage.open_study(s, ctx.seed, worker=index)
     exp_id = tracking.setup(cfg)
-    teacher, shadows = trial_work.prepare(cfg, index, s.n_workers)
+    teacher, shadows = trial_work.prepare(ctx, index, s.n_workers)
     with progress.collapsed_warnings(f"worker {index}'s trials"):
         _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)
 
