@@ -32,7 +32,7 @@ def _standalone(stage_name: str, fn: Callable[[RunContext], Any]) -> Callable[[R
     @functools.wraps(fn)  # keeps the docstring: the stage's line in --help
     def wrapped(ctx: RunContext) -> Any:
         cfg = ctx.cfg
-        exp_id = tracking.setup(cfg)
+        exp_id = tracking.setup(ctx.tracking)
         if exp_id is None:
             return fn(ctx)
         import mlflow
@@ -176,7 +176,7 @@ def _print_where(ctx: RunContext, result: Any) -> None:
         print(f"\nResults in {out}/: pareto.csv (the front), trials.csv (every trial), pareto.png (the plot)")
     uri = ctx.tracking.uri
     if ctx.tracking.enabled:
-        exp_id = tracking.setup(ctx.cfg)
+        exp_id = tracking.setup(ctx.tracking)
         if uri.startswith(("http://", "https://")):
             print(f"MLflow: {tracking.ui_url(exp_id, uri.rstrip('/'))}")
         else:

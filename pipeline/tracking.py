@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from pipeline.config import TrackingConfig
 from pipeline.masking import mask_logs, mask_secrets
 from pipeline.stores import (
     StoreError,
@@ -32,7 +33,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
-def setup(cfg: DictConfig) -> str | None:
+def setup(settings: TrackingConfig) -> str | None:
     """Point MLflow at `tracking.uri` and make sure the experiment exists; returns its id.
 
     Always sets the URI from config: without it MLflow writes `mlflow.db` into the
@@ -40,13 +41,13 @@ def setup(cfg: DictConfig) -> str | None:
     when it cannot be reached this returns None and tracking is paused (see `call`).
     """
     mask_logs()
-    if not bool(cfg.tracking.get("enabled", True)):
+    if not settings.enabled:
         return None
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    uri = str(cfg.tracking.uri)
-    bound_http_calls(float(cfg.tracking.get("call_timeout_s", DEFAULT_CALL_TIMEOUT_S)))
+    uri = settings.uri
+    bound_http_calls(float(settings.call_timeout_s))
     lock_path = db_path = None
     if uri.startswith("sqlite:///"):
         db_path = Path(uri[len("sqlite:///") :])
@@ -57,13 +58,13 @@ def setup(cfg: DictConfig) -> str | None:
     # MLflow's schema migration ("duplicate column name"): one process at a time creates it.
     with file_lock(lock_path, "MLflow tracking store", "tracking.uri"):
         if db_path is None:
-            return call(_experiment_id, cfg, uri)
-        artifact_root = Path(str(cfg.tracking.artifact_dir)).resolve().as_uri()
+            return call(_experiment_id, settings, uri)
+        artifact_root = Path(settings.artifact_dir).resolve().as_uri()
         prepare_sqlite_store(
             db_path, "MLflow tracking store", "tracking.uri", lambda url: _create_mlflow_store(url, artifact_root)
         )
         try:
-            return call(_experiment_id, cfg, uri)
+            return call(_experiment_id, settings, uri)
         except Exception as err:  # noqa: BLE001 - a store that cannot be written: one clear message
             raise StoreError(store_message(db_path, "MLflow tracking store", "tracking.uri", err, "open")) from err
 
@@ -165,13 +166,13 @@ def reconnect() -> bool:
     return True
 
 
-def _experiment_id(cfg: DictConfig, uri: str) -> str:
+def _experiment_id(settings: TrackingConfig, uri: str) -> str:
     import mlflow
 
-    name = str(cfg.tracking.experiment)
+    name = settings.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        artifact_dir = Path(str(cfg.tracking.artifact_dir)).resolve()
+        artifact_dir = Path(settings.artifact_dir).resolve()
         artifact_dir.mkdir(parents=True, exist_ok=True)
         tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
         try:

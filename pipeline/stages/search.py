@@ -89,7 +89,7 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     validate_search(cfg, s)
     shared = storage.open_study(s, ctx.seed)
     workers.recover_running_without_heartbeat(shared)
-    exp_id = tracking.setup(cfg)
+    exp_id = tracking.setup(ctx.tracking)
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
 
     # The other workers start now, not after teacher and shadows: each needs both, and the
@@ -113,7 +113,7 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     finally:
         workers.join(procs)
         if exp_id is None and tracking.offline() and tracking.reconnect():
-            exp_id = tracking.setup(cfg)  # the server was down when the command started
+            exp_id = tracking.setup(ctx.tracking)  # the server was down when the command started
             parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
         run_ids: dict[int, str] = {}
         if parent_id is not None:
@@ -143,7 +143,7 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=
     ctx = RunContext.build(cfg)  # a spawned worker's entry: its own run context
     s = to_schema(SearchConfig, cfg.search)
     shared = storage.open_study(s, ctx.seed, worker=index)
-    exp_id = tracking.setup(cfg)
+    exp_id = tracking.setup(ctx.tracking)
     teacher, shadows = trial_work.prepare(ctx, index, s.n_workers)
     with progress.collapsed_warnings(f"worker {index}'s trials"):
         _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)

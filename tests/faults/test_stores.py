@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
+from pipeline.context import RunContext
 from pipeline.stores import StoreError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +33,9 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".creating." in p.name)
 
 
-def _cfg(cfg_factory, db: Path):
-    return cfg_factory("experiment=smoke", f"tracking.uri=sqlite:///{db}")
+def _settings(cfg_factory, db: Path):
+    """The tracking settings of a run context whose MLflow store is `db`."""
+    return RunContext.build(cfg_factory("experiment=smoke", f"tracking.uri=sqlite:///{db}")).tracking
 
 
 def test_disk_full_while_creating_the_tracking_store(cfg_factory, tmp_path, monkeypatch):
@@ -49,10 +51,10 @@ def test_disk_full_while_creating_the_tracking_store(cfg_factory, tmp_path, monk
 
     monkeypatch.setattr(tracking, "_create_mlflow_store", fills_the_disk)
     with pytest.raises(StoreError, match=rf"cannot create the MLflow tracking store {db}: .*disk is full: free space on"):
-        tracking.setup(_cfg(cfg_factory, db))
+        tracking.setup(_settings(cfg_factory, db))
     assert not db.exists() and _leftovers(db.parent) == []
     monkeypatch.setattr(tracking, "_create_mlflow_store", real)  # space freed
-    assert tracking.setup(_cfg(cfg_factory, db)) is not None
+    assert tracking.setup(_settings(cfg_factory, db)) is not None
     assert "_alembic_tmp_jobs" not in _tables(db) and "runs" in _tables(db)
 
 
@@ -75,25 +77,25 @@ def test_disk_full_while_creating_the_study_store(tmp_path, monkeypatch):
 
 def test_stuck_migration_table_is_dropped_when_its_table_is_intact(cfg_factory, tmp_path, caplog):
     db = tmp_path / "mlflow.db"
-    tracking.setup(_cfg(cfg_factory, db))
+    tracking.setup(_settings(cfg_factory, db))
     con = sqlite3.connect(str(db))
     con.execute("CREATE TABLE _alembic_tmp_jobs AS SELECT * FROM jobs")
     con.commit()
     con.close()
-    tracking.setup(_cfg(cfg_factory, db))
+    tracking.setup(_settings(cfg_factory, db))
     assert "_alembic_tmp_jobs" not in _tables(db) and "jobs" in _tables(db)
     assert "dropped _alembic_tmp_jobs" in caplog.text
 
 
 def test_half_migrated_store_is_refused_by_name(cfg_factory, tmp_path):
     db = tmp_path / "mlflow.db"
-    tracking.setup(_cfg(cfg_factory, db))
+    tracking.setup(_settings(cfg_factory, db))
     con = sqlite3.connect(str(db))
     con.execute("ALTER TABLE jobs RENAME TO _alembic_tmp_jobs")
     con.commit()
     con.close()
     with pytest.raises(StoreError, match=rf"{db} was left half-migrated: table 'jobs' .* restore the file"):
-        tracking.setup(_cfg(cfg_factory, db))
+        tracking.setup(_settings(cfg_factory, db))
 
 
 # --------------------------------------------------------------------------- real faults
@@ -122,10 +124,10 @@ def test_disk_full_on_a_real_small_disk(cfg_factory, tmpfs):
     mnt, remount = tmpfs
     db = mnt / "mlflow.db"
     with pytest.raises(StoreError, match=rf"cannot create the MLflow tracking store {db}: .*free space on {mnt}"):
-        tracking.setup(_cfg(cfg_factory, db))
+        tracking.setup(_settings(cfg_factory, db))
     assert sorted(p.name for p in mnt.iterdir()) == ["mlflow.db.lock"]  # no half-made store
     remount("size=16m")  # space freed
-    assert tracking.setup(_cfg(cfg_factory, db)) is not None
+    assert tracking.setup(_settings(cfg_factory, db)) is not None
 
 
 def test_read_only_store_on_a_real_read_only_mount(cfg_factory, tmpfs):
@@ -137,9 +139,9 @@ def test_read_only_store_on_a_real_read_only_mount(cfg_factory, tmpfs):
     subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     remount("ro")
     with pytest.raises(StoreError, match=rf"{mnt}.*(read-only|not writable).* make it writable"):
-        tracking.setup(_cfg(cfg_factory, db))
+        tracking.setup(_settings(cfg_factory, db))
     remount("rw")
-    assert tracking.setup(_cfg(cfg_factory, db)) is not None
+    assert tracking.setup(_settings(cfg_factory, db)) is not None
 
 
 def test_new_store_in_a_read_only_folder(cfg_factory, tmpfs):
@@ -147,4 +149,4 @@ def test_new_store_in_a_read_only_folder(cfg_factory, tmpfs):
     remount("ro")
     db = mnt / "mlflow.db"
     with pytest.raises(StoreError, match=rf"{mnt}.* not writable"):
-        tracking.setup(_cfg(cfg_factory, db))
+        tracking.setup(_settings(cfg_factory, db))

@@ -37,14 +37,14 @@ SPACE = (
 
 def _stand_in_process(cfg_yaml: str, barrier, trial_s: float) -> None:
     """One 'command' on the study: open it, agree on the parent run, run stand-in trials."""
-    from pipeline.config import SearchConfig, to_schema
+    from pipeline.config import SearchConfig, TrackingConfig, to_schema
     from pipeline.study import mlflow_runs, storage, workers
 
     cfg = OmegaConf.create(cfg_yaml)
     s = to_schema(SearchConfig, cfg.search)
     barrier.wait(timeout=300)  # released together: they race to create the study and the parent
     shared = storage.open_study(s, int(cfg.seed))
-    exp_id = tracking.setup(cfg)
+    exp_id = tracking.setup(to_schema(TrackingConfig, cfg.tracking))
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
     barrier.wait(timeout=300)  # and again: every process asks its first trial at the same moment
 

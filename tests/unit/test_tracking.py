@@ -7,13 +7,14 @@ import mlflow
 from mlflow import MlflowClient
 
 from pipeline import tracking
+from pipeline.context import RunContext
 
 KIND = "mlflow.experimentKind"
 
 
 def test_a_new_experiment_is_a_model_training_experiment(cfg_factory):
     cfg = cfg_factory("experiment=smoke")
-    exp_id = tracking.setup(cfg)
+    exp_id = tracking.setup(RunContext.build(cfg).tracking)
     exp = MlflowClient(str(cfg.tracking.uri)).get_experiment(exp_id)
     assert exp.tags[KIND] == "custom_model_development"
     assert tracking.ui_url(exp_id).endswith(f"#/experiments/{exp_id}/runs?workflowType=machine_learning")
@@ -27,17 +28,17 @@ def test_an_older_experiment_gets_the_kind_and_a_chosen_kind_stays(cfg_factory, 
     client = MlflowClient(uri)
     old = client.create_experiment(str(cfg.tracking.experiment))
     assert KIND not in client.get_experiment(old).tags
-    assert tracking.setup(cfg) == old
+    assert tracking.setup(RunContext.build(cfg).tracking) == old
     assert client.get_experiment(old).tags[KIND] == "custom_model_development"
 
     client.set_experiment_tag(old, KIND, "genai_development")  # the user's own choice in the UI
-    tracking.setup(cfg)
+    tracking.setup(RunContext.build(cfg).tracking)
     assert client.get_experiment(old).tags[KIND] == "genai_development"
 
 
 def test_summary_metrics_lead_and_are_logged_once(cfg_factory):
     cfg = cfg_factory("experiment=smoke")
-    exp_id = tracking.setup(cfg)
+    exp_id = tracking.setup(RunContext.build(cfg).tracking)
     with mlflow.start_run(experiment_id=exp_id) as run:
         with tracking.summary_first() as summary:
             tracking.log_metrics({"loss": 1.0}, step=0, prefix="compress_")
