@@ -9,6 +9,14 @@ After a warm-up the classifier's training alternates with attacker steps:
   members members. G → −∞ as the attacker is fooled, so the classifier is
   penalised exactly when the attacker is right (SPEC; issue 10 acceptance 6).
 
+Whose members: the adversary plays on the classifier's own training batches, so it
+sees every member of `train`, the audit and search members included. That is what a
+defence must do — protect every member, not only those an attacker happens to know —
+and it is no leak into the audit: the audit's attacks are fitted only on
+`known_members` (`pipeline.data`), and whether the defence protected the audit members
+is exactly what the audit then measures. Its reference non-members are half of `val`,
+the defender's held-out data.
+
 Per-example last-layer gradients of CE w.r.t. `head.weight` are computed
 analytically, (softmax − onehot) ⊗ features, so they stay in the autograd graph
 for the white-box penalty.

@@ -121,6 +121,10 @@ class DPConfig:
     sparse: bool = False  # keep an ERK mask at compress.density during DP-SGD
     lr: float = 0.1  # DP-SGD's own SGD learning rate (noisy clipped gradients need a larger one)
     batch_size: int = 256  # larger batches average out the noise (expected batch under Poisson sampling)
+    # validation sweep: non-empty lists train one model per (lr, max_grad_norm) pair at the same
+    # epsilon and keep the most accurate on `val` (an empty list: the single value above)
+    tune_lr: list[float] = field(default_factory=list)
+    tune_max_grad_norm: list[float] = field(default_factory=list)
 
 
 @dataclass

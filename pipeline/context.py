@@ -36,7 +36,7 @@ from pipeline.config import (
     TrainConfig,
     to_schema,
 )
-from pipeline.data import Dataset, Splits, make_splits, plant_canaries
+from pipeline.data import Dataset, Splits, make_splits, plant_canaries, standardise_on
 from pipeline.datasets import dataset_info, recording_reads
 from pipeline.models import MODELS
 from pipeline.seeds import derive_seed
@@ -72,7 +72,8 @@ def data_spec(cfg: DictConfig) -> dict[str, Any]:
     return {"dataset": dataset, "seed": int(cfg.seed), "n_audit": attack.n_audit}
 
 
-DATA_VERSION = 1
+# 2: search members carved from train (issue 18); standardisation fitted on train
+DATA_VERSION = 2
 
 
 def data_key(cfg: DictConfig) -> str:
@@ -119,6 +120,7 @@ def _load_data(spec_json: str, paths_json: str, index: Path | None = None) -> Da
         dataset = _call(target, ds_cfg)
     sigs = {os.path.abspath(f): _stat_sig(str(f)) for f in files}
     splits = make_splits(len(dataset), split, spec["seed"], n_audit=spec["n_audit"])
+    dataset = standardise_on(dataset, splits.train)  # the members' statistics only
     dataset, splits = plant_canaries(dataset, splits, n_canaries, spec["seed"])
     hashes = data_file_hashes(files, index)
     data_dir = ds_cfg.get("data_dir")

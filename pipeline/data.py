@@ -9,8 +9,18 @@ split, deterministically from the root seed, into disjoint parts:
 - `test`       non-members for the reported accuracy and the final audit;
 - `population` the attacker's own data; shadow/reference models train on it.
 
-Audit members are a subset of `train` the same size as the audit non-members,
-disjoint from `known_members`, the members the in-loop attacker may see.
+`train` is cut in three: `audit_members` (as many as `test`: the reported audit),
+`search_members` (as many as the search's validation non-members: the search objectives
+`attack_*`) and `known_members` (the rest: the members the attackers that measure leakage
+may know — SafeCompress's safety test, the audit's trained attacks). The three are
+disjoint, so a search never selects on the reported audit's members and no attacker
+is fitted on a member it is scored on. A training-time defence (adversarial
+regularization's adversary, distillation) trains on every member: it must protect all
+of them, and the audit measures whether it did.
+
+Features that a loader standardises (`Dataset.standardise`) are standardised with the
+mean and standard deviation of `train` only (`standardise_on`): no statistic of `val`,
+`test` or `population` enters the inputs.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ class Dataset:
 
     `augment`, when set, is a training-time augmentation `augment(x_batch, generator) -> x_batch`
     (e.g. `pipeline.datasets.augment_cifar`); it is not part of equality.
+    `standardise`: `x` holds raw features to be standardised per feature with the statistics
+    of the members once the pool is split (`standardise_on`); False once that is done.
     """
 
     name: str
@@ -43,6 +55,7 @@ class Dataset:
     y: torch.Tensor
     n_classes: int
     augment: Optional[Callable[..., torch.Tensor]] = field(default=None, compare=False)
+    standardise: bool = False
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
@@ -71,6 +84,7 @@ class Splits:
     population: np.ndarray
     audit_members: np.ndarray
     known_members: np.ndarray
+    search_members: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     canaries: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     canary_in: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
@@ -78,24 +92,41 @@ class Splits:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _standardise(x: np.ndarray) -> np.ndarray:
-    mean = x.mean(axis=0, keepdims=True)
-    std = x.std(axis=0, keepdims=True)
-    return (x - mean) / np.where(std > 0, std, 1.0)
+def standardise_on(dataset: Dataset, members: np.ndarray) -> Dataset:
+    """`dataset` with every feature standardised by the mean and std of the rows `members`.
+
+    A no-op unless `dataset.standardise`. Fitting on the target's members only keeps
+    the statistics of held-out and attacker data out of the inputs (issue 18: digits was
+    standardised with the whole pool's). Constant features (std 0 on the members) are
+    only centred.
+    """
+    if not dataset.standardise:
+        return dataset
+    if len(members) < 2:
+        raise ValueError(f"data set {dataset.name!r}: standardising needs >= 2 members, got {len(members)}")
+    x = dataset.x.double()
+    fit = x[torch.from_numpy(np.asarray(members))]
+    mean = fit.mean(0, keepdim=True)
+    std = fit.std(0, unbiased=False, keepdim=True)
+    z = ((x - mean) / torch.where(std > 0, std, torch.ones_like(std))).to(dataset.x.dtype)
+    return replace(dataset, x=z, standardise=False)
 
 
 def load_digits(name: str = "digits", image: bool = True, **_: Any) -> Dataset:
-    """scikit-learn's bundled 8×8 digits (1797 images, 10 classes), standardised per pixel.
+    """scikit-learn's bundled 8×8 digits (1797 images, 10 classes), raw pixels 0..16.
 
-    `image=True` keeps the (1, 8, 8) shape so a CNN can use it; MLPs flatten.
+    Marked `standardise`: once split, each pixel is standardised with the members'
+    statistics (`standardise_on`). `image=True` keeps the (1, 8, 8) shape so a CNN can
+    use it; MLPs flatten.
     """
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
-    x = _standardise(bunch.data.astype(np.float64)).astype(np.float32)
+    x = bunch.data.astype(np.float32)
     if image:
         x = x.reshape(-1, 1, 8, 8)
-    return Dataset(name, torch.from_numpy(x), torch.from_numpy(bunch.target.astype(np.int64)), 10)
+    return Dataset(name, torch.from_numpy(x), torch.from_numpy(bunch.target.astype(np.int64)), 10,
+                   standardise=True)
 
 
 def load_synthetic(
@@ -113,6 +144,7 @@ def load_synthetic(
 
     Many classes and features relative to the train size, so an MLP overfits it.
     The data itself depends only on `generator_seed`; the split depends on the root seed.
+    Marked `standardise` (with the members' statistics once split, `standardise_on`).
     """
     from sklearn.datasets import make_classification
 
@@ -130,8 +162,8 @@ def load_synthetic(
         flip_y=label_noise,
         random_state=generator_seed,
     )
-    x = _standardise(x).astype(np.float32)
-    return Dataset(name, torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), n_classes)
+    return Dataset(name, torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)), n_classes,
+                   standardise=True)
 
 
 def load_purchase_synth(
@@ -179,8 +211,10 @@ def make_splits(
 
     `fractions` maps each of SPLIT_NAMES to a fraction of the pool; they must be
     non-negative and sum to at most 1. `n_audit` (default: the size of `test`) is
-    the number of audit members drawn from `train`; the rest of `train` are the
-    in-loop attacker's known members.
+    the number of audit members drawn from `train`. Then `search_members`: as many
+    as the search's validation non-members (the half of `val` the attack stage does
+    not give its trained attacks, `n_search_members`), at most half of what the audit
+    leaves; the rest of `train` are the known members.
     """
     unknown = set(fractions) - set(SPLIT_NAMES)
     missing = set(SPLIT_NAMES) - set(fractions)
@@ -210,23 +244,31 @@ def make_splits(
     n_audit = n_test if n_audit is None else int(n_audit)
     if n_audit < 1 or n_audit > n_test:
         raise ValueError(f"n_audit={n_audit} must be in [1, {n_test}] (the size of test)")
-    if n_audit >= len(parts["train"]):
+    if n_audit > len(parts["train"]) - 2:
         raise ValueError(
-            f"n_audit={n_audit} leaves no known members in train ({len(parts['train'])} examples); "
-            "lower n_audit or raise the train fraction"
+            f"n_audit={n_audit} leaves {len(parts['train']) - n_audit} of train's {len(parts['train'])} "
+            "examples for the search and known members (need >= 2); lower n_audit or raise the train fraction"
         )
+    n_search = n_search_members(len(parts["train"]), n_audit, len(parts["val"]))
+    # the audit members are the first n_audit of this permutation whatever n_search is
     arng = np.random.default_rng(derive_seed(seed, "audit_members"))
     train_perm = arng.permutation(parts["train"])
-    audit = np.sort(train_perm[:n_audit])
-    known = np.sort(train_perm[n_audit:])
     return Splits(
         train=parts["train"],
         val=parts["val"],
         test=parts["test"],
         population=parts["population"],
-        audit_members=audit,
-        known_members=known,
+        audit_members=np.sort(train_perm[:n_audit]),
+        known_members=np.sort(train_perm[n_audit + n_search :]),
+        search_members=np.sort(train_perm[n_audit : n_audit + n_search]),
     )
+
+
+def n_search_members(n_train: int, n_audit: int, n_val: int) -> int:
+    """How many members the search objectives audit: as many as their non-members (the
+    `n_val - n_val // 2` validation points the attack stage keeps for them), at most half of
+    the members the audit leaves (the other half stay known members)."""
+    return max(1, min(n_val - n_val // 2, (n_train - n_audit) // 2))
 
 
 def plant_canaries(dataset: Dataset, splits: Splits, n: int, seed: int) -> tuple[Dataset, Splits]:
@@ -262,6 +304,7 @@ def plant_canaries(dataset: Dataset, splits: Splits, n: int, seed: int) -> tuple
         population=np.setdiff1d(splits.population, canaries),
         audit_members=splits.audit_members,
         known_members=splits.known_members,
+        search_members=splits.search_members,
         canaries=canaries,
         canary_in=inside,
     )

@@ -63,6 +63,20 @@ def frontier_runs(frame: pd.DataFrame, dataset: str, density: float, methods: li
     return sub[keep]
 
 
+def forms_envelope(front: pd.DataFrame) -> pd.Series:
+    """Per frontier run (indexed like `front`): whether it is a vertex of its seed's envelope,
+    i.e. one of the points that form the frontier (the others lie on or above it)."""
+    out = pd.Series(False, index=front.index)
+    for _, fs in front.groupby("seed"):
+        env = frontier_envelope(fs["test_accuracy"], fs["audit_auc"])
+        acc = fs["test_accuracy"].to_numpy(float)
+        auc = fs["audit_auc"].to_numpy(float)
+        on = (np.isclose(acc[:, None], env[None, :, 0], rtol=0, atol=1e-12)
+              & np.isclose(auc[:, None], env[None, :, 1], rtol=0, atol=1e-12)).any(axis=1)
+        out.loc[fs.index] = on
+    return out
+
+
 def mean_envelope(front: pd.DataFrame) -> pd.DataFrame:
     """The envelope (columns accuracy, auc) of the frontier members' means over seeds, one point per label."""
     means = front.groupby("label")[["test_accuracy", "audit_auc"]].mean()

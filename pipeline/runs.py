@@ -8,16 +8,23 @@ tags as plain columns, the flattened config as `params.<key>` columns, and the
 target density (the `density` tag) as `target_density`, since the `density`
 *metric* is the density the model really has (1.0 for a dense baseline).
 
+`reference_kind` says which reference models a run's leakage metric rests on (dense:
+trained by the teacher's recipe; matched: by the audited method's own recipe), so every
+table can name it: `audit_lira_offline_auc` is LiRA with dense references under
+`attack.reference=dense|both` but with matched ones under `attack.reference=matched`.
+
 A grid run twice (or a resumed multirun) logs the same configuration twice; the
 latest finished run per configuration and seed is kept, so no seed counts twice.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +130,9 @@ def run_label(row: pd.Series) -> str:
         if short == "adv_lam" and v == str(_DEFAULT.adversarial.lam):  # the default is not worth a label
             continue
         extras.append(f"{short}={v}")
+    extras += _distill_extras(row)
+    if str(row.get("method")) == "dpsgd":
+        extras += _dp_extras(row)
     if method is not None and method.regrows:
         extras += _schedule_extras(row)
     if method is not None and method.selects_candidates:
@@ -139,6 +149,26 @@ def _param(row: pd.Series, key: str) -> str | None:
     """A logged param (`params.<key>`) as its string, None when absent or null."""
     v = row.get(f"params.{key}")
     return v if isinstance(v, str) and v not in ("None", "null", "") else None
+
+
+def _dp_extras(row: pd.Series) -> list[str]:
+    """DP-SGD's learning rate and clipping when not the defaults, or `tuned` when chosen on
+    validation by the run itself (compress.dp.tune_*)."""
+    if any(_param(row, f"compress.dp.{k}") not in (None, "[]") for k in ("tune_lr", "tune_max_grad_norm")):
+        return ["tuned"]
+    out = []
+    for key, short, default in (("lr", "lr", _DEFAULT.dp.lr), ("max_grad_norm", "clip", _DEFAULT.dp.max_grad_norm)):
+        v = _param(row, f"compress.dp.{key}")
+        if v is not None and _float(v) != default:
+            out.append(f"{short}={v}")
+    return out
+
+
+def _distill_extras(row: pd.Series) -> list[str]:
+    """Knowledge distillation from the dense model (compress.distill): its temperature and weight."""
+    if _param(row, "compress.distill.enabled") != "True":
+        return []
+    return [f"kd_T={_param(row, 'compress.distill.temperature')}", f"kd_w={_param(row, 'compress.distill.weight')}"]
 
 
 def _schedule_extras(row: pd.Series) -> list[str]:
@@ -287,3 +317,91 @@ def load_scores(tracking_uri: str, run_id: str, dst: Path, evaluation: str = "au
     if "labels" not in out:
         return None
     return out
+
+
+# ---------------------------------------------------------------- reference kinds
+
+_LEAK_METRIC = re.compile(
+    r"^(?P<prefix>audit|attack|canary)_(?:(?P<attack>.+?)_)?"
+    r"(?P<key>auc|tpr_at_[0-9.]+pct_fpr|balanced_accuracy|advantage)$"
+)
+REFERENCE_KINDS_NOTE = (
+    "refs: the reference models behind a leakage column: dense = trained by the teacher's recipe; "
+    "matched = trained by the audited method's own recipe (a defence-aware attack); dense+matched = "
+    "the strongest attack over both; none = its attacks use no reference models."
+)
+
+
+@functools.cache
+def _uses_references(attack: str) -> bool | None:
+    """Whether the registered attack `attack` reads reference models (None: not a registered name)."""
+    from attacks import registry
+
+    if attack not in registry.ATTACKS:
+        return None
+    fields, _ = registry.needs_of(registry.make_attack(attack))
+    return bool(fields & registry.REFERENCE_INPUTS)
+
+
+def attack_reference_kind(attack: str, reference: str | None) -> str:
+    """'dense', 'matched', 'none' (no reference models) or '?' for one audit entry of a run
+    audited with `attack.reference=reference` (`<attack>_matched` entries: the matched rerun)."""
+    if attack.endswith("_matched"):
+        return "matched"
+    uses = _uses_references(attack)
+    if uses is None or (uses and reference not in ("dense", "matched", "both")):
+        return "?"
+    if not uses:
+        return "none"
+    return "matched" if reference == "matched" else "dense"
+
+
+def combine_kinds(kinds: Iterable[str]) -> str:
+    """The kind of a maximum over attacks: 'dense+matched' when it takes both, 'none' when neither."""
+    ks = set(kinds) - {"none", ""}
+    if "?" in ks:
+        return "?"
+    return "+".join(sorted(ks)) if ks else "none"
+
+
+def reference_kind(row: pd.Series, metric: str) -> str:
+    """The reference models one run's metric rests on ('' when it is no leakage metric).
+
+    A named attack's metric (`audit_lira_offline_auc`) has that attack's kind; the primary
+    metrics (`audit_auc`, `attack_tpr_at_1pct_fpr`, ...: the strongest attack with
+    `attack.primary=max`) combine the kinds of the attacks the run logged.
+    """
+    m = _LEAK_METRIC.match(metric)
+    if m is None:
+        return ""
+    reference = _param(row, "attack.reference")
+    if m.group("attack") is not None:
+        return attack_reference_kind(m.group("attack"), reference)
+    primary = _param(row, "attack.primary") or "max"
+    if primary != "max":
+        return attack_reference_kind(primary, reference)
+    prefix = m.group("prefix") + "_"
+    names = [
+        str(col)[len(prefix):-len("_auc")] for col, v in row.items()
+        if isinstance(col, str) and col.startswith(prefix) and col.endswith("_auc") and col != prefix + "auc"
+        and _finite(v)
+    ]
+    if not names:
+        return "?"  # the run logged no attack's own numbers: nothing says which attacks made it
+    return combine_kinds(attack_reference_kind(n, reference) for n in names)
+
+
+def kinds_of(frame: pd.DataFrame, metric: str) -> str:
+    """The reference kinds of `metric` over the runs of `frame` that logged it, ', '-joined
+    (more than one: the runs were audited differently)."""
+    if metric not in frame:
+        return ""
+    ok = frame[pd.to_numeric(frame[metric], errors="coerce").notna()]
+    return ", ".join(sorted({reference_kind(r, metric) for _, r in ok.iterrows()} - {""}))
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

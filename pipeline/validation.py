@@ -304,6 +304,10 @@ def validate_compress(c: CompressConfig) -> None:
         )
     if c.dp.epsilon <= 0 or c.dp.max_grad_norm <= 0:
         raise ValueError(f"compress.dp needs epsilon > 0 and max_grad_norm > 0, got {c.dp.epsilon}, {c.dp.max_grad_norm}")
+    for name in ("tune_lr", "tune_max_grad_norm"):
+        bad = [v for v in getattr(c.dp, name) if not float(v) > 0]
+        if bad:
+            raise ValueError(f"compress.dp.{name} values must be > 0, got {list(getattr(c.dp, name))}")
     if not 0.0 < c.safety.holdout_fraction < 1.0:
         raise ValueError(
             f"compress.safety.holdout_fraction must be in (0, 1), got {c.safety.holdout_fraction}"

@@ -115,6 +115,8 @@ def _losses(method: SparseTrainingMethod, job: CompressJob, state: TrainState) -
         )
         losses.attacker_steps = c.adversarial.attacker_steps
         losses.warmup_steps = c.adversarial.attacker_warmup_steps
+        # warm-up draws from every member, as the min-max steps do (the training batches): the
+        # defence protects all of train, audit members included (pipeline/adversarial.py, issue 18)
         losses.members = (x, y)
     return losses
 

@@ -12,7 +12,7 @@ plus one line in its `__init__`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -39,12 +39,14 @@ class CompressJob:
 
 @dataclass(frozen=True)
 class Trained:
-    """A method's output: the model, its masks (None: dense), per-epoch history, candidates table."""
+    """A method's output: the model, its masks (None: dense), per-epoch history, candidates table,
+    and the method's own scalar results (e.g. the hyperparameters a validation sweep chose)."""
 
     model: nn.Module
     masks: sparse.MaskSet | None
     history: list[dict[str, float]]
     table: pd.DataFrame
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class CompressMethod:

@@ -1,14 +1,16 @@
 """Stage 4 — attack: audit the compressed model with the configured membership-inference attacks.
 
 Evaluations share the same attacks and reference models:
-- `select`: audit members vs half of `val` (`val_eval`). Its numbers are the
-  search objectives (`attack_auc`, `attack_tpr_*`): the search never selects on test.
+- `select`: search members vs half of `val` (`val_eval`). Its numbers are the
+  search objectives (`attack_auc`, `attack_tpr_*`): the search never selects on
+  test, nor on the reported audit's members (`search_members` and `audit_members`
+  are disjoint parts of `train`, `pipeline.data.make_splits`).
 - `audit`: audit members vs `test` non-members, the reported audit (`audit_*`).
 - `canary` (when `dataset.canaries > 0`): planted mislabeled examples, each a
   member with probability 1/2 — the privacy of the most vulnerable points
   (Aerni, Zhang & Tramèr 2024), reported as `canary_*`.
-Audit members are members of `train` the in-loop attacker never saw. Trained
-attacks (NN black-/white-box) know the in-loop attacker's members
+Audit and search members are members of `train` no attacker was fitted on. Trained
+attacks (NN black-/white-box) know some of the in-loop attacker's members
 (`known_members`) and the other half of `val` (`val_ref`) as non-members (Nasr
 et al. CCS'18 protocol). Reference (shadow) models trained on `population`
 never saw an audit point, so LiRA runs offline; Shokri's attack reads the shadows
@@ -45,7 +47,7 @@ from pipeline.validation import validate_attack
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3  # 3: the select evaluation audits search members, not the audit's (issue 18)
 METRIC_KEYS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy", "advantage")
 
 
@@ -126,7 +128,7 @@ def run(
             signals.matched_refs = [load_model(ctx, data, p) for p in matched.model_paths]
         metrics: dict[str, float] = {}
         all_scores: dict[str, np.ndarray] = {}
-        evaluations = [("select", data.splits.audit_members, signals.val_eval), ("audit", data.splits.audit_members, None)]
+        evaluations = [("select", data.splits.search_members, signals.val_eval), ("audit", data.splits.audit_members, None)]
         if len(data.splits.canaries):
             evaluations.append(("canary", None, None))
         show = ctx.progress

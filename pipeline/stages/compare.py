@@ -40,6 +40,7 @@ from pipeline.config import CompareConfig, to_schema
 from pipeline.context import RunContext
 from pipeline.frontier import (
     excess_auc,
+    forms_envelope,
     frontier_runs,
     mean_envelope,
     with_leakage,
@@ -114,6 +115,10 @@ def _compare(
     frontier = None
     if c.frontier.enabled:
         leak = with_leakage(frame, c.frontier.metrics)
+        # the reference models behind each run's leakage measure (the maximum of the frontier metrics)
+        leak["leakage_refs"] = [
+            runs.combine_kinds(runs.reference_kind(r, m) for m in c.frontier.metrics) for _, r in frame.iterrows()
+        ]
         frontier, plots = frontier_table(leak, c, out)
         if frontier is not None:
             files.append(out / "frontier.csv")
@@ -198,11 +203,17 @@ def paired_table(frame: pd.DataFrame, c: CompareConfig, load_scores=None) -> pd.
             scores = [(load_scores(ra), load_scores(rb)) for ra, rb in zip(g["run_id_a"], g["run_id_b"], strict=True)]
             if any(sa is None or sb is None for sa, sb in scores):
                 scores = None
+        runs_a = frame[frame["run_id"].isin(g["run_id_a"])]
+        runs_b = frame[frame["run_id"].isin(g["run_id_b"])]
         for metric in c.metrics:
             ca, cb = f"{metric}_a", f"{metric}_b"
             if ca not in g or cb not in g:
                 rows.append({"dataset": dataset, "density": density, "metric": metric, "n_pairs": 0})
                 continue
+            refs_a, refs_b = runs.kinds_of(runs_a, metric), runs.kinds_of(runs_b, metric)
+            if refs_a != refs_b:
+                log.warning("%s on %s @ %g: %r audited with %s references, %r with %s: the difference mixes "
+                            "attacks of unequal strength", metric, dataset, density, c.a, refs_a, c.b, refs_b)
             ok = g[[ca, cb, "seed"]].dropna()
             d = (ok[ca] - ok[cb]).to_numpy(float)
             lo, hi = seed_bootstrap(d, c.n_bootstrap, c.confidence, c.seed)
@@ -214,6 +225,7 @@ def paired_table(frame: pd.DataFrame, c: CompareConfig, load_scores=None) -> pd.
                 "diff": float(d.mean()) if len(d) else math.nan,
                 "ci_low_seeds": lo, "ci_high_seeds": hi,
                 "ci_low_examples": math.nan, "ci_high_examples": math.nan,
+                "refs_a": refs_a, "refs_b": refs_b,
             }
             if scores is not None and len(d) == len(g) and AUDIT_METRIC.match(metric):
                 row["ci_low_examples"], row["ci_high_examples"] = example_bootstrap(
@@ -272,6 +284,7 @@ def frontier_table(frame: pd.DataFrame, c: CompareConfig, out: Path) -> tuple[pd
             log.warning("no frontier runs (%s) for %s at density %g", c.frontier.methods, dataset, density)
             continue
         front = _check_epochs(front, frame, c)
+        forming = forms_envelope(front)
         candidates = frame[(frame["dataset"] == dataset) & (
             np.isclose(frame["target_density"], density) | frame["run_id"].isin(front["run_id"]))]
         for label, g in candidates.groupby("label"):
@@ -286,9 +299,13 @@ def frontier_table(frame: pd.DataFrame, c: CompareConfig, out: Path) -> tuple[pd
                 if "audit_lira_offline_tpr_at_1pct_fpr" in g else pd.Series(dtype=float)
             canary = pd.to_numeric(g.get("canary_tpr_at_1pct_fpr"), errors="coerce") \
                 if "canary_tpr_at_1pct_fpr" in g else pd.Series(dtype=float)
+            member = bool(g["run_id"].isin(front["run_id"]).all())
             rows.append({
                 "dataset": dataset, "density": density, "label": label,
-                "on_frontier": bool(g["run_id"].isin(front["run_id"]).all()),
+                "on_frontier": member,
+                # seeds in which this frontier member is a vertex of the envelope (forms the frontier)
+                "n_forming": int(forming[front["run_id"].isin(g["run_id"])].sum()) if member else 0,
+                "refs": ", ".join(sorted(set(g["leakage_refs"]))) if "leakage_refs" in g else "",
                 "n_seeds": len(g),
                 "test_accuracy": float(ex["test_accuracy"].mean()), "test_accuracy_ci_low": acc_lo,
                 "test_accuracy_ci_high": acc_hi,
@@ -323,6 +340,10 @@ def study_table(frame: pd.DataFrame, trials: pd.DataFrame, c: CompareConfig) -> 
                 f"no frontier runs ({c.frontier.methods}) for {dataset} at density {float(density):g}, seed {seed} "
                 f"in experiment {c.experiment_name!r}: run the frontier grid with that seed first")
         ex = excess_auc(g, front)
+        if "leakage_refs" in front:
+            trial_refs = [runs.combine_kinds(runs.reference_kind(r, m) for m in c.frontier.metrics)
+                          for _, r in g.iterrows()]
+            ex["refs"] = [f"{k} / {', '.join(sorted(set(front['leakage_refs'])))}" for k in trial_refs]
         parts.append(ex.assign(
             dataset=dataset, density=float(density), trial=g["trial_number"].to_numpy() if "trial_number" in g else None,
             hv_study=front_hypervolume(g["test_accuracy"], g["audit_auc"]),
@@ -339,6 +360,7 @@ def format_study(t: pd.DataFrame) -> str:
         "audit AUC": t["audit_auc"].map("{:.4f}".format),
         "frontier AUC there": t["frontier_auc"].map(lambda v: f"{v:.4f}" if _finite(v) else "n/a"),
         "excess AUC": t["excess_auc"].map(lambda v: f"{v:+.4f}" if _finite(v) else "n/a (above range)"),
+        "refs (trial / frontier)": t["refs"] if "refs" in t else "",
     })
     hv = t.drop_duplicates(["dataset", "density", "seed"])
     lines = [f"- {r.dataset} @ {r.density:g}, seed {r.seed}: hypervolume (reference accuracy 0, AUC 1) "
@@ -367,7 +389,7 @@ def format_paired(p: pd.DataFrame) -> pd.DataFrame:
         if not r.get("n_pairs"):
             rows.append({"dataset": r["dataset"], "density": f"{r['density']:g}", "metric": r["metric"],
                          "pairs": 0, "a": "n/a", "b": "n/a", "a − b": "n/a", "CI seeds": "n/a",
-                         "CI seeds+examples": "n/a", "excludes 0": ""})
+                         "CI seeds+examples": "n/a", "excludes 0": "", "refs": "—"})
             continue
         rows.append({
             "dataset": r["dataset"], "density": f"{r['density']:g}", "metric": r["metric"],
@@ -375,8 +397,17 @@ def format_paired(p: pd.DataFrame) -> pd.DataFrame:
             "a − b": f"{r['diff']:+.4f}", "CI seeds": _ci(r["ci_low_seeds"], r["ci_high_seeds"]),
             "CI seeds+examples": _ci(r["ci_low_examples"], r["ci_high_examples"]),
             "excludes 0": "yes" if r["excludes_zero"] else "no",
+            "refs": _refs_pair(r.get("refs_a", ""), r.get("refs_b", "")),
         })
     return pd.DataFrame(rows)
+
+
+def _refs_pair(a: Any, b: Any) -> str:
+    """The reference kind of a paired row: one kind when a and b share it, else 'a: x / b: y'."""
+    a, b = ("" if not isinstance(v, str) else v for v in (a, b))
+    if a == b:
+        return a or "—"
+    return f"a: {a or '—'} / b: {b or '—'}"
 
 
 def format_frontier(f: pd.DataFrame) -> pd.DataFrame:
@@ -395,12 +426,17 @@ def format_frontier(f: pd.DataFrame) -> pd.DataFrame:
             "excess AUC": (f"{r['excess_auc']:+.4f} {_ci(r['excess_auc_ci_low'], r['excess_auc_ci_high'])}"
                            if _finite(r["excess_auc"]) else "n/a"),
             "above range": int(r["n_above_frontier_range"]),
+            "forms frontier": f"{int(r['n_forming'])}/{int(r['n_seeds'])}" if r["on_frontier"] else "",
+            "refs": r.get("refs", "") or "—",
         })
     return pd.DataFrame(rows)
 
 
 FRONTIER_NOTE = ("\n\n`*`: a frontier member (its excess is >= 0 by construction). Excess < 0 with an interval "
-                 "below 0: beats the frontier. `above range`: seeds whose accuracy exceeds every frontier model.")
+                 "below 0: beats the frontier. `above range`: seeds whose accuracy exceeds every frontier model. "
+                 "`forms frontier`: in how many seeds a member is a vertex of that seed's frontier (the other "
+                 "members lie above it there). `refs`: the reference models behind the audit AUC "
+                 f"({runs.REFERENCE_KINDS_NOTE.removeprefix('refs: the reference models behind a leakage column: ')})")
 
 
 def _md(t: pd.DataFrame) -> str:

@@ -56,9 +56,10 @@ def run(ctx: RunContext, teacher: TeacherResult) -> CompressResult:
             "density": masks.density() if masks is not None else 1.0,
             "model_size_bytes": float(size),
             "dense_size_bytes": float(sparse.dense_size_bytes(model)),
-            "n_updates": float(table["update"].nunique()) if len(table) else 0.0,
+            "n_updates": float(table["update"].nunique()) if len(table) and "update" in table else 0.0,
+            **trained.metrics,
         }
-        if len(table) and "chosen" in table:
+        if len(table) and "chosen" in table and "strategy" in table:
             chosen = table[table["chosen"]]
             for strategy, count in chosen["strategy"].value_counts().items():
                 # "magnitude/random" -> "wins_magnitude-random": a "/" would open its own MLflow chart section
@@ -137,7 +138,7 @@ def _log_tracking(result: CompressResult, history: list[dict[str, float]], table
     for h in history:
         tracking.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]), prefix="compress_")
     if table is not None:
-        if "accuracy" in table and table["accuracy"].notna().any():
+        if "update" in table and "accuracy" in table and table["accuracy"].notna().any():
             for (u, i), row in table.set_index(["update", "candidate"]).iterrows():
                 tracking.log_metrics(
                     {f"candidate_{i}_accuracy": row["accuracy"], f"candidate_{i}_risk": row["risk"],

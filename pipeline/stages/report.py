@@ -41,12 +41,16 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("audit_nn_whitebox_balanced_accuracy", "WB-MIA acc", "frac"),
     ("audit_auc", "AUC", "frac"),
     ("audit_tpr_at_0.1pct_fpr", "TPR@0.1%FPR", "frac"),
+    # LiRA alone, shown when logged: which references it used depends on attack.reference (the
+    # header or cell says it); `_matched` is the rerun with matched references of reference=both
+    ("audit_lira_offline_auc", "LiRA AUC", "frac"),
+    ("audit_lira_offline_matched_auc", "LiRA AUC", "frac"),
     ("model_size_bytes", "bytes", "int"),
     # SafeCompress only, shown when some run logged it: the share of mask updates at which the
     # safety test told the candidates apart (risk spread > 2 standard errors)
     ("safety_resolved_fraction", "safety resolved", "frac"),
 )
-OPTIONAL_COLUMNS = ("safety_resolved_fraction",)
+OPTIONAL_COLUMNS = ("safety_resolved_fraction", "audit_lira_offline_auc", "audit_lira_offline_matched_auc")
 # metrics whose bootstrap interval (per run: the strongest attack's) gets its own column
 CI_METRICS = ("audit_auc", "audit_tpr_at_0.1pct_fpr")
 NA = "n/a"
@@ -158,6 +162,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
             row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             row[f"{metric}_n"] = int(len(values))
+            row[f"{metric}_refs"] = runs.kinds_of(g, metric)  # '' for accuracy and bytes
         for metric in CI_METRICS:
             cis = np.array([primary_ci(r, metric) for _, r in g.iterrows()], dtype=float).reshape(-1, 2)
             ok = np.isfinite(cis).all(axis=1)
@@ -194,8 +199,23 @@ def _columns(summary: pd.DataFrame) -> list[tuple[str, str, str]]:
     return cols
 
 
+def refs_header(sub: pd.DataFrame, metric: str) -> str | None:
+    """' [refs: <kind>]' when every run behind `metric` in `sub` shares one reference kind,
+    '' for a metric that is no leakage metric, None when the kinds differ (each cell names its own)."""
+    col = f"{metric}_refs"
+    if col not in sub:
+        return ""
+    kinds = {k for v in sub[col].dropna() for k in str(v).split(", ") if k}
+    if not kinds:
+        return ""
+    return f" [refs: {kinds.pop()}]" if len(kinds) == 1 else None
+
+
 def wide_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """One data set: rows method label, columns (density, metric) as formatted strings."""
+    """One data set: rows method label, columns (density, metric) as formatted strings.
+
+    A leakage column's header names the reference models behind it (`runs.reference_kind`);
+    when its runs were audited against different kinds, each cell names its own."""
     sub = summary[summary["dataset"] == dataset]
     cols = _columns(summary)
     densities = sorted(sub["target_density"].unique())
@@ -203,10 +223,16 @@ def wide_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
     table.index.name = "method"
     for d in densities:
         for metric, header, kind in cols:
+            refs = refs_header(sub, metric)
             values = {}
             for _, row in sub[sub["target_density"] == d].iterrows():
-                values[row["label"]] = ci_cell(row, metric) if kind == "ci" else cell(row, metric, kind)
-            table[f"d={d:g} {header}"] = pd.Series(values)
+                text = ci_cell(row, metric) if kind == "ci" else cell(row, metric, kind)
+                if refs is None and kind != "ci" and row.get(f"{metric}_refs"):
+                    text += f" [{row[f'{metric}_refs']}]"
+                values[row["label"]] = text
+            if refs is None:
+                refs = " [refs: per cell]" if kind != "ci" else ""
+            table[f"d={d:g} {header}{refs}"] = pd.Series(values)
     return table.fillna("—")  # — : this method has no run at this density
 
 
@@ -218,6 +244,7 @@ def to_markdown(summary: pd.DataFrame, experiment_name: str) -> str:
         "logged (attack not configured, or too few non-members for that FPR); `—`: no run.",
         "acc: test accuracy; BB/WB-MIA acc: balanced accuracy of Nasr's black-/white-box attack;",
         "AUC and TPR@0.1%FPR: the strongest audit attack (members vs test); bytes: compressed export.",
+        runs.REFERENCE_KINDS_NOTE,
         "",
     ]
     for dataset in summary["dataset"].unique():

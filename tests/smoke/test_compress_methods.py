@@ -100,3 +100,43 @@ def test_adversarial_regularization_lowers_the_black_box_attack(tmp_path):
     (bb0, loss0), (bb1, loss1) = aucs[0.0], aucs[2.0]
     assert bb0 > 0.6, aucs  # the unregularised model leaks
     assert bb1 < bb0 - 0.03 and loss1 < loss0, aucs
+
+
+def test_adversary_trains_on_every_member_and_the_audit_on_none_it_saw(cfg_factory):
+    """Issue 18: a defence protects every member, so Nasr's adversary plays on all of `train`
+    (audit and search members included); the audit's own attackers never saw those."""
+    from pipeline.compress import from_config
+    from pipeline.compress.loop import _losses, initial_state
+    from pipeline.compress.method import get_method
+    from pipeline.context import RunContext, load_data
+
+    cfg = cfg_factory("experiment=smoke", "compress=dst_adv")
+    data = load_data(cfg)
+    job = from_config.job(RunContext.build(cfg), data, dense_path=None)  # dst_adv starts from random weights
+    method = get_method("dst_adv")
+    losses = _losses(method, job, initial_state(method, job, method.start(job.c)[0]))
+    xm, ym = losses.members
+    x, y = data.part("train")
+    assert torch.equal(xm, x) and torch.equal(ym, y)
+    s = data.splits
+    assert set(s.audit_members) | set(s.search_members) <= set(s.train)
+    assert not (set(s.audit_members) | set(s.search_members)) & set(s.known_members)
+
+
+def test_tuned_dpsgd_keeps_the_most_accurate_setting_on_validation(cfg_factory):
+    """`compress.dp.tune_*`: one run per (lr, max_grad_norm), the best on val kept and recorded;
+    the winner is the model a single run at its settings gives."""
+    tuned = cfg_factory("experiment=smoke", "stage=compress", "compress=dpsgd", "compress.dp.epsilon=50",
+                        "compress.dp.tune_lr=[0.01,0.5]", "compress.dp.tune_max_grad_norm=[1.0]")
+    result = run_stage(tuned)
+    table = pd.read_csv(result.candidates_path)
+    assert list(table["lr"]) == [0.01, 0.5] and table["chosen"].sum() == 1
+    best = table.loc[table["accuracy"].idxmax()]
+    assert bool(best["chosen"]) and result.metrics["dp_lr"] == best["lr"]
+    assert result.metrics["dp_max_grad_norm"] == 1.0 and result.metrics["dp_tuned_settings"] == 2.0
+    assert result.metrics["accuracy"] == pytest.approx(best["accuracy"])
+    single = run_stage(cfg_factory("experiment=smoke", "stage=compress", "compress=dpsgd", "compress.dp.epsilon=50",
+                                   f"compress.dp.lr={best['lr']}", "compress.dp.max_grad_norm=1.0"))
+    assert single.metrics["test_accuracy"] == result.metrics["test_accuracy"]
+    with pytest.raises(ValueError, match=r"compress.dp.tune_lr values must be > 0"):
+        run_stage(cfg_factory("experiment=smoke", "stage=compress", "compress=dpsgd", "compress.dp.tune_lr=[0.1,0]"))

@@ -118,6 +118,21 @@ def test_teacher_on_digits_is_accurate_and_leaks_a_little(cfg_factory):
     assert abs(auc - 0.5) <= 0.05, auc
 
 
+def test_search_objectives_never_read_the_reported_audits_members(cfg_factory):
+    """Issue 18: `attack_*` (the search objectives) audit search members, `audit_*` audit members:
+    disjoint parts of train, and neither among the members the audit's trained attacks know."""
+    cfg = cfg_factory("experiment=smoke", "stage=attack", "compress=dst", "attack.reference=dense")
+    result = run_stage(cfg)
+    scores = np.load(result.path / "scores.npz")
+    s = load_data(cfg).splits
+    select = set(scores["select/example_index"][scores["select/labels"] == 1])
+    audit = set(scores["audit/example_index"][scores["audit/labels"] == 1])
+    assert select and select <= set(s.search_members)
+    assert audit and audit <= set(s.audit_members)
+    assert not select & audit and not (select | audit) & set(s.known_members)
+    assert "attack_auc" in result.metrics and "audit_auc" in result.metrics
+
+
 def test_a_final_audit_uses_recipe_matched_references_by_default(cfg_factory):
     cfg = cfg_factory("experiment=smoke", "stage=attack", "compress=oneshot")
     assert cfg.attack.reference == "matched"

@@ -151,7 +151,7 @@ def alternatives(path: str, value: Any, cfg: DictConfig) -> Iterator[Any]:
     elif value == {}:
         yield DROP
     elif value == []:
-        yield from (["teacher"], ["changed"])
+        yield from (["teacher"], ["changed"], [0.5])  # names, or numbers (compress.dp.tune_lr)
 
 
 DROP = object()  # drop the (empty mapping) entry from its parent

@@ -3,10 +3,23 @@
 Dense unless `compress.dp.sparse` (a fixed ERK mask at `compress.density`, applied after
 every step: post-processing keeps the DP guarantee). Its own SGD learning rate and batch
 size (`compress.dp`); noise from a seeded generator, so a run is reproducible.
+
+Tuned DP-SGD (issue 18; a defence is judged against a *tuned* DP-SGD, Aerni, Zhang &
+Tramèr 2024): with `compress.dp.tune_lr` / `tune_max_grad_norm` the method trains one
+model per (lr, max_grad_norm) pair at the same epsilon, from the same initial weights,
+batches and noise seed, and keeps the one with the best accuracy on `val` (ties: the
+first in the grid). The winner is the model a single run at its settings would give;
+every pair's validation accuracy is the method's table (`candidates.csv`) and the chosen
+values are logged as `dp_lr` / `dp_max_grad_norm`. A pair that diverges is recorded as
+such and skipped. The epsilon is that of each training run: choosing among them on
+validation data costs privacy that it does not count (Papernot & Steinke, ICLR 2022),
+the usual practice when DP-SGD serves as an empirical baseline.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 
 import numpy as np
@@ -20,6 +33,8 @@ from pipeline.compress.method import CompressJob, CompressMethod, Trained, regis
 from pipeline.seeds import derive_seed, generator
 from pipeline.training import DivergenceCheck, NonFiniteLossError, evaluate, model_device
 
+log = logging.getLogger(__name__)
+
 
 @register
 class DPSGD(CompressMethod):
@@ -29,56 +44,92 @@ class DPSGD(CompressMethod):
 
     def train(self, job: CompressJob) -> Trained:
         try:
-            from opacus import PrivacyEngine
+            import opacus  # noqa: F401
         except ImportError as err:  # pragma: no cover
             raise ImportError("compress=dpsgd needs opacus: pip install 'safecompress[dp]'") from err
-        c, recipe, data, seed = job.c, job.recipe, job.data, job.seed
-        x, y = data.part("train")
-        model = job.new_model("compress")
-        masks = sparse.random_masks(model, c.density, "erk", generator(seed, "compress", "mask")) if c.dp.sparse else None
-        if masks is not None:
-            masks.apply(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=c.dp.lr, momentum=0.9)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(x, y), batch_size=c.dp.batch_size, shuffle=True,
-            generator=generator(seed, "dpsgd", "batches"),
+        dp = job.c.dp
+        grid = list(itertools.product(
+            [float(v) for v in dp.tune_lr] or [dp.lr],
+            [float(v) for v in dp.tune_max_grad_norm] or [dp.max_grad_norm],
+        ))
+        if len(grid) == 1:
+            model, masks, history = _train_once(job, *grid[0])
+            return Trained(model, masks, history, pd.DataFrame())
+        rows, best = [], None
+        for i, (lr, clip) in enumerate(grid):
+            try:
+                model, masks, history = _train_once(job, lr, clip)
+            except NonFiniteLossError as err:  # DivergenceError included
+                log.info("DP-SGD tuning: lr %g, max_grad_norm %g diverged (%s)", lr, clip, err)
+                rows.append({"candidate": i, "lr": lr, "max_grad_norm": clip, "accuracy": math.nan,
+                             "status": "diverged", "chosen": False})
+                continue
+            _, acc = evaluate(model, *job.data.part("val"))
+            rows.append({"candidate": i, "lr": lr, "max_grad_norm": clip, "accuracy": acc, "status": "ok",
+                         "chosen": False})
+            if best is None or acc > best[0]:
+                best = (acc, i, model, masks, history)
+        if best is None:
+            raise NonFiniteLossError(f"DP-SGD diverged at every tuned setting {grid}; lower compress.dp.tune_lr")
+        acc, i, model, masks, history = best
+        table = pd.DataFrame(rows)
+        table.loc[table["candidate"] == i, "chosen"] = True
+        lr, clip = grid[i]
+        log.info("DP-SGD tuning at epsilon %g: lr %g, max_grad_norm %g chosen (val accuracy %.4f of %d settings)",
+                 dp.epsilon, lr, clip, acc, len(grid))
+        return Trained(model, masks, history, table,
+                       {"dp_lr": lr, "dp_max_grad_norm": clip, "dp_tuned_settings": float(len(grid))})
+
+
+def _train_once(job: CompressJob, lr: float, max_grad_norm: float):
+    """One DP-SGD run at (lr, max_grad_norm): (model, masks or None, per-epoch history)."""
+    from opacus import PrivacyEngine
+
+    c, recipe, data, seed = job.c, job.recipe, job.data, job.seed
+    x, y = data.part("train")
+    model = job.new_model("compress")
+    masks = sparse.random_masks(model, c.density, "erk", generator(seed, "compress", "mask")) if c.dp.sparse else None
+    if masks is not None:
+        masks.apply(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=c.dp.batch_size, shuffle=True,
+        generator=generator(seed, "dpsgd", "batches"),
+    )
+    delta = c.dp.delta if c.dp.delta is not None else 1.0 / len(y)
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "dpsgd", "noise") % (2**31))
+        dp_model, dp_opt, dp_loader = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=c.dp.epsilon,
+            target_delta=delta, epochs=recipe.epochs, max_grad_norm=max_grad_norm,
         )
-        delta = c.dp.delta if c.dp.delta is not None else 1.0 / len(y)
-        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "dpsgd", "noise") % (2**31))
-            dp_model, dp_opt, dp_loader = engine.make_private_with_epsilon(
-                module=model, optimizer=optimizer, data_loader=loader, target_epsilon=c.dp.epsilon,
-                target_delta=delta, epochs=recipe.epochs, max_grad_norm=c.dp.max_grad_norm,
-            )
-            history = []
-            device = model_device(model)
-            diverged = DivergenceCheck(data.dataset.n_classes, "DP-SGD")
-            for epoch in range(recipe.epochs):
-                dp_model.train()
-                ls = []
-                for xb, yb in dp_loader:
-                    interrupt.check()
-                    if len(yb) == 0:
-                        continue
-                    xb, yb = xb.to(device), yb.to(device)
-                    dp_opt.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(dp_model(xb), yb)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"DP-SGD loss is {loss.item()}; lower train.lr")
-                    loss.backward()
-                    dp_opt.step()
-                    if masks is not None:
-                        masks.apply(model)  # post-processing: keeps the DP guarantee
-                    ls.append(loss.item())
-                    diverged.step(ls[-1])
-                _, val_acc = evaluate(model, *data.part("val"))
-                if ls:
-                    diverged.epoch(epoch, float(np.mean(ls)))
-                history.append({"epoch": epoch, "loss": float(np.mean(ls)) if ls else math.nan, "val_accuracy": val_acc,
-                                "epsilon": float(engine.get_epsilon(delta))})
-        clean = job.new_model("compress")
-        clean.load_state_dict({k.removeprefix("_module."): v for k, v in model.state_dict().items()})
-        return Trained(clean, masks, history, pd.DataFrame())
-
-
+        history = []
+        device = model_device(model)
+        diverged = DivergenceCheck(data.dataset.n_classes, "DP-SGD")
+        for epoch in range(recipe.epochs):
+            dp_model.train()
+            ls = []
+            for xb, yb in dp_loader:
+                interrupt.check()
+                if len(yb) == 0:
+                    continue
+                xb, yb = xb.to(device), yb.to(device)
+                dp_opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(dp_model(xb), yb)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"DP-SGD loss is {loss.item()}; lower train.lr")
+                loss.backward()
+                dp_opt.step()
+                if masks is not None:
+                    masks.apply(model)  # post-processing: keeps the DP guarantee
+                ls.append(loss.item())
+                diverged.step(ls[-1])
+            _, val_acc = evaluate(model, *data.part("val"))
+            if ls:
+                diverged.epoch(epoch, float(np.mean(ls)))
+            history.append({"epoch": epoch, "loss": float(np.mean(ls)) if ls else math.nan, "val_accuracy": val_acc,
+                            "epsilon": float(engine.get_epsilon(delta))})
+    clean = job.new_model("compress")
+    clean.load_state_dict({k.removeprefix("_module."): v for k, v in model.state_dict().items()})
+    return clean, masks, history

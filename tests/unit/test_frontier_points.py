@@ -1,0 +1,49 @@
+"""Every point of `conf/frontier/` composes with `experiment=frontier`, validates, and gets its own
+row label, so the compare stage can tell the frontier's points apart (issue 18: distillation and
+tuned DP-SGD points)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import CONF_DIR, make_cfg
+from omegaconf import OmegaConf
+
+from pipeline import runs, tracking
+from pipeline.compress import from_config
+from pipeline.validation import validate
+
+POINTS = sorted(p.stem for p in (Path(CONF_DIR) / "frontier").glob("*.yaml"))
+
+
+def _row(point: str) -> pd.Series:
+    cfg = make_cfg(["experiment=frontier", f"+frontier={point}"], Path("/nonexistent-root"))
+    validate(cfg)
+    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+    tags = tracking.run_tags(cfg)
+    return pd.Series({**{f"params.{k}": str(v) for k, v in params.items()}, "method": tags["method"],
+                      "variant": tags["variant"], "target_density": float(tags["density"])})
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, pd.Series]:
+    return {p: _row(p) for p in POINTS}
+
+
+def test_every_point_has_its_own_label(rows):
+    labels = {p: runs.run_label(r) for p, r in rows.items()}
+    dups = {lab for lab in labels.values() if list(labels.values()).count(lab) > 1}
+    # dpsgd_tuned is the sweep whose winners the dpsgd_eps* points record; dpsgd the old fixed point
+    assert not dups, {p: lab for p, lab in labels.items() if lab in dups}
+    assert labels["kd_t4"] == "dst [kd_T=4.0, kd_w=0.5]"
+    assert labels["kd_t4_e15"] == "dst [ep=15, kd_T=4.0, kd_w=0.5]"
+    assert labels["dpsgd_tuned"].startswith("dpsgd") and "tuned" in labels["dpsgd_tuned"]
+
+
+def test_distillation_points_distil_from_the_dense_teacher_on_the_members():
+    for point in [p for p in POINTS if p.startswith("kd_")]:
+        cfg = make_cfg(["experiment=frontier", f"+frontier={point}"], Path("/nonexistent-root"))
+        c = from_config.compress_config(cfg)
+        assert c.method == "dst" and c.distill.enabled and c.density == 0.05, point
