@@ -68,8 +68,15 @@ class RegrowthConfig:
 
 @dataclass
 class StrategyConfig:
+    """One candidate's mask update and, optionally, the defence it trains with (None: the run's
+    own `compress.distill` / `compress.relaxloss` setting). Candidates that differ in defence
+    strength let SafeCompress's safety test choose between defences (issue 18)."""
+
     prune: str = "magnitude"
     grow: str = "random"
+    distill_weight: Optional[float] = None  # distillation from the teacher at this weight (0: off)
+    distill_temperature: Optional[float] = None
+    relaxloss_alpha: Optional[float] = None  # RelaxLoss with this target loss (0: off)
 
 
 @dataclass
@@ -114,6 +121,27 @@ class DistillConfig:
 
 
 @dataclass
+class RelaxLossConfig:
+    """RelaxLoss (Chen, Yu & Fritz, ICLR 2022) on the members' hard-label loss of any method
+    trained by the sparse loop (`pipeline.compress.relaxloss`)."""
+
+    enabled: bool = False
+    alpha: float = 0.8  # the target training loss (official code's Purchase100 setting)
+    upper: float = 0.3  # cap on the true class's probability in a flattened soft label (same)
+
+
+@dataclass
+class DMPConfig:
+    """`compress=dmp`: Distillation for Membership Privacy (Shejwalkar & Houmansadr, AAAI 2021)."""
+
+    temperature: float = 1.0  # softmax temperature of the teacher's soft labels (official code: 1)
+    member_weight: float = 0.0  # loss = (1 - w) T^2 KL(teacher || student) on reference + w CE on members
+    # keep the reference records whose soft labels have the lowest entropy (the paper's criterion
+    # for choosing transfer data); 1.0 keeps all of them
+    low_entropy_fraction: float = 1.0
+
+
+@dataclass
 class DPConfig:
     epsilon: float = 8.0
     delta: Optional[float] = None  # default: 1 / n_train
@@ -146,6 +174,8 @@ class CompressConfig:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     dp: DPConfig = field(default_factory=DPConfig)
+    relaxloss: RelaxLossConfig = field(default_factory=RelaxLossConfig)
+    dmp: DMPConfig = field(default_factory=DMPConfig)
 
 
 @dataclass

@@ -8,6 +8,7 @@ no paths, devices or thread counts (those live in `paths`, `runtime`,
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -68,7 +69,8 @@ PATH_KEYS = ("data_dir",)
 
 def data_spec(cfg: DictConfig) -> dict[str, Any]:
     attack = to_schema(AttackConfig, cfg.attack)
-    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in PATH_KEYS}
+    # no reference split (`reference_size` 0 or absent) is one data set, one key
+    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in PATH_KEYS and not (k == "reference_size" and not v)}
     return {"dataset": dataset, "seed": int(cfg.seed), "n_audit": attack.n_audit}
 
 
@@ -116,10 +118,18 @@ def _load_data(spec_json: str, paths_json: str, index: Path | None = None) -> Da
     split = ds_cfg.pop("split")
     n_canaries = int(ds_cfg.pop("canaries", 0) or 0)
     target = ds_cfg.pop("_target_")
+    # the defender's reference split (`pipeline.data`): a loader that generates its records takes
+    # `reference_size`; the others' come from pool records the split fractions leave unused
+    n_reference = int(ds_cfg.get("reference_size", 0) or 0)
+    if not _takes(target, "reference_size"):
+        ds_cfg.pop("reference_size", None)
     with recording_reads() as files:
         dataset = _call(target, ds_cfg)
     sigs = {os.path.abspath(f): _stat_sig(str(f)) for f in files}
-    splits = make_splits(len(dataset), split, spec["seed"], n_audit=spec["n_audit"])
+    splits = make_splits(
+        len(dataset), split, spec["seed"], n_audit=spec["n_audit"], n_reference=n_reference,
+        reserved=dataset.reference_rows,
+    )
     dataset = standardise_on(dataset, splits.train)  # the members' statistics only
     dataset, splits = plant_canaries(dataset, splits, n_canaries, spec["seed"])
     hashes = data_file_hashes(files, index)
@@ -152,6 +162,11 @@ def _relative(path: str, data_dir: str | None) -> str:
 
 def _call(target: str, kwargs: dict[str, Any]) -> Dataset:
     return instantiate({"_target_": target, **kwargs})
+
+
+def _takes(target: str, parameter: str) -> bool:
+    """Whether the loader `target` declares `parameter` (not merely swallows it in **kwargs)."""
+    return parameter in inspect.signature(get_method(target)).parameters
 
 
 def model_spec(cfg: DictConfig) -> dict[str, Any]:

@@ -7,7 +7,11 @@ split, deterministically from the root seed, into disjoint parts:
 - `val`        non-members for the performance test, the search objectives and
                the in-loop attacker's reference non-members;
 - `test`       non-members for the reported accuracy and the final audit;
-- `population` the attacker's own data; shadow/reference models train on it.
+- `population` the attacker's own data; shadow/reference models train on it;
+- `reference`  the defender's own extra data (`dataset.reference_size` records, default
+               none): unlabelled inputs a defence such as DMP (`compress=dmp`) may use beyond
+               the members. `purchase_synth` generates them (`Dataset.reference_rows`); other
+               sets take them from the pool records the split fractions leave unused.
 
 `train` is cut in three: `audit_members` (as many as `test`: the reported audit),
 `search_members` (as many as the search's validation non-members: the search objectives
@@ -56,6 +60,9 @@ class Dataset:
     n_classes: int
     augment: Optional[Callable[..., torch.Tensor]] = field(default=None, compare=False)
     standardise: bool = False
+    # the last `reference_rows` rows were generated for the defender's `reference` split: they
+    # lie outside the pool the split fractions divide (`make_splits(..., reserved=...)`)
+    reference_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
@@ -87,6 +94,7 @@ class Splits:
     search_members: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     canaries: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     canary_in: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    reference: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -176,6 +184,7 @@ def load_purchase_synth(
     flip_prob: float = 0.24,
     label_noise: float = 0.0,
     generator_seed: int = 0,
+    reference_size: int = 0,
     **_: Any,
 ) -> Dataset:
     """A file-free Purchase100-like set: binary "bought this item" vectors in 100 classes.
@@ -186,26 +195,50 @@ def load_purchase_synth(
     `flip_prob`. Classes overlap through shared items, so with a few thousand
     members an MLP fits its training set exactly and generalises only partly,
     the regime in which the real Purchase100 leaks membership.
+
+    `reference_size` more records from the same distribution (a second random stream, so
+    the first `n_samples` are the same whatever it is) are appended as the defender's
+    reference rows (`Dataset.reference_rows`).
     """
     if not 0.0 <= flip_prob < 0.5:
         raise ValueError(f"purchase_synth: flip_prob must be in [0, 0.5), got {flip_prob}")
     if not 0.0 < prototype_density < 1.0:
         raise ValueError(f"purchase_synth: prototype_density must be in (0, 1), got {prototype_density}")
+    if reference_size < 0:
+        raise ValueError(f"dataset.reference_size must be >= 0, got {reference_size}")
     rng = np.random.default_rng(generator_seed)
     protos = rng.random((n_classes, n_prototypes_per_class, n_features)) < prototype_density
-    y = rng.integers(0, n_classes, size=n_samples)
-    which = rng.integers(0, n_prototypes_per_class, size=n_samples)
-    base = protos[y, which]
-    flips = rng.random((n_samples, n_features)) < flip_prob
-    x = np.logical_xor(base, flips).astype(np.float32)
+    x, y = _baskets(rng, protos, n_samples, flip_prob, label_noise)
+    if reference_size:
+        xr, yr = _baskets(np.random.default_rng([generator_seed, 1]), protos, reference_size, flip_prob, label_noise)
+        x, y = np.concatenate([x, xr]), np.concatenate([y, yr])
+    return Dataset(name, torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), n_classes,
+                   reference_rows=int(reference_size))
+
+
+def _baskets(
+    rng: np.random.Generator, protos: np.ndarray, n: int, flip_prob: float, label_noise: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`n` purchase_synth records: a random prototype of a random class, each bit flipped with
+    probability `flip_prob`; labels re-drawn at random with probability `label_noise`."""
+    n_classes, n_prototypes, n_features = protos.shape
+    y = rng.integers(0, n_classes, size=n)
+    which = rng.integers(0, n_prototypes, size=n)
+    flips = rng.random((n, n_features)) < flip_prob
+    x = np.logical_xor(protos[y, which], flips).astype(np.float32)
     if label_noise > 0:
-        noisy = rng.random(n_samples) < label_noise
-        y = np.where(noisy, rng.integers(0, n_classes, size=n_samples), y)
-    return Dataset(name, torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), n_classes)
+        noisy = rng.random(n) < label_noise
+        y = np.where(noisy, rng.integers(0, n_classes, size=n), y)
+    return x, y
 
 
 def make_splits(
-    n: int, fractions: dict[str, float], seed: int, n_audit: int | None = None
+    n: int,
+    fractions: dict[str, float],
+    seed: int,
+    n_audit: int | None = None,
+    n_reference: int = 0,
+    reserved: int = 0,
 ) -> Splits:
     """Disjoint train/val/test/population index arrays, deterministic in `seed`.
 
@@ -215,6 +248,12 @@ def make_splits(
     as the search's validation non-members (the half of `val` the attack stage does
     not give its trained attacks, `n_search_members`), at most half of what the audit
     leaves; the rest of `train` are the known members.
+
+    `n_reference` records form the defender's `reference` split, disjoint from every
+    other part: the last `reserved` rows of the `n` (records generated for it, outside
+    the pool the fractions divide) when there are any, else pool records the fractions
+    leave unused. The other parts depend only on the pool, so they are the same with or
+    without a reference split.
     """
     unknown = set(fractions) - set(SPLIT_NAMES)
     missing = set(SPLIT_NAMES) - set(fractions)
@@ -229,12 +268,15 @@ def make_splits(
     total = sum(float(f) for f in fractions.values())
     if total > 1.0 + 1e-9:
         raise ValueError(f"split fractions must sum to at most 1, got {total:.4f} ({dict(fractions)})")
+    if n_reference < 0 or not 0 <= reserved < n:
+        raise ValueError(f"dataset.reference_size must be >= 0 (got {n_reference}; {reserved} generated rows of {n})")
+    n_pool = n - reserved
     rng = np.random.default_rng(derive_seed(seed, "splits"))
-    perm = rng.permutation(n)
+    perm = rng.permutation(n_pool)
     parts: dict[str, np.ndarray] = {}
     start = 0
     for name in SPLIT_NAMES:
-        size = int(round(float(fractions[name]) * n))
+        size = int(round(float(fractions[name]) * n_pool))
         parts[name] = np.sort(perm[start : start + size])
         start += size
     for name in ("train", "val", "test"):
@@ -261,6 +303,7 @@ def make_splits(
         audit_members=np.sort(train_perm[:n_audit]),
         known_members=np.sort(train_perm[n_audit + n_search :]),
         search_members=np.sort(train_perm[n_audit : n_audit + n_search]),
+        reference=_reference_split(n_reference, n_pool, reserved, perm[start:], total),
     )
 
 
@@ -269,6 +312,27 @@ def n_search_members(n_train: int, n_audit: int, n_val: int) -> int:
     `n_val - n_val // 2` validation points the attack stage keeps for them), at most half of
     the members the audit leaves (the other half stay known members)."""
     return max(1, min(n_val - n_val // 2, (n_train - n_audit) // 2))
+
+
+def _reference_split(n_reference: int, n_pool: int, reserved: int, unused: np.ndarray, total: float) -> np.ndarray:
+    """The defender's reference split: generated rows, else pool records no fraction took."""
+    if n_reference == 0:
+        return np.zeros(0, dtype=np.int64)
+    if reserved:
+        if n_reference > reserved:
+            raise ValueError(
+                f"dataset.reference_size={n_reference} but the data set generated {reserved} reference rows"
+            )
+        return np.arange(n_pool, n_pool + n_reference, dtype=np.int64)
+    if n_reference > len(unused):
+        raise ValueError(
+            f"dataset.reference_size={n_reference} needs that many pool records outside train/val/test/"
+            f"population, but the split fractions (sum {total:.4f}) leave {len(unused)} of the pool's "
+            f"{n_pool}: lower dataset.split fractions to sum to at most {1 - n_reference / n_pool:.4f} "
+            "(e.g. dataset.split.population) or ask for fewer reference records"
+        )
+    # seeded by the split's permutation: the first unused records of it
+    return np.sort(unused[:n_reference]).astype(np.int64)
 
 
 def plant_canaries(dataset: Dataset, splits: Splits, n: int, seed: int) -> tuple[Dataset, Splits]:
@@ -307,5 +371,6 @@ def plant_canaries(dataset: Dataset, splits: Splits, n: int, seed: int) -> tuple
         search_members=splits.search_members,
         canaries=canaries,
         canary_in=inside,
+        reference=splits.reference,
     )
     return replace(dataset, y=y), new_splits

@@ -19,6 +19,7 @@ latest finished run per configuration and seed is kept, so no seed counts twice.
 
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import math
@@ -133,6 +134,7 @@ def run_label(row: pd.Series) -> str:
     extras += _distill_extras(row)
     if str(row.get("method")) == "dpsgd":
         extras += _dp_extras(row)
+    extras += _defence_extras(row, method)
     if method is not None and method.regrows:
         extras += _schedule_extras(row)
     if method is not None and method.selects_candidates:
@@ -169,6 +171,28 @@ def _distill_extras(row: pd.Series) -> list[str]:
     if _param(row, "compress.distill.enabled") != "True":
         return []
     return [f"kd_T={_param(row, 'compress.distill.temperature')}", f"kd_w={_param(row, 'compress.distill.weight')}"]
+
+
+def _defence_extras(row: pd.Series, method: Any) -> list[str]:
+    """RelaxLoss (any method) and DMP settings, and the reference data a defence used beyond the
+    members (`ref=N`): runs that differ in them are different configurations."""
+    def param(key: str) -> str | None:
+        return _param(row, f"compress.{key}")
+
+    extras = []
+    if param("relaxloss.enabled") == "True":
+        extras.append(f"relax={param('relaxloss.alpha')}")
+        if param("relaxloss.upper") not in (None, str(_DEFAULT.relaxloss.upper)):
+            extras.append(f"upper={param('relaxloss.upper')}")
+    if method is not None and method.uses_reference_set:
+        for key, short in (("temperature", "T"), ("member_weight", "w_mem"), ("low_entropy_fraction", "ref_frac")):
+            v = param(f"dmp.{key}")
+            if v is not None and _float(v) != getattr(_DEFAULT.dmp, key):
+                extras.append(f"{short}={v}")
+        size = _param(row, "dataset.reference_size")
+        if size is not None:
+            extras.append(f"ref={size}")
+    return extras
 
 
 def _schedule_extras(row: pd.Series) -> list[str]:
@@ -210,7 +234,21 @@ def _selection_extras(row: pd.Series) -> list[str]:
     strategies = param("strategies")
     if strategies and strategies.count("prune") > 1:
         extras.append(f"pool={strategies.count('prune')}")
+    if strategies and _defence_pool(strategies):
+        extras.append("defences")  # candidates that differ in defence strength
     return extras
+
+
+def _defence_pool(strategies: str) -> bool:
+    """Whether a logged `compress.strategies` sets a defence on some candidate."""
+    try:
+        parsed = ast.literal_eval(strategies)
+    except (ValueError, SyntaxError):
+        return any(k in strategies for k in ("distill_weight", "distill_temperature", "relaxloss_alpha"))
+    return any(
+        isinstance(s, dict) and any(s.get(k) is not None for k in ("distill_weight", "distill_temperature", "relaxloss_alpha"))
+        for s in parsed
+    )
 
 
 def epochs_of(row: pd.Series) -> float:

@@ -149,6 +149,7 @@ def _validate_groups(cfg: DictConfig) -> None:
     _check_choice("shadows.recipe", shadows.recipe, SHADOW_RECIPES)
     compress = to_schema(CompressConfig, cfg.compress)
     validate_compress(compress)
+    validate_reference_set(cfg)
     attack = to_schema(AttackConfig, cfg.attack)
     validate_attack(attack)
     _check_choice("attack.search_reference", attack.search_reference, REFERENCES)
@@ -269,6 +270,79 @@ def validate_data(cfg: DictConfig) -> None:
 _MISSING = object()
 
 
+def _validate_defences(c: CompressConfig, method: Any) -> None:
+    """RelaxLoss, DMP and the strategies' defence overrides: ranges, and the methods they apply to."""
+    rl, dmp = c.relaxloss, c.dmp
+    if not rl.alpha > 0 or not 0.0 < rl.upper <= 1.0:
+        raise ValueError(
+            f"compress.relaxloss needs alpha > 0 (the target training loss) and upper in (0, 1], got "
+            f"{rl.alpha} and {rl.upper}"
+        )
+    shared = [n for n, m in _methods().items() if m.uses_shared_step]
+    if rl.enabled and not method.uses_shared_step:
+        raise ValueError(
+            f"compress.relaxloss.enabled=true applies to the methods trained by the sparse loop {shared}; "
+            f"compress={c.method} does not train through it"
+        )
+    if not dmp.temperature > 0 or not 0.0 <= dmp.member_weight < 1.0 or not 0.0 < dmp.low_entropy_fraction <= 1.0:
+        raise ValueError(
+            f"compress.dmp needs temperature > 0, member_weight in [0, 1) and low_entropy_fraction in (0, 1], "
+            f"got {dmp.temperature}, {dmp.member_weight} and {dmp.low_entropy_fraction}"
+        )
+    if method.uses_reference_set:
+        if c.distill.enabled or c.adversarial.enabled:
+            raise ValueError(
+                f"compress={c.method} distils from the teacher on the reference set; it takes neither "
+                "compress.distill.enabled nor compress.adversarial.enabled (set them false; "
+                "compress.dmp.member_weight and compress.relaxloss shape its loss on the members)"
+            )
+        if rl.enabled and dmp.member_weight == 0:
+            raise ValueError(
+                f"compress.relaxloss relaxes the members' hard-label loss, which compress={c.method} with "
+                "compress.dmp.member_weight=0 does not train on: set member_weight > 0 or relaxloss.enabled=false"
+            )
+    for i, st in enumerate(c.strategies):
+        fields = {"distill_weight": st.distill_weight, "distill_temperature": st.distill_temperature,
+                  "relaxloss_alpha": st.relaxloss_alpha}
+        set_ = [k for k, v in fields.items() if v is not None]
+        if set_ and (not method.uses_shared_step or method.uses_reference_set):
+            raise ValueError(
+                f"compress.strategies[{i}] sets {set_}, the loss a candidate trains with; that applies to "
+                f"{[n for n in shared if not _methods()[n].uses_reference_set]}, not compress={c.method}"
+            )
+        if st.distill_weight is not None and not 0.0 <= st.distill_weight <= 1.0:
+            raise ValueError(f"compress.strategies[{i}].distill_weight must be in [0, 1], got {st.distill_weight}")
+        if st.distill_temperature is not None and not st.distill_temperature > 0:
+            raise ValueError(
+                f"compress.strategies[{i}].distill_temperature must be > 0, got {st.distill_temperature}"
+            )
+        if st.relaxloss_alpha is not None and st.relaxloss_alpha < 0:
+            raise ValueError(
+                f"compress.strategies[{i}].relaxloss_alpha must be >= 0 (0: no RelaxLoss), got {st.relaxloss_alpha}"
+            )
+
+
+def _methods() -> dict[str, Any]:
+    from pipeline.compress import METHODS  # the registry (pipeline.compress imports this module)
+
+    return METHODS
+
+
+def validate_reference_set(cfg: DictConfig) -> None:
+    """A method that trains on the defender's reference split needs `dataset.reference_size` > 0."""
+    c = to_schema(CompressConfig, cfg.compress)
+    size = cfg.dataset.get("reference_size", 0) or 0
+    if not isinstance(size, int) or size < 0:
+        raise ValueError(f"dataset.reference_size must be an integer >= 0 (records), got {size!r}")
+    if _methods()[c.method].uses_reference_set and size == 0:
+        raise ValueError(
+            f"compress={c.method} trains on the defender's reference split, which is empty: set "
+            "+dataset.reference_size=N (records beyond the members, disjoint from every split; e.g. "
+            "5000 on purchase_synth, which generates them; other data sets take them from pool records "
+            "the split fractions leave unused)"
+        )
+
+
 def validate_compress(c: CompressConfig) -> None:
     from pipeline.compress import METHODS  # the registry (pipeline.compress imports this module)
 
@@ -324,6 +398,7 @@ def validate_compress(c: CompressConfig) -> None:
     for i, st in enumerate(c.strategies):  # checked here, not at the first mask update after training
         _check_choice(f"compress.strategies[{i}].prune", st.prune, PRUNE_CRITERIA)
         _check_choice(f"compress.strategies[{i}].grow", st.grow, GROW_CRITERIA)
+    _validate_defences(c, METHODS[c.method])
     ds = c.density_schedule
     _check_choice("compress.density_schedule.kind", ds.kind, DENSITY_SCHEDULES)
     _check_choice("compress.regrowth.kind", c.regrowth.kind, REGROWTH_SCHEDULES)

@@ -6,11 +6,13 @@ compressed model. One module per concern:
 
 - `method`: `CompressMethod`, `CompressJob`, `Trained`, the registry and the spec;
 - `loop`: the sparse training loop (`SparseTrainingMethod`), shared by oneshot, gmp,
-  dst, dst_adv and safecompress;
-- `steps`: the classifier's loss (distillation, adversarial penalty) and the masked step;
+  dst, dst_adv, safecompress and dmp;
+- `steps`: the classifier's loss (RelaxLoss, distillation, adversarial penalty), one per
+  candidate strategy (`Defences`), and the masked step;
 - `safety`: the safety test (the simulated attackers); `candidates`: candidate
   probing, testing and selection;
-- `methods/`: one module per method (dense, oneshot, gmp, dst, dst_adv, safecompress, dpsgd).
+- `methods/`: one module per method (dense, oneshot, gmp, dst, dst_adv, safecompress, dpsgd, dmp);
+- `relaxloss`: RelaxLoss (Chen et al. ICLR 2022), used by the shared step for any sparse method.
 
 The grouped/CSR probe kernels live beside the grouped trainer in `pipeline.batched`.
 """

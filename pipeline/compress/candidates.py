@@ -7,6 +7,11 @@ same weights, each with its own prune/grow strategy and regrow seed, (3) train e
 test (validation accuracy) and the safety test (the attacker's AUC on held-out members
 vs non-members), (5) continue from the candidate the selection rule picks
 (`pipeline.selection`). Every candidate's numbers become rows of `candidates.csv`.
+
+Candidates may also differ in defence strength (a strategy's `distill_weight`,
+`distill_temperature`, `relaxloss_alpha`): each probes with its own loss, and the model
+trains on with the chosen candidate's until the next update, so the safety test chooses
+between defences, not only between regrowth draws.
 """
 
 from __future__ import annotations
@@ -21,15 +26,22 @@ import sparse
 from pipeline.batched import GroupedCandidates, can_probe_batched
 from pipeline.compress.method import CompressJob
 from pipeline.compress.safety import SafetyTest
-from pipeline.compress.steps import Losses, masked_step
-from pipeline.config import TrainConfig
+from pipeline.compress.steps import Defences, masked_step
+from pipeline.config import StrategyConfig, TrainConfig
 from pipeline.seeds import generator
 from pipeline.selection import CandidateTests, accuracy_standard_error, auc_standard_error, select
 from pipeline.training import NonFiniteLossError, TrainState, evaluate, set_lr
 
 
-def strategy_name(prune: str, grow: str) -> str:
-    return f"{prune}/{grow}"
+def strategy_name(prune: str, grow: str, s: StrategyConfig | None = None) -> str:
+    """`prune/grow`, plus the defence a strategy sets (e.g. `magnitude/random_distill0.5_relaxloss1`:
+    characters MLflow metric names, `wins_<strategy>`, allow)."""
+    name = f"{prune}/{grow}"
+    if s is not None:
+        for label, v in (("distill", s.distill_weight), ("T", s.distill_temperature), ("relaxloss", s.relaxloss_alpha)):
+            if v is not None:
+                name += f"_{label}{v:g}"
+    return name
 
 
 class CandidatePool:
@@ -61,10 +73,10 @@ class CandidateSelection:
     """The candidate updates of one training run: its safety test, candidate pool and data."""
 
     def __init__(
-        self, job: CompressJob, losses: Losses, total: int,
+        self, job: CompressJob, defences: Defences, total: int,
         train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
     ):
-        self.job, self.c, self.losses, self.total = job, job.c, losses, total
+        self.job, self.c, self.defences, self.total = job, job.c, defences, total
         self.train, self.val = train, val
         self.safety = SafetyTest(job.data, job.c, job.seed)
         self.pool: CandidatePool | None = None  # allocated at the first mask update
@@ -83,8 +95,9 @@ class CandidateSelection:
         safety.fit(state.model, update)
         probe_batches = [next(batches) for _ in range(c.probe_steps)]
         cands = pool.fork(state)
-        criteria = [(s.prune, s.grow) for s in (c.strategies[i % len(c.strategies)] for i in range(len(cands)))]
-        strategies = [strategy_name(*crit) for crit in criteria]
+        chosen = [c.strategies[i % len(c.strategies)] for i in range(len(cands))]
+        criteria = [(s.prune, s.grow) for s in chosen]
+        strategies = [strategy_name(s.prune, s.grow, s) for s in chosen]
         # equal to prune_and_grow on each candidate; candidates sharing a prune criterion share its ranking
         sparse.prune_and_grow_many(
             [cand.model for cand in cands], [cand.masks for cand in cands], ratio, criteria,
@@ -98,9 +111,8 @@ class CandidateSelection:
     def _probe(self, pool: CandidatePool, cands: list[TrainState], probe_batches, step: int) -> list[str]:
         """Train every candidate on the probe batches; returns each one's status."""
         x, y = self.train
-        recipe, losses = self.job.recipe, self.losses
-        plain_loss = losses.adversary is None or not losses.adversary_active
-        if pool.grouped is not None and plain_loss and losses.teacher is None:
+        recipe, defences = self.job.recipe, self.defences
+        if pool.grouped is not None and all(a.is_plain for a in defences.arms):
             ok = pool.grouped.probe(probe_batches, x, y, recipe, step, self.total)
             return ["ok" if o else "rejected: non-finite loss" for o in ok]
         status = ["ok"] * self.c.n_candidates
@@ -108,7 +120,7 @@ class CandidateSelection:
             try:
                 for j, idx in enumerate(probe_batches):
                     set_lr(cand.optimizer, recipe, step + j, self.total)
-                    masked_step(cand, x[idx], y[idx], losses)
+                    masked_step(cand, x[idx], y[idx], defences.arm(i))
             except NonFiniteLossError:
                 status[i] = "rejected: non-finite loss"
         return status
@@ -160,4 +172,5 @@ class CandidateSelection:
             for i in range(c.n_candidates)
         ]
         state.copy_from(cands[choice.index])
+        self.defences.choose(choice.index)  # train on with the chosen candidate's defence
         return rows

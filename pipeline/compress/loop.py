@@ -23,7 +23,7 @@ from pipeline import interrupt
 from pipeline.adversarial import Adversary
 from pipeline.compress.candidates import CandidateSelection, strategy_name
 from pipeline.compress.method import CompressJob, CompressMethod, Trained
-from pipeline.compress.steps import Losses, endless_batches, masked_step
+from pipeline.compress.steps import Defences, Losses, endless_batches, masked_step
 from pipeline.config import CompressConfig
 from pipeline.progress import Progress
 from pipeline.seeds import derive_seed, generator
@@ -40,9 +40,11 @@ from pipeline.training import (
 
 
 class SparseTrainingMethod(CompressMethod):
-    """A method trained by `train_sparse`; the hooks say how its masks start and move."""
+    """A method trained by `train_sparse`; the hooks say how its masks start and move, what it
+    trains on and with which loss."""
 
     updates_masks = True  # mask updates every `update_every` steps (one-shot: the mask stays fixed)
+    uses_shared_step = True
 
     def start(self, c: CompressConfig) -> tuple[float, str]:
         """Initial density and the density schedule's kind."""
@@ -56,6 +58,14 @@ class SparseTrainingMethod(CompressMethod):
     def uses_candidates(self, c: CompressConfig) -> bool:
         """Whether a mask update chooses among candidates by the safety test."""
         return False
+
+    def training_data(self, job: CompressJob) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a step's batches are drawn from: inputs and their targets (the members' labels)."""
+        return job.data.part("train")
+
+    def losses(self, job: CompressJob, state: TrainState) -> Losses:
+        """The classifier's loss (the base of every candidate strategy's, `Defences`)."""
+        return _losses(self, job, state)
 
     def train(self, job: CompressJob) -> Trained:
         return train_sparse(self, job)
@@ -97,12 +107,16 @@ def full_masks(model: nn.Module) -> sparse.MaskSet:
 
 
 def _losses(method: SparseTrainingMethod, job: CompressJob, state: TrainState) -> Losses:
-    """The classifier's loss: distillation and the adversary as configured."""
+    """The classifier's loss: RelaxLoss, distillation and the adversary as configured."""
     c, data, seed = job.c, job.data, job.seed
     losses = Losses()
-    if c.distill.enabled:
+    losses.relax_upper = c.relaxloss.upper  # also for candidate strategies that turn RelaxLoss on
+    if c.relaxloss.enabled:
+        losses.relax_alpha = c.relaxloss.alpha
+    if c.distill.enabled or any((s.distill_weight or 0) > 0 for s in c.strategies):
         losses.teacher = job.dense_model()
-        losses.temperature, losses.distill_weight = c.distill.temperature, c.distill.weight
+        losses.temperature = c.distill.temperature
+        losses.distill_weight = c.distill.weight if c.distill.enabled else 0.0
     if method.adversarial(c):
         x, y = data.part("train")
         feats = state.model.features(x[:1].to(model_device(state.model))).shape[1]
@@ -124,7 +138,7 @@ def _losses(method: SparseTrainingMethod, job: CompressJob, state: TrainState) -
 def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
     """Train `job`'s model with masks: schedule, mask updates, optional candidates; see the module."""
     c, recipe, data, seed = job.c, job.recipe, job.data, job.seed
-    x, y = data.part("train")
+    x, y = method.training_data(job)
     xv, yv = data.part("val")
     ds = c.density_schedule
     d0, schedule_kind = method.start(c)
@@ -134,10 +148,11 @@ def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
     last_update_step = int(c.stop_fraction * total)
     batches = endless_batches(len(y), recipe.batch_size, generator(seed, "compress", "batches"))
     needs_grads = any(s.grow in ("gradient",) or s.prune == "taylor" for s in c.strategies)
-    losses = _losses(method, job, state)
+    losses = method.losses(job, state)
     use_adv = losses.adversary is not None
+    defences = Defences.of(losses, c.strategies)
     selection = (
-        CandidateSelection(job, losses, total, (x, y), (xv, yv)) if method.uses_candidates(c) else None
+        CandidateSelection(job, defences, total, (x, y), (xv, yv)) if method.uses_candidates(c) else None
     )
     warmup_step = int(c.adversarial.warmup_fraction * total)
     aug_gen = generator(seed, "compress", "augment")  # probes train on un-augmented batches
@@ -153,7 +168,7 @@ def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
         interrupt.check()
         idx = next(batches)
         set_lr(state.optimizer, recipe, step, total)
-        losses.adversary_active = use_adv and step >= warmup_step
+        defences.at(epoch=step // spe, adversary_active=use_adv and step >= warmup_step)
         is_update = (
             method.updates_masks
             and (step + 1) % c.update_every == 0
@@ -161,7 +176,7 @@ def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
             and (step + 1) < total
         )
         xb = data.dataset.augment(x[idx], aug_gen) if data.dataset.augment is not None else x[idx]
-        loss, grads = masked_step(state, xb, y[idx], losses, keep_grads=needs_grads and is_update)
+        loss, grads = masked_step(state, xb, y[idx], defences.active, keep_grads=needs_grads and is_update)
         last_grads = grads if grads is not None else last_grads
         diverged.step(loss)
         epoch_losses.append(loss)
@@ -218,6 +233,6 @@ def _single_update(job: CompressJob, state: TrainState, ratio: float, update: in
         generator=generator(job.seed, "update", update, "candidate", 0),
         grads=grads, optimizer=state.optimizer,
     )
-    return {"update": update, "step": step, "candidate": 0, "strategy": strategy_name(strat.prune, strat.grow),
+    return {"update": update, "step": step, "candidate": 0, "strategy": strategy_name(strat.prune, strat.grow, strat),
             "regrowth_ratio": ratio, "accuracy": math.nan, "risk": math.nan, "score": math.nan,
             "status": "ok", "chosen": True, "reason": "single candidate (no safety test)"}

@@ -46,6 +46,7 @@ class Trained:
     masks: sparse.MaskSet | None
     history: list[dict[str, float]]
     table: pd.DataFrame
+    # the method's own numbers for metrics.json, e.g. DMP's `defender_reference_size`
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -61,6 +62,11 @@ class CompressMethod:
     selects_candidates: ClassVar[bool] = False
     # logged params (without "params.") that tell this method's configurations apart in reports
     label_params: ClassVar[tuple[str, ...]] = ()
+    # trains through the sparse loop's shared step (`pipeline.compress.steps`): RelaxLoss and the
+    # strategies' defence overrides apply to it
+    uses_shared_step: ClassVar[bool] = False
+    # trains on the defender's reference split (`dataset.reference_size` records beyond the members)
+    uses_reference_set: ClassVar[bool] = False
 
     def starts_from_dense(self, c: CompressConfig) -> bool:
         """Whether it starts from the dense model's weights (`CompressJob.dense_model`)."""
@@ -92,9 +98,25 @@ def compress_recipe(recipe: TrainConfig, c: CompressConfig) -> TrainConfig:
     return replace(recipe, epochs=c.epochs) if c.epochs is not None else recipe
 
 
+# Fields added after models were cached under specs without them (issue 18): left out of the
+# spec while at their default, which reproduces the model trained before they existed, so adding
+# them kept every existing key; any other value enters the key.
+_LATER_GROUPS = ("relaxloss", "dmp")
+_LATER_STRATEGY_FIELDS = ("distill_weight", "distill_temperature", "relaxloss_alpha")
+
+
 def compress_spec(c: CompressConfig, model_spec: dict[str, Any], recipe: TrainConfig) -> dict[str, Any]:
     """The declared config fields of a compressed model (its cache key's spec)."""
-    return {"compress": asdict(c), "model": model_spec, "train": asdict(compress_recipe(recipe, c))}
+    spec = asdict(c)
+    default = asdict(CompressConfig())
+    for group in _LATER_GROUPS:
+        if spec[group] == default[group]:
+            del spec[group]
+    for strategy in spec["strategies"]:
+        for name in _LATER_STRATEGY_FIELDS:
+            if strategy[name] is None:
+                del strategy[name]
+    return {"compress": spec, "model": model_spec, "train": asdict(compress_recipe(recipe, c))}
 
 
 def train_compressed(job: CompressJob) -> Trained:

@@ -1,26 +1,32 @@
 """One step of sparse training: the classifier's loss and the masked optimizer step.
 
-The loss is cross-entropy, optionally with distillation from the teacher (Hinton et al.
-2015) and the adversarial penalty of Nasr et al. (CCS'18, `pipeline.adversarial`). The
+The loss is cross-entropy on the members' hard labels, or RelaxLoss in its place (Chen et
+al. ICLR 2022, `pipeline.compress.relaxloss`), optionally with distillation from the teacher
+(Hinton et al. 2015) and the adversarial penalty of Nasr et al. (CCS'18,
+`pipeline.adversarial`). Every method of the sparse loop trains through this step, so each
+defence here applies to all of them. `Defences` holds one loss per candidate strategy
+(`compress.strategies` may differ in defence strength) and which of them trains now. The
 step masks gradients, weights and optimizer state, so inactive weights stay exactly zero.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.adversarial import Adversary, last_layer_inputs
+from pipeline.compress.relaxloss import relaxed_loss
+from pipeline.config import StrategyConfig
 from pipeline.training import NonFiniteLossError, TrainState, batch_indices, model_device
 
 
 @dataclass
 class Losses:
-    """The classifier's training loss: CE, optional distillation and adversarial penalty."""
+    """The classifier's training loss: CE (or RelaxLoss), optional distillation and adversarial penalty."""
 
     teacher: nn.Module | None = None
     temperature: float = 4.0
@@ -30,6 +36,31 @@ class Losses:
     attacker_steps: int = 1
     warmup_steps: int = 0
     members: tuple[torch.Tensor, torch.Tensor] | None = None
+    relax_alpha: float = 0.0  # RelaxLoss's target loss; 0: plain cross-entropy
+    relax_upper: float = 1.0
+    epoch: int = 0  # the training epoch of the step (RelaxLoss alternates by its parity)
+
+    def hard_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss on hard labels: cross-entropy, or RelaxLoss when `relax_alpha` > 0."""
+        if self.relax_alpha > 0:
+            return relaxed_loss(logits, y, self.relax_alpha, self.relax_upper, self.epoch)
+        return F.cross_entropy(logits, y)
+
+    @property
+    def is_plain(self) -> bool:
+        """Plain cross-entropy (what the grouped candidate probe computes)."""
+        return (self.adversary is None or not self.adversary_active) and self.teacher is None and self.relax_alpha <= 0
+
+    def with_defence(self, s: StrategyConfig) -> Losses:
+        """This loss with a strategy's defence overrides (itself when the strategy sets none)."""
+        changes = {}
+        if s.distill_weight is not None:
+            changes["distill_weight"] = s.distill_weight
+        if s.distill_temperature is not None:
+            changes["temperature"] = s.distill_temperature
+        if s.relaxloss_alpha is not None:
+            changes["relax_alpha"] = s.relaxloss_alpha
+        return replace(self, **changes) if changes else self
 
     def __call__(self, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model = state.model
@@ -41,10 +72,10 @@ class Losses:
             model.train()
             inputs = last_layer_inputs(model, x, y)
             logits = inputs[0]
-            loss = F.cross_entropy(logits, y) + self.adversary.penalty(inputs)
+            loss = self.hard_loss(logits, y) + self.adversary.penalty(inputs)
         else:
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = self.hard_loss(logits, y)
         if self.teacher is not None and self.distill_weight > 0:
             with torch.no_grad():
                 t_logits = self.teacher(x)
@@ -53,6 +84,39 @@ class Losses:
             loss = (1 - self.distill_weight) * loss + self.distill_weight * kd
         return loss
 
+
+@dataclass
+class Defences:
+    """The loss of each candidate strategy (`arms[i]` for `compress.strategies[i]`) and the one
+    the model trains with between mask updates: strategy 0's until SafeCompress's selection
+    picks a candidate, then the chosen candidate's (`choose`)."""
+
+    arms: list[Losses]
+    current: int = 0
+    uniform: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.uniform = all(a is self.arms[0] for a in self.arms)
+
+    @classmethod
+    def of(cls, base: Losses, strategies: list[StrategyConfig]) -> Defences:
+        return cls([base.with_defence(s) for s in strategies])
+
+    @property
+    def active(self) -> Losses:
+        return self.arms[self.current]
+
+    def arm(self, candidate: int) -> Losses:
+        """The loss candidate `candidate` probes with (its strategy's, `strategies[i % len]`)."""
+        return self.arms[candidate % len(self.arms)]
+
+    def choose(self, candidate: int) -> None:
+        self.current = candidate % len(self.arms)
+
+    def at(self, epoch: int, adversary_active: bool) -> None:
+        """Tell every loss the step's epoch and whether the adversary plays yet."""
+        for a in self.arms:
+            a.epoch, a.adversary_active = epoch, adversary_active
 
 
 def endless_batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tensor]:

@@ -57,7 +57,7 @@ def run(ctx: RunContext, teacher: TeacherResult) -> CompressResult:
             "model_size_bytes": float(size),
             "dense_size_bytes": float(sparse.dense_size_bytes(model)),
             "n_updates": float(table["update"].nunique()) if len(table) and "update" in table else 0.0,
-            **trained.metrics,
+            **trained.metrics,  # e.g. DMP's defender_reference_size: data used beyond the members
         }
         if len(table) and "chosen" in table and "strategy" in table:
             chosen = table[table["chosen"]]
@@ -148,4 +148,6 @@ def _log_tracking(result: CompressResult, history: list[dict[str, float]], table
             for _, row in table[table["chosen"]].iterrows():
                 tracking.log_metrics({"chosen_candidate": row["candidate"]}, step=int(row["update"]))
         tracking.log_artifact(result.candidates_path)
-    tracking.log_metrics({k: v for k, v in result.metrics.items() if k.startswith(("wins_", "safety_"))})
+    tracking.log_metrics(
+        {k: v for k, v in result.metrics.items() if k.startswith(("wins_", "safety_", "defender_"))}
+    )

@@ -49,8 +49,13 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     # SafeCompress only, shown when some run logged it: the share of mask updates at which the
     # safety test told the candidates apart (risk spread > 2 standard errors)
     ("safety_resolved_fraction", "safety resolved", "frac"),
+    # defences that train on data beyond the members (DMP), shown when some run logged it: how
+    # many reference records the defence drew
+    ("defender_reference_size", "ref. data", "int"),
 )
-OPTIONAL_COLUMNS = ("safety_resolved_fraction", "audit_lira_offline_auc", "audit_lira_offline_matched_auc")
+OPTIONAL_COLUMNS = (
+    "safety_resolved_fraction", "audit_lira_offline_auc", "audit_lira_offline_matched_auc", "defender_reference_size",
+)
 # metrics whose bootstrap interval (per run: the strongest attack's) gets its own column
 CI_METRICS = ("audit_auc", "audit_tpr_at_0.1pct_fpr")
 NA = "n/a"
@@ -176,7 +181,7 @@ def cell(row: pd.Series, metric: str, kind: str) -> str:
     """'0.912 ± 0.004 (3)': mean ± std (n seeds); one seed: '0.912 (1)'; none: 'n/a'."""
     n = int(row.get(f"{metric}_n", 0) or 0)
     if n == 0:
-        return NA
+        return "0" if metric == "defender_reference_size" else NA  # no data beyond the members
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     fmt = (lambda v: f"{v:,.0f}") if kind == "int" else (lambda v: f"{v:.3f}")
     return f"{fmt(mean)} ± {fmt(std)} ({n})" if n > 1 else f"{fmt(mean)} ({n})"

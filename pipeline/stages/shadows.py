@@ -24,7 +24,7 @@ from pipeline import progress, tracking
 from pipeline.batched import can_batch, train_grouped
 from pipeline.cache import cache_key
 from pipeline.compress import from_config as compress_from_config
-from pipeline.compress import train_compressed
+from pipeline.compress import get_method, train_compressed
 from pipeline.config import SHADOW_RECIPES, ShadowsConfig, TrainConfig, to_schema
 from pipeline.context import (
     DataBundle,
@@ -228,6 +228,11 @@ def _run_matched(ctx: RunContext, dense: ShadowsResult, method: str, c_spec: dic
             members, outsiders = pop[row], pop[~row]
             rng = np.random.default_rng(derive_seed(ctx.seed, "shadow", k, "matched_split"))
             outsiders = rng.permutation(outsiders)
+            # a defence that trains on data beyond the members (DMP) gets the attacker's version of
+            # the defender's reference split: as many of the shadow's outsiders, at most 3/4 of them
+            uses_ref = get_method(method).uses_reference_set
+            n_ref = min(len(data.splits.reference), 3 * len(outsiders) // 4) if uses_ref else 0
+            reference, outsiders = outsiders[:n_ref], outsiders[n_ref:]
             view = dc_replace(
                 data,
                 splits=Splits(
@@ -237,6 +242,7 @@ def _run_matched(ctx: RunContext, dense: ShadowsResult, method: str, c_spec: dic
                     population=np.zeros(0, dtype=np.int64),
                     audit_members=np.zeros(0, dtype=np.int64),
                     known_members=np.sort(members),
+                    reference=np.sort(reference),
                 ),
             )
             seed = derive_seed(ctx.seed, "shadow", k, "matched") % (2**31)

@@ -4,4 +4,4 @@ A new method: one module here with a `@register`ed `CompressMethod` (or
 `SparseTrainingMethod`) subclass, plus its import below.
 """
 
-from pipeline.compress.methods import dense, dpsgd, dst, dst_adv, gmp, oneshot, safecompress  # noqa: F401
+from pipeline.compress.methods import dense, dmp, dpsgd, dst, dst_adv, gmp, oneshot, safecompress  # noqa: F401
