@@ -118,7 +118,7 @@ def _train_once(job: CompressJob, lr: float, max_grad_norm: float):
                 dp_opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(dp_model(xb), yb)
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"DP-SGD loss is {loss.item()}; lower train.lr")
+                    raise NonFiniteLossError(f"DP-SGD loss is {loss.item()} at lr {lr:g}; lower compress.dp.lr")
                 loss.backward()
                 dp_opt.step()
                 if masks is not None:
