@@ -98,6 +98,14 @@ def logs(procs: list[tuple[subprocess.Popen, Path]]) -> str:
     return "\n".join(f"--- {log.name} (exit {p.returncode}):\n{tail(log)}" for p, log in procs)
 
 
+def kill_left(procs: list[tuple[subprocess.Popen, Path]]) -> None:
+    """SIGKILL (by PID) and reap every process still running."""
+    for p, _ in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def wait_all(procs: list[tuple[subprocess.Popen, Path]], timeout: float) -> None:
     """Wait for every process; kill them all (by PID) and fail on a timeout."""
     deadline = time.monotonic() + timeout
@@ -105,10 +113,7 @@ def wait_all(procs: list[tuple[subprocess.Popen, Path]], timeout: float) -> None
         for p, _ in procs:
             p.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        for p, _ in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_left(procs)
         pytest.fail(f"workers still running after {timeout:.0f} s:\n{logs(procs)}")
 
 
@@ -212,10 +217,7 @@ def test_three_workers_on_postgres_with_one_killed(
         killed_number, killed_params = kill_during_trial(procs, study, client, exp.experiment_id)
         wait_all(procs, TIMEOUT_S)
     finally:
-        for p, _ in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_left(procs)
     codes = sorted(p.returncode for p, _ in procs)
     assert codes == [-signal.SIGKILL, 0, 0], logs(procs)
 
@@ -265,10 +267,7 @@ def test_three_commands_started_at_once_on_one_machine(tmp_path, kind):
     try:
         wait_all(procs, TIMEOUT_S)
     finally:
-        for p, _ in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_left(procs)
     assert [p.returncode for p, _ in procs] == [0] * N_WORKERS, logs(procs)
 
     if kind == "journal":
