@@ -1,8 +1,10 @@
 """The train-less frontier (Aerni, Zhang & Tramèr 2024, arXiv 2404.17399): what a defence must beat.
 
 Per seed, the frontier is the lower monotone envelope of (test accuracy, audit AUC) over
-cheap strong baselines (plain DST at several epoch budgets, the dense model, dense +
-adversarial regularization, DP-SGD). Used by the compare stage (excess AUC over it) and
+cheap strong baselines (plain DST at several epoch budgets, ordinary distillation from the
+dense teacher, the dense model, dense + adversarial regularization, DP-SGD). A run of a
+frontier method that also carries a defence option (RelaxLoss: `DEFENCE_PARAMS`) is a
+defence being judged, never a frontier point. Used by the compare stage (excess AUC over it) and
 the report stage (drawn on the trade-off plots).
 """
 
@@ -50,8 +52,22 @@ def _parse_member(entry: str) -> tuple[str, float | None]:
     return entry, None
 
 
+# logged params (as load_runs names them) that make a run of any method a defence under test
+DEFENCE_PARAMS = ("params.compress.relaxloss.enabled",)
+
+
+def defended(frame: pd.DataFrame) -> np.ndarray:
+    """Per run: whether it trained with a defence option (`DEFENCE_PARAMS` logged as True)."""
+    out = np.zeros(len(frame), dtype=bool)
+    for col in DEFENCE_PARAMS:
+        if col in frame:
+            out |= (frame[col].astype(str) == "True").to_numpy()
+    return out
+
+
 def frontier_runs(frame: pd.DataFrame, dataset: str, density: float, methods: list[str]) -> pd.DataFrame:
-    """Frontier members of one (dataset, density): `method` at this density or 1.0; `method@d` at d."""
+    """Frontier members of one (dataset, density): `method` at this density or 1.0; `method@d` at d;
+    runs with a defence option (`defended`) excluded."""
     sub = frame[frame["dataset"] == dataset]
     keep = np.zeros(len(sub), dtype=bool)
     for entry in methods:
@@ -60,7 +76,7 @@ def frontier_runs(frame: pd.DataFrame, dataset: str, density: float, methods: li
         dens = sub["target_density"].to_numpy(float)
         at = np.isclose(dens, d) if d is not None else (np.isclose(dens, density) | np.isclose(dens, 1.0))
         keep |= sel & at
-    return sub[keep]
+    return sub[keep & ~defended(sub)]
 
 
 def forms_envelope(front: pd.DataFrame) -> pd.Series:

@@ -300,13 +300,16 @@ def frontier_table(frame: pd.DataFrame, c: CompareConfig, out: Path) -> tuple[pd
             canary = pd.to_numeric(g.get("canary_tpr_at_1pct_fpr"), errors="coerce") \
                 if "canary_tpr_at_1pct_fpr" in g else pd.Series(dtype=float)
             member = bool(g["run_id"].isin(front["run_id"]).all())
+            # records a defence trained on beyond the members (DMP's reference set); 0 when none
+            ref_data = pd.to_numeric(g["defender_reference_size"], errors="coerce").fillna(0) \
+                if "defender_reference_size" in g else pd.Series(0.0, index=g.index)
             rows.append({
                 "dataset": dataset, "density": density, "label": label,
                 "on_frontier": member,
                 # seeds in which this frontier member is a vertex of the envelope (forms the frontier)
                 "n_forming": int(forming[front["run_id"].isin(g["run_id"])].sum()) if member else 0,
                 "refs": ", ".join(sorted(set(g["leakage_refs"]))) if "leakage_refs" in g else "",
-                "n_seeds": len(g),
+                "n_seeds": len(g), "defender_reference_size": float(ref_data.mean()),
                 "test_accuracy": float(ex["test_accuracy"].mean()), "test_accuracy_ci_low": acc_lo,
                 "test_accuracy_ci_high": acc_hi,
                 "audit_auc": float(ex["audit_auc"].mean()), "audit_auc_ci_low": auc_lo, "audit_auc_ci_high": auc_hi,
@@ -427,6 +430,7 @@ def format_frontier(f: pd.DataFrame) -> pd.DataFrame:
                            if _finite(r["excess_auc"]) else "n/a"),
             "above range": int(r["n_above_frontier_range"]),
             "forms frontier": f"{int(r['n_forming'])}/{int(r['n_seeds'])}" if r["on_frontier"] else "",
+            "ref. data": f"{r.get('defender_reference_size', 0.0):,.0f}",
             "refs": r.get("refs", "") or "—",
         })
     return pd.DataFrame(rows)
@@ -435,7 +439,8 @@ def format_frontier(f: pd.DataFrame) -> pd.DataFrame:
 FRONTIER_NOTE = ("\n\n`*`: a frontier member (its excess is >= 0 by construction). Excess < 0 with an interval "
                  "below 0: beats the frontier. `above range`: seeds whose accuracy exceeds every frontier model. "
                  "`forms frontier`: in how many seeds a member is a vertex of that seed's frontier (the other "
-                 "members lie above it there). `refs`: the reference models behind the audit AUC "
+                 "members lie above it there). `ref. data`: records the defence trained on beyond the members "
+                 "(DMP's reference set; mean over seeds). `refs`: the reference models behind the audit AUC "
                  f"({runs.REFERENCE_KINDS_NOTE.removeprefix('refs: the reference models behind a leakage column: ')})")
 
 

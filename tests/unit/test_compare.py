@@ -159,6 +159,29 @@ def test_frontier_excess_per_seed(tmp_path):
     assert plots and plots[0].exists()
 
 
+def test_frontier_table_names_reference_data_and_keeps_defences_off_the_frontier(tmp_path):
+    """A RelaxLoss run of `dst` is judged against the frontier, not part of it (below it here, it
+    would otherwise lower the frontier and its own excess would be 0); DMP's reference records show."""
+    frame = _frontier_frame()
+    extra = []
+    for seed in (0, 1, 2):
+        extra.append(dict(run_id=f"relax-{seed}", dataset="p", target_density=0.05, seed=seed, label="dst [relax=1.0]",
+                          method="dst", variant="", epochs=30.0, test_accuracy=0.65, audit_auc=0.55,
+                          **{"params.compress.relaxloss.enabled": "True"}))
+        extra.append(dict(run_id=f"dmp-{seed}", dataset="p", target_density=0.05, seed=seed, label="dmp [ref=5000]",
+                          method="dmp", variant="", epochs=30.0, test_accuracy=0.65, audit_auc=0.62,
+                          defender_reference_size=5000.0))
+    frame = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
+    table, _ = compare.frontier_table(frame, CompareConfig(a="dmp", b="dst", n_bootstrap=200), tmp_path)
+    t = table.set_index("label")
+    assert not t.loc["dst [relax=1.0]", "on_frontier"]
+    assert t.loc["dst [relax=1.0]", "excess_auc"] == pytest.approx(0.55 - 0.65)  # frontier there: AUC = acc
+    assert t.loc["dmp [ref=5000]", "excess_auc"] == pytest.approx(0.62 - 0.65)
+    shown = compare.format_frontier(table).set_index("method")
+    assert shown.loc["dmp [ref=5000]", "ref. data"] == "5,000"
+    assert shown.loc["dst *", "ref. data"] == "0"
+
+
 def test_epoch_budget_larger_than_the_methods_is_an_error(tmp_path):
     frame = _frontier_frame()
     c = CompareConfig(a="safecompress", b="dst", n_bootstrap=200, frontier=FrontierConfig(epoch_budgets=[5, 60]))

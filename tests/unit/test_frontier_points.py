@@ -47,3 +47,18 @@ def test_distillation_points_distil_from_the_dense_teacher_on_the_members():
         cfg = make_cfg(["experiment=frontier", f"+frontier={point}"], Path("/nonexistent-root"))
         c = from_config.compress_config(cfg)
         assert c.method == "dst" and c.distill.enabled and c.density == 0.05, point
+
+
+def test_frontier_members_are_the_baselines_not_the_defences(rows):
+    """compare.frontier.methods' default picks the baselines among the points: distillation is a
+    frontier point (it is `dst` with compress.distill), RelaxLoss on `dst` is a defence under test."""
+    from pipeline.config import FRONTIER_METHODS
+    from pipeline.frontier import frontier_runs
+
+    frame = pd.DataFrame([{**r.to_dict(), "point": p, "dataset": "purchase_synth"} for p, r in rows.items()])
+    members = set(frontier_runs(frame, "purchase_synth", 0.05, list(FRONTIER_METHODS))["point"])
+    for point in ("dst_e10", "dst_full", "dense", "dense_adv", "kd_t4", "kd_t4_e15", "dpsgd"):
+        assert point in members, point
+    for point in ("dst_relaxloss_a1", "dst_relaxloss_a2", "dmp", "dmp_mixed", "dst_adv",
+                  "safecompress_bmia", "safecompress_defences"):
+        assert point not in members, point
