@@ -464,6 +464,11 @@ def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
                 f"search space key 'compress.selection.lam' only acts under compress.selection.rule=weighted, "
                 f"but every trial would use {sorted(rules)}; set compress.selection.rule=weighted or search it"
             )
+    dmp_keys = sorted(k for k in keys if k.startswith("compress.dmp."))
+    users = sorted(name for name, m in _methods().items() if m.uses_reference_set)
+    if dmp_keys and str(cfg.compress.method) not in users:
+        raise ValueError(f"search space keys {dmp_keys} only act under compress={' or '.join(users)} (a defence "
+                         f"trained on a reference set), but every trial would use compress={cfg.compress.method}")
 
 
 def n_parameter_sets(space: list[SearchParam]) -> int | None:

@@ -47,6 +47,25 @@ def test_dmp_audits_with_its_own_recipe_and_logs_the_data_it_used(cfg_factory):
     assert run.data.metrics["defender_reference_trained"] == 100
 
 
+def test_dmp_knobs_preset_searches_the_defence_and_each_trial_applies_its_draw(cfg_factory):
+    cfg = cfg_factory("experiment=smoke", "stage=search", "search=dmp_knobs", "compress=dmp",
+                      "+dataset.reference_size=100", ROOM)
+    res = run_stage(cfg)
+    assert res.n_complete == 2
+    client = MlflowClient(tracking_uri=str(cfg.tracking.uri))
+    exp = client.get_experiment_by_name(str(cfg.tracking.experiment))
+    trials = [r for r in client.search_runs([exp.experiment_id], filter_string=f"tags.study_name = '{res.study_name}'")
+              if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 2
+    draws = set()
+    for r in trials:
+        w, t = float(r.data.params["compress.dmp.member_weight"]), float(r.data.params["compress.dmp.temperature"])
+        assert 0.0 <= w <= 0.5 and 1.0 <= t <= 8.0
+        assert r.data.tags["method"] == "dmp"
+        draws.add((w, t))
+    assert len(draws) == 2  # two parameter sets, not one drawn twice
+
+
 def test_dmp_without_a_reference_split_is_refused_before_training(cfg_factory, tmp_path):
     with pytest.raises(
         ValueError, match=r"compress=dmp trains on the defender's reference split.*reference_size"

@@ -47,6 +47,8 @@ def _space(entry: str) -> str:
         ("search.storage=sqlite:///{root}/a_file/optuna.db", "cannot open Optuna storage"),
         (_space("{key: compress.selection.lam, type: float, low: 0.1, high: 3.0}"),
          r"only acts under compress.selection.rule=weighted.*\['lexicographic'\]"),
+        ("search=dmp_knobs", r"\['compress.dmp.member_weight', 'compress.dmp.temperature'\] only act under "
+                             r"compress=dmp .*compress=safecompress"),
     ],
     ids=[
         "unknown-key",
@@ -59,6 +61,7 @@ def _space(entry: str) -> str:
         "postgres-unreachable",
         "sqlite-unwritable",
         "lambda-without-weighted",
+        "dmp-knobs-without-dmp",
     ],
 )
 def test_bad_search_input_fails_before_any_trial(cfg_factory, tmp_path, override, message):
