@@ -26,6 +26,9 @@ SHADOW_RECIPES = ("dense", "matched")  # dense: the teacher's recipe; matched: t
 REFERENCES = ("dense", "matched", "both")  # attack.reference / attack.search_reference
 MMIA_COMBINES = ("max", "mean")
 ADVERSARIAL_KINDS = ("bmia", "wmia", "both")
+# compress.dp.grad_sample_mode: how Opacus bounds each example's gradient. hooks: materialise every
+# per-example gradient; ghost: ghost clipping (per-example norms without them, a second backward)
+DP_GRAD_SAMPLE_MODES = ("hooks", "ghost")
 
 
 @dataclass
@@ -153,6 +156,7 @@ class DPConfig:
     # epsilon and keep the most accurate on `val` (an empty list: the single value above)
     tune_lr: list[float] = field(default_factory=list)
     tune_max_grad_norm: list[float] = field(default_factory=list)
+    grad_sample_mode: str = "ghost"  # DP_GRAD_SAMPLE_MODES: same clipped sums, ghost is faster
 
 
 @dataclass

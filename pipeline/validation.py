@@ -16,6 +16,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from pipeline.config import (
     ADVERSARIAL_KINDS,
     CACHE_ACTIONS,
+    DP_GRAD_SAMPLE_MODES,
     INITS,
     LR_SCHEDULES,
     MMIA_COMBINES,
@@ -149,6 +150,7 @@ def _validate_groups(cfg: DictConfig) -> None:
     _check_choice("shadows.recipe", shadows.recipe, SHADOW_RECIPES)
     compress = to_schema(CompressConfig, cfg.compress)
     validate_compress(compress)
+    validate_method_model(compress.method, str(cfg.model.get("_target_", "")))
     validate_reference_set(cfg)
     attack = to_schema(AttackConfig, cfg.attack)
     validate_attack(attack)
@@ -328,6 +330,17 @@ def _methods() -> dict[str, Any]:
     return METHODS
 
 
+def validate_method_model(method: str, target: str) -> None:
+    """A method that trains only some models (`supported_models`, e.g. DP-SGD) refuses the others."""
+    supported = getattr(_methods()[method], "supported_models", None)
+    if supported is None or target in supported:
+        return
+    why = getattr(_methods()[method], "unsupported_models", {}).get(target, "it was not checked with this method")
+    raise ValueError(
+        f"compress={method} cannot train model {target!r}: {why}; models it trains: {list(supported)}"
+    )
+
+
 def validate_reference_set(cfg: DictConfig) -> None:
     """A method that trains on the defender's reference split needs `dataset.reference_size` > 0."""
     c = to_schema(CompressConfig, cfg.compress)
@@ -378,6 +391,7 @@ def validate_compress(c: CompressConfig) -> None:
         )
     if c.dp.epsilon <= 0 or c.dp.max_grad_norm <= 0:
         raise ValueError(f"compress.dp needs epsilon > 0 and max_grad_norm > 0, got {c.dp.epsilon}, {c.dp.max_grad_norm}")
+    _check_choice("compress.dp.grad_sample_mode", c.dp.grad_sample_mode, DP_GRAD_SAMPLE_MODES)
     for name in ("tune_lr", "tune_max_grad_norm"):
         bad = [v for v in getattr(c.dp, name) if not float(v) > 0]
         if bad:

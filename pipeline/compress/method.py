@@ -112,6 +112,13 @@ def compress_spec(c: CompressConfig, model_spec: dict[str, Any], recipe: TrainCo
     for group in _LATER_GROUPS:
         if spec[group] == default[group]:
             del spec[group]
+    # compress.dp.grad_sample_mode (added later still) changes only DP-SGD's arithmetic: DP-SGD
+    # models cached before it existed were trained with hooks, and every other method ignores it,
+    # so it is left out where it reproduces those models (DP-SGD with hooks, any other method at
+    # the default); the ghost DP-SGD models get keys of their own.
+    mode = spec["dp"]["grad_sample_mode"]
+    if mode == ("hooks" if c.method == "dpsgd" else default["dp"]["grad_sample_mode"]):
+        del spec["dp"]["grad_sample_mode"]
     for strategy in spec["strategies"]:
         for name in _LATER_STRATEGY_FIELDS:
             if strategy[name] is None:

@@ -41,6 +41,16 @@ class DPSGD(CompressMethod):
     name = "dpsgd"
     is_dense = True
     label_params = ("compress.dp.epsilon",)
+    # the models (`model._target_`) whose per-example gradients Opacus bounds in both modes (ghost:
+    # Linear layers without materialising them, SmallCNN's convolutions with them); the others are
+    # refused before any training (pipeline.validation), with why
+    supported_models = ("pipeline.models.MLP", "pipeline.models.SmallCNN")
+    unsupported_models = {
+        "pipeline.models.VGG": "its BatchNorm mixes the examples of a batch",
+        "pipeline.models.ResNet18": "its BatchNorm mixes the examples of a batch",
+        "pipeline.models.TextBagOfEmbeddings": "Opacus has no per-example gradient of an EmbeddingBag over "
+        "padded token ids",
+    }
 
     def train(self, job: CompressJob) -> Trained:
         try:
@@ -100,9 +110,10 @@ def _train_once(job: CompressJob, lr: float, max_grad_norm: float):
     engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "dpsgd", "noise") % (2**31))
-        dp_model, dp_opt, dp_loader = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=c.dp.epsilon,
-            target_delta=delta, epochs=recipe.epochs, max_grad_norm=max_grad_norm,
+        dp_model, dp_opt, criterion, dp_loader = privatize(
+            engine.make_private_with_epsilon, c.dp.grad_sample_mode, module=model, optimizer=optimizer,
+            data_loader=loader, target_epsilon=c.dp.epsilon, target_delta=delta, epochs=recipe.epochs,
+            max_grad_norm=max_grad_norm,
         )
         history = []
         device = model_device(model)
@@ -116,14 +127,15 @@ def _train_once(job: CompressJob, lr: float, max_grad_norm: float):
                     continue
                 xb, yb = xb.to(device), yb.to(device)
                 dp_opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(dp_model(xb), yb)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"DP-SGD loss is {loss.item()} at lr {lr:g}; lower compress.dp.lr")
+                loss = criterion(dp_model(xb), yb)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(f"DP-SGD loss is {value} at lr {lr:g}; lower compress.dp.lr")
                 loss.backward()
                 dp_opt.step()
                 if masks is not None:
                     masks.apply(model)  # post-processing: keeps the DP guarantee
-                ls.append(loss.item())
+                ls.append(value)
                 diverged.step(ls[-1])
             _, val_acc = evaluate(model, *data.part("val"))
             if ls:
@@ -133,3 +145,16 @@ def _train_once(job: CompressJob, lr: float, max_grad_norm: float):
     clean = job.new_model("compress")
     clean.load_state_dict({k.removeprefix("_module."): v for k, v in model.state_dict().items()})
     return clean, masks, history
+
+
+def privatize(make_private, mode: str, **kwargs):
+    """`make_private(**kwargs)` (an Opacus `PrivacyEngine.make_private*`) with per-example
+    gradients bounded in `mode` (`compress.dp.grad_sample_mode`): (module, optimizer, criterion,
+    loader) for either mode. `criterion(logits, y).backward()` leaves in each `.grad` what the
+    optimizer's `step` clips (hooks) or the clipped per-example sum (ghost: the norms in a first
+    backward pass, the sum weighted by each example's clipping factor in a second)."""
+    out = make_private(grad_sample_mode=mode, criterion=torch.nn.CrossEntropyLoss(), **kwargs)
+    if mode == "ghost":
+        return out
+    module, optimizer, loader = out
+    return module, optimizer, F.cross_entropy, loader
