@@ -72,8 +72,18 @@ def dense_keys(cfg: DictConfig, data_key: str) -> tuple[str, ...]:
 
 
 def matched_spec(compress_spec: dict[str, Any], dense_key: str, index: int) -> dict[str, Any]:
-    """A matched shadow's spec: the compress recipe (`from_config.spec`) and the dense shadow it starts from."""
-    return {"compress": compress_spec, "dense_shadow": dense_key, "index": index}
+    """A matched shadow's spec: the compress recipe (`from_config.spec`) and the dense shadow it starts
+    from; for a defence with a reference set, the rule that gives the shadow its reference data."""
+    spec = {"compress": compress_spec, "dense_shadow": dense_key, "index": index}
+    if get_method(compress_spec["compress"]["method"]).uses_reference_set:
+        spec["reference_data"] = REFERENCE_RULE
+    return spec
+
+
+# a matched reference of a defence that trains on reference data beyond the members (DMP) trains
+# on the defender's own reference split, all of it: the attacker knows the defender's reference
+# data (in DMP it may be public), so its references mimic the defence at its own data budget
+REFERENCE_RULE = "defender_split"
 
 
 def matched_keys(cfg: DictConfig, data_key: str, dense: tuple[str, ...]) -> tuple[str, ...]:
@@ -228,11 +238,10 @@ def _run_matched(ctx: RunContext, dense: ShadowsResult, method: str, c_spec: dic
             members, outsiders = pop[row], pop[~row]
             rng = np.random.default_rng(derive_seed(ctx.seed, "shadow", k, "matched_split"))
             outsiders = rng.permutation(outsiders)
-            # a defence that trains on data beyond the members (DMP) gets the attacker's version of
-            # the defender's reference split: as many of the shadow's outsiders, at most 3/4 of them
+            # a defence that trains on data beyond the members (DMP): the defender's reference split
+            # (REFERENCE_RULE); it is disjoint from the population, so from every shadow's members
             uses_ref = get_method(method).uses_reference_set
-            n_ref = min(len(data.splits.reference), 3 * len(outsiders) // 4) if uses_ref else 0
-            reference, outsiders = outsiders[:n_ref], outsiders[n_ref:]
+            reference = data.splits.reference if uses_ref else np.zeros(0, dtype=np.int64)
             view = dc_replace(
                 data,
                 splits=Splits(

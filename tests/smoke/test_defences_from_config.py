@@ -26,7 +26,9 @@ def _history_losses(result) -> list[float]:
     return [h["loss"] for h in json.loads((result.path / "metrics.json").read_text())["history"]]
 
 
-def test_dmp_audits_with_its_own_recipe_and_logs_the_data_it_used(cfg_factory):
+def test_dmp_audits_with_its_own_recipe_and_logs_the_data_it_used(cfg_factory, monkeypatch):
+    from pipeline.stages import shadows
+
     cfg = cfg_factory(
         "experiment=smoke", "stage=attack", "compress=dmp", "+dataset.reference_size=100", ROOM
     )
@@ -35,10 +37,19 @@ def test_dmp_audits_with_its_own_recipe_and_logs_the_data_it_used(cfg_factory):
     assert len(s.reference) == 100
     others = np.concatenate([s.train, s.val, s.test, s.population])
     assert not set(s.reference.tolist()) & set(others.tolist())
+    seen = []  # each matched reference's own splits
+    train = shadows.train_compressed
+    monkeypatch.setattr(shadows, "train_compressed", lambda job: seen.append(job.data.splits) or train(job))
     result = run_stage(
         cfg
     )  # attack.reference=matched: the references run DMP on the attacker's data
     assert np.isfinite(result.metrics["audit_auc"])
+    # the attacker's DMP references distil on the defender's whole reference split (an adaptive
+    # attacker at the defence's own data budget), their members drawn from the population
+    assert len(seen) == cfg.shadows.n_models
+    for split in seen:
+        np.testing.assert_array_equal(split.reference, s.reference)
+        assert set(split.train.tolist()) <= set(s.population.tolist())
     client = MlflowClient(tracking_uri=str(cfg.tracking.uri))
     (run,) = client.search_runs(
         [client.get_experiment_by_name(str(cfg.tracking.experiment)).experiment_id]
