@@ -177,8 +177,9 @@ def _trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
 
 
 def _log_trial_inputs(trial_cfg: DictConfig, params: dict[str, Any], teacher, shadows) -> None:
-    """What a trial's run records before it trains (into the active run)."""
-    tracking.log_params(params)
+    """What a trial's run records before it trains (into the active run): the drawn params, and
+    the reference models its audit used (what `compare.study` names beside each trial)."""
+    tracking.log_params({**params, "attack.reference": str(trial_cfg.attack.reference)})
     tracking.set_tags(
         {
             "git_commit": tracking.git_commit(),

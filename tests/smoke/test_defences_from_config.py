@@ -73,6 +73,7 @@ def test_dmp_knobs_preset_searches_the_defence_and_each_trial_applies_its_draw(c
         w, t = float(r.data.params["compress.dmp.member_weight"]), float(r.data.params["compress.dmp.temperature"])
         assert 0.0 <= w <= 0.5 and 1.0 <= t <= 8.0
         assert r.data.tags["method"] == "dmp"
+        assert r.data.params["attack.reference"] == "dense"  # trials audit with dense references
         draws.add((w, t))
     assert len(draws) == 2  # two parameter sets, not one drawn twice
 
