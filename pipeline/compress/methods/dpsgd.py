@@ -34,6 +34,9 @@ from pipeline.seeds import derive_seed, generator
 from pipeline.training import DivergenceCheck, NonFiniteLossError, evaluate, model_device
 
 log = logging.getLogger(__name__)
+# Opacus's ghost-clipping module names the mode of every layer at INFO on each training (3 lines a
+# run, 60 for a 20-setting sweep); its own warnings still show
+_OPACUS_GHOST_LOG = "opacus.grad_sample.grad_sample_module_fast_gradient_clipping"
 
 
 @register
@@ -108,6 +111,7 @@ def _train_once(job: CompressJob, lr: float, max_grad_norm: float):
     )
     delta = c.dp.delta if c.dp.delta is not None else 1.0 / len(y)
     engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    logging.getLogger(_OPACUS_GHOST_LOG).setLevel(max(logging.WARNING, logging.getLogger(_OPACUS_GHOST_LOG).level))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "dpsgd", "noise") % (2**31))
         dp_model, dp_opt, criterion, dp_loader = privatize(
