@@ -21,12 +21,15 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
     fig, ax = plt.subplots(figsize=(11, 5.5))
     ok = frame.dropna(subset=[c for c in ("test_accuracy", "audit_auc") if c in frame])
     if {"test_accuracy", "audit_auc"} <= set(frame.columns):
-        for label, g in ok.groupby("label"):
+        # tab20's colours, then a second marker: more than 10 methods never share a look
+        colours = plt.get_cmap("tab20").colors
+        for i, (label, g) in enumerate(ok.groupby("label")):
             agg = g.groupby("target_density")[["test_accuracy", "audit_auc"]].agg(["mean", "std"]).sort_index()
             ax.errorbar(
                 agg[("audit_auc", "mean")], agg[("test_accuracy", "mean")],
                 xerr=agg[("audit_auc", "std")].fillna(0), yerr=agg[("test_accuracy", "std")].fillna(0),
-                marker="o", capsize=2, label=label,
+                marker="os^D"[(i // len(colours)) % 4], color=colours[(2 * i + i // 10) % len(colours)],
+                capsize=2, label=label,
             )
             for d, r in agg.iterrows():
                 ax.annotate(f"{d:g}", (r[("audit_auc", "mean")], r[("test_accuracy", "mean")]),
