@@ -82,6 +82,11 @@ class StrategyConfig:
     relaxloss_alpha: Optional[float] = None  # RelaxLoss with this target loss (0: off)
 
 
+# StrategyConfig's defence fields (None: the run's own setting), in one place for validation,
+# cache keys and row labels
+STRATEGY_DEFENCE_FIELDS = ("distill_weight", "distill_temperature", "relaxloss_alpha")
+
+
 @dataclass
 class SafetyConfig:
     # the in-loop attacker trains on one part of the known members / val non-members and

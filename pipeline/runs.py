@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import CompressConfig
+from pipeline.config import STRATEGY_DEFENCE_FIELDS, CompressConfig
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +244,9 @@ def _defence_pool(strategies: str) -> bool:
     try:
         parsed = ast.literal_eval(strategies)
     except (ValueError, SyntaxError):
-        return any(k in strategies for k in ("distill_weight", "distill_temperature", "relaxloss_alpha"))
+        return any(k in strategies for k in STRATEGY_DEFENCE_FIELDS)
     return any(
-        isinstance(s, dict) and any(s.get(k) is not None for k in ("distill_weight", "distill_temperature", "relaxloss_alpha"))
+        isinstance(s, dict) and any(s.get(k) is not None for k in STRATEGY_DEFENCE_FIELDS)
         for s in parsed
     )
 

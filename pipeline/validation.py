@@ -25,6 +25,7 @@ from pipeline.config import (
     REFERENCES,
     SELECTION_RULES,
     SHADOW_RECIPES,
+    STRATEGY_DEFENCE_FIELDS,
     VARIANTS,
     AttackConfig,
     CacheCommandConfig,
@@ -304,9 +305,7 @@ def _validate_defences(c: CompressConfig, method: Any) -> None:
                 "compress.dmp.member_weight=0 does not train on: set member_weight > 0 or relaxloss.enabled=false"
             )
     for i, st in enumerate(c.strategies):
-        fields = {"distill_weight": st.distill_weight, "distill_temperature": st.distill_temperature,
-                  "relaxloss_alpha": st.relaxloss_alpha}
-        set_ = [k for k, v in fields.items() if v is not None]
+        set_ = [k for k in STRATEGY_DEFENCE_FIELDS if getattr(st, k) is not None]
         if set_ and (not method.uses_shared_step or method.uses_reference_set):
             raise ValueError(
                 f"compress.strategies[{i}] sets {set_}, the loss a candidate trains with; that applies to "

@@ -19,7 +19,7 @@ import pandas as pd
 from torch import nn
 
 import sparse
-from pipeline.config import CompressConfig, TrainConfig
+from pipeline.config import STRATEGY_DEFENCE_FIELDS, CompressConfig, TrainConfig
 from pipeline.context import DataBundle
 
 
@@ -102,7 +102,7 @@ def compress_recipe(recipe: TrainConfig, c: CompressConfig) -> TrainConfig:
 # spec while at their default, which reproduces the model trained before they existed, so adding
 # them kept every existing key; any other value enters the key.
 _LATER_GROUPS = ("relaxloss", "dmp")
-_LATER_STRATEGY_FIELDS = ("distill_weight", "distill_temperature", "relaxloss_alpha")
+_LATER_STRATEGY_FIELDS = STRATEGY_DEFENCE_FIELDS
 
 
 def compress_spec(c: CompressConfig, model_spec: dict[str, Any], recipe: TrainConfig) -> dict[str, Any]:
