@@ -193,19 +193,18 @@ def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
                     generator=generator(seed, "resize", update),
                 )
                 state.masks.apply_to_optimizer(state.optimizer, state.model)
-            if not method.regrows:
-                continue
-            ratio = sparse.regrowth_ratio_at(
-                c.regrowth.kind, min(step / max(last_update_step, 1), 1.0), c.regrowth.start, c.regrowth.end
-            )
-            if selection is not None:
-                new_rows, used = selection.update(state, ratio, update, last_grads, batches, step)
-                rows.extend(new_rows)
-                step += used
-                bar.update(used)
-            else:
-                rows.append(_single_update(job, state, ratio, update, last_grads, step))
-        if step % spe == 0 or step >= total:
+            if method.regrows:  # gmp only resizes; the epoch-end block below runs either way
+                ratio = sparse.regrowth_ratio_at(
+                    c.regrowth.kind, min(step / max(last_update_step, 1), 1.0), c.regrowth.start, c.regrowth.end
+                )
+                if selection is not None:
+                    new_rows, used = selection.update(state, ratio, update, last_grads, batches, step)
+                    rows.extend(new_rows)
+                    step += used
+                    bar.update(used)
+                else:
+                    rows.append(_single_update(job, state, ratio, update, last_grads, step))
+        if step // spe > len(history) or step >= total:  # probe steps may jump over an epoch's last step
             _, val_acc = evaluate(state.model, xv, yv)
             assert state.masks is not None
             history.append(
