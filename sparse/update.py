@@ -267,44 +267,15 @@ def prune_and_grow(
     state, and ``fired`` (plus ``masks.fired``) records every position ever active. ``momenta``
     overrides the optimizer's momentum for ``grow="momentum"`` (see ``GradientMomentum``).
 
+    The one-candidate form of ``prune_and_grow_many`` (one implementation of the update).
     Returns ``{"n_dropped", "n_grown", "per_layer": {name: {"n_active", "n_dropped", "n_grown"}}}``.
     """
-    f = check_drop_fraction(drop_fraction)
-    check_criteria(prune, grow)
-    g = default_generator(generator)
-    inputs = _inputs(
-        masks,
-        model,
-        _needs(prune, grow),
-        g,
-        grads,
-        optimizer,
-        fired,
-        momenta,
-        f"prune={prune!r}/grow={grow!r}",
+    (stats,) = prune_and_grow_many(
+        [model], [masks], drop_fraction, [(prune, grow)], [generator], grads=grads, optimizers=[optimizer],
+        fired=[fired], momenta=[momenta],
     )
-    params = dict(model.named_parameters())
-    per_layer: dict[str, dict[str, int]] = {}
-    for name, li in inputs.items():
-        m = li.mask
-        n_active = int(m.sum())
-        n_drop = min(int(round(f * n_active)), m.numel() - n_active)
-        if fired is not None and name in fired:
-            fired[name] |= m.to(fired[name].device)
-        masks.fired[name] |= m.to(masks.fired[name].device)
-        if li.fired is not None:  # the history seen by "unfired" includes the current mask
-            li.fired = li.fired | m
-        drop_idx = grow_idx = None
-        if n_drop > 0:
-            p_scores = prune_scores(prune, li)
-            g_scores = grow_scores(grow, li)
-            drop_idx = _select(p_scores, m, n_drop, g, lowest=True, layer=name)
-            grow_idx = _select(g_scores, ~m, n_drop, g, lowest=False, layer=name)
-        _commit(masks, name, params[name], drop_idx, grow_idx, optimizer, fired)
-        per_layer[name] = {"n_active": n_active, "n_dropped": n_drop, "n_grown": n_drop}
     masks.apply(model)
-    n = sum(v["n_dropped"] for v in per_layer.values())
-    return {"n_dropped": n, "n_grown": n, "per_layer": per_layer}
+    return stats
 
 
 def prune_and_grow_many(
@@ -315,9 +286,12 @@ def prune_and_grow_many(
     generators: Sequence[torch.Generator],
     grads: Mapping[str, torch.Tensor] | None = None,
     optimizers: Sequence[torch.optim.Optimizer | None] | None = None,
+    fired: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+    momenta: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """``prune_and_grow`` of several candidates, candidate i with ``criteria[i] = (prune, grow)``,
-    ``generators[i]`` and ``optimizers[i]``; ``grads`` are shared.
+    ``generators[i]``, ``optimizers[i]``, ``fired[i]`` and ``momenta[i]`` (see ``prune_and_grow``);
+    ``grads`` are shared.
 
     The masks, weights and optimizer states end exactly as calling ``prune_and_grow`` on each
     candidate in turn would leave them. Candidates whose layer has the same mask and weights
@@ -328,10 +302,13 @@ def prune_and_grow_many(
     """
     n = len(models)
     opts = list(optimizers) if optimizers is not None else [None] * n
-    if not (len(masks) == len(criteria) == len(generators) == len(opts) == n):
+    fireds = list(fired) if fired is not None else [None] * n
+    moms = list(momenta) if momenta is not None else [None] * n
+    if not (len(masks) == len(criteria) == len(generators) == len(opts) == len(fireds) == len(moms) == n):
         raise ValueError(
-            f"need one masks, criteria pair, generator and optimizer per model; got {n} models, "
-            f"{len(masks)} masks, {len(criteria)} criteria, {len(generators)} generators, {len(opts)} optimizers"
+            f"need one masks, criteria pair, generator, optimizer, fired and momenta per model; got {n} models, "
+            f"{len(masks)} masks, {len(criteria)} criteria, {len(generators)} generators, {len(opts)} optimizers, "
+            f"{len(fireds)} fired, {len(moms)} momenta"
         )
     f = check_drop_fraction(drop_fraction)
     for prune, grow in criteria:
@@ -345,11 +322,11 @@ def prune_and_grow_many(
             g,
             grads,
             opt,
-            None,
-            None,
+            fd,
+            mom,
             f"prune={prune!r}/grow={grow!r}",
         )
-        for model, ms, (prune, grow), g, opt in zip(models, masks, criteria, gens, opts)
+        for model, ms, (prune, grow), g, opt, fd, mom in zip(models, masks, criteria, gens, opts, fireds, moms)
     ]
     params = [dict(model.named_parameters()) for model in models]
     per_layer: list[dict[str, dict[str, int]]] = [{} for _ in range(n)]
@@ -360,6 +337,9 @@ def prune_and_grow_many(
             m = li.mask
             n_active = int(m.sum())
             n_drop = min(int(round(f * n_active)), m.numel() - n_active)
+            fd = fireds[i]
+            if fd is not None and name in fd:
+                fd[name] |= m.to(fd[name].device)
             masks[i].fired[name] |= m.to(masks[i].fired[name].device)
             if li.fired is not None:
                 li.fired = li.fired | m
@@ -377,7 +357,7 @@ def prune_and_grow_many(
                 g_scores = grow_scores(grow, li)
                 drop_idx = _pick(ranking, gens[i], m.device)
                 grow_idx = _select(g_scores, ~m, n_drop, gens[i], lowest=False, layer=name)
-            _commit(masks[i], name, params[i][name], drop_idx, grow_idx, opts[i], None)
+            _commit(masks[i], name, params[i][name], drop_idx, grow_idx, opts[i], fd)
             per_layer[i][name] = {"n_active": n_active, "n_dropped": n_drop, "n_grown": n_drop}
     out = []
     for layers in per_layer:  # no masks.apply: _commit zeroed every inactive weight already
