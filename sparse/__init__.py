@@ -35,6 +35,7 @@ from sparse.scores import (
     PRUNE_SCORES,
     GradientMomentum,
     LayerInputs,
+    criterion_needs,
     grow_scores,
     prune_scores,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "erk_densities",
     "export_model",
     "exported_size_bytes",
+    "criterion_needs",
     "grow_scores",
     "layer_densities_for",
     "layer_target_counts",

@@ -120,6 +120,16 @@ PRUNE_NEEDS: dict[str, str] = {"taylor": "grads"}
 GROW_NEEDS: dict[str, str] = {"gradient": "grads", "momentum": "momentum", "unfired": "fired"}
 
 
+def criterion_needs(prune: str | None, grow: str | None) -> set[str]:
+    """What a prune/grow pair reads besides weights and masks: a subset of {"grads", "momentum", "fired"}."""
+    out = set()
+    if prune is not None and prune in PRUNE_NEEDS:
+        out.add(PRUNE_NEEDS[prune])
+    if grow is not None and grow in GROW_NEEDS:
+        out.add(GROW_NEEDS[grow])
+    return out
+
+
 def check_criteria(prune: str, grow: str) -> None:
     """Raise on an unknown prune or grow criterion name, listing the valid ones."""
     if prune not in PRUNE_SCORES:

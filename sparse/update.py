@@ -23,10 +23,9 @@ from torch import nn
 from sparse.init import check_density, default_generator, layer_target_counts
 from sparse.masks import MaskSet
 from sparse.scores import (
-    GROW_NEEDS,
-    PRUNE_NEEDS,
     LayerInputs,
     check_criteria,
+    criterion_needs,
     grow_scores,
     prune_scores,
 )
@@ -237,15 +236,6 @@ def _commit(
             record |= m.to(record.device)
 
 
-def _needs(prune: str | None, grow: str | None) -> set[str]:
-    out = set()
-    if prune is not None and prune in PRUNE_NEEDS:
-        out.add(PRUNE_NEEDS[prune])
-    if grow is not None and grow in GROW_NEEDS:
-        out.add(GROW_NEEDS[grow])
-    return out
-
-
 def prune_and_grow(
     model: nn.Module,
     masks: MaskSet,
@@ -318,7 +308,7 @@ def prune_and_grow_many(
         _inputs(
             ms,
             model,
-            _needs(prune, grow),
+            criterion_needs(prune, grow),
             g,
             grads,
             opt,
@@ -393,7 +383,7 @@ def resize(
     current = masks.layer_n_active()
     any_drop = any(current[k] > targets[k] for k in shapes)
     any_grow = any(current[k] < targets[k] for k in shapes)
-    needs = _needs(prune if any_drop else None, grow if any_grow else None)
+    needs = criterion_needs(prune if any_drop else None, grow if any_grow else None)
     inputs = _inputs(
         masks,
         model,

@@ -147,7 +147,7 @@ def train_sparse(method: SparseTrainingMethod, job: CompressJob) -> Trained:
     total = recipe.epochs * spe
     last_update_step = int(c.stop_fraction * total)
     batches = endless_batches(len(y), recipe.batch_size, generator(seed, "compress", "batches"))
-    needs_grads = any(s.grow in ("gradient",) or s.prune == "taylor" for s in c.strategies)
+    needs_grads = any("grads" in sparse.criterion_needs(s.prune, s.grow) for s in c.strategies)
     losses = method.losses(job, state)
     use_adv = losses.adversary is not None
     defences = Defences.of(losses, c.strategies)
