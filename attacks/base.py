@@ -47,6 +47,8 @@ class AuditResult:
     roc: dict[str, tuple[np.ndarray, np.ndarray]]
     labels: np.ndarray
     skipped: dict[str, str] = field(default_factory=dict)
+    # per attack, what it chose while fitting (RMIA's calibrated a, LiRA's variance), when it says
+    fitted: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_csv(self, path: str | Path) -> None:
         """The attack x metric table (one row per attack that ran)."""
@@ -114,6 +116,7 @@ def run_audit(
     scores: dict[str, np.ndarray] = {}
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     skipped: dict[str, str] = {}
+    fitted: dict[str, dict[str, float]] = {}
     for label, reg, params in specs:
         attack = make_attack(reg, **params)
         try:
@@ -133,12 +136,15 @@ def run_audit(
         if not np.all(np.isfinite(s)):
             raise ValueError(f"attack {label!r} returned NaN/inf scores")
         scores[label] = s
+        chosen = getattr(attack, "fitted", None)
+        if chosen:
+            fitted[label] = dict(chosen)
         rows[label] = summarize(s, labels, fprs=fprs, n_bootstrap=n_bootstrap, seed=seed)
         f, t, _ = roc_curve(s, labels)
         roc[label] = (f, t)
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "attack"
-    return AuditResult(table=table, scores=scores, roc=roc, labels=labels, skipped=skipped)
+    return AuditResult(table=table, scores=scores, roc=roc, labels=labels, skipped=skipped, fitted=fitted)
 
 
 def loss_attack_auc(

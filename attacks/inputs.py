@@ -34,6 +34,11 @@ class AttackInputs:
         points z (RMIA's comparison set).
     shadow_train: per shadow model, its signals on its own data pool and (n_pool,) bool
         membership (Shokri et al.'s attack training set).
+    population_reference_in: (K, m) bool, population point j in reference k's training set
+        (RMIA's calibration of `a` with a reference as the target).
+    target_views / reference_views: the target / each reference on augmented copies of the
+        audit points (one list per view; reference_views[v][k] is reference k on view v), the
+        extra queries of LiRA with augmentations.
     """
 
     target: Signals
@@ -44,9 +49,13 @@ class AttackInputs:
     population_target: Optional[Signals] = None
     population_references: Optional[list[Signals]] = None
     shadow_train: Optional[list[tuple[Signals, np.ndarray]]] = None
+    population_reference_in: Optional[np.ndarray] = None
+    target_views: Optional[list[Signals]] = None
+    reference_views: Optional[list[list[Signals]]] = None
 
     def __post_init__(self) -> None:
         n = len(self.target)
+        self._check_views(n)
         if self.references is not None:
             if len(self.references) == 0:
                 self.references = None
@@ -91,6 +100,18 @@ class AttackInputs:
                     raise ValueError(
                         f"population_references[{j}] has {len(r)} points, population_target has {m}"
                     )
+        if self.population_reference_in is not None:
+            pri = np.asarray(self.population_reference_in, dtype=bool)
+            want = (
+                0 if self.population_references is None else len(self.population_references),
+                0 if self.population_target is None else len(self.population_target),
+            )
+            if self.population_references is None or pri.shape != want:
+                raise ValueError(
+                    f"population_reference_in has shape {pri.shape}; need (n_references, n_population) = {want} "
+                    "next to population_references"
+                )
+            self.population_reference_in = pri
         if self.shadow_train is not None:
             for j, (sig, member) in enumerate(self.shadow_train):
                 member = np.asarray(member)
@@ -98,6 +119,22 @@ class AttackInputs:
                     raise ValueError(
                         f"shadow_train[{j}] membership has shape {member.shape}; need ({len(sig)},)"
                     )
+
+    def _check_views(self, n: int) -> None:
+        if (self.target_views is None) != (self.reference_views is None):
+            raise ValueError("target_views and reference_views come together (one list of views each)")
+        if self.target_views is None or self.reference_views is None:
+            return
+        if len(self.target_views) != len(self.reference_views):
+            raise ValueError(
+                f"{len(self.target_views)} target views but {len(self.reference_views)} reference views"
+            )
+        k = 0 if not self.references else len(self.references)
+        for v, (tv, rv) in enumerate(zip(self.target_views, self.reference_views)):
+            if len(tv) != n or len(rv) != k or any(len(r) != n for r in rv):
+                raise ValueError(
+                    f"view {v}: need the target and each of the {k} references on the {n} audit points"
+                )
 
     @property
     def n(self) -> int:

@@ -23,6 +23,9 @@ INITS = ("erk", "uniform", "teacher")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "multistep")
 SHADOW_RECIPES = ("dense", "matched")  # dense: the teacher's recipe; matched: the compress recipe
+# the data reference models train on: population only (no audit point is ever IN: offline attacks),
+# or population and every audit candidate, each candidate IN for exactly half the models (online LiRA)
+SHADOW_POOLS = ("population", "with_candidates")
 REFERENCES = ("dense", "matched", "both")  # attack.reference / attack.search_reference
 MMIA_COMBINES = ("max", "mean")
 ADVERSARIAL_KINDS = ("bmia", "wmia", "both")
@@ -52,6 +55,7 @@ class ShadowsConfig:
     n_models: int = 8
     member_fraction: float = 0.5  # each shadow trains on this fraction of `population`
     recipe: str = "dense"  # dense: the teacher's recipe
+    pool: str = "population"  # population | with_candidates (SHADOW_POOLS)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -31,8 +32,18 @@ class TeacherResult:
 class ShadowsResult:
     keys: tuple[str, ...]
     paths: tuple[Path, ...]  # one cache entry per shadow; weights in model.pt
-    membership: np.ndarray  # (K, n_population) bool: population point j in shadow k's training set
+    membership: np.ndarray  # (K, n_pool) bool: pool point j in shadow k's training set
     n_cache_hits: int
+    pool: Optional[np.ndarray] = None  # (n_pool,) data set indices of membership's columns (None: population)
+
+    def reference_in(self, idx: np.ndarray) -> np.ndarray:
+        """(K, len(idx)) bool: data set point idx[i] in reference k's training set."""
+        idx = np.asarray(idx)
+        if self.pool is None or len(self.pool) == 0:
+            return np.zeros((len(self.keys), len(idx)), dtype=bool)
+        pos = np.clip(np.searchsorted(self.pool, idx), 0, len(self.pool) - 1)
+        found = self.pool[pos] == idx  # (n,)
+        return self.membership[:, pos] & found[None, :]
 
     @property
     def n_models(self) -> int:

@@ -24,6 +24,7 @@ from pipeline.config import (
     OPTIMIZERS,
     REFERENCES,
     SELECTION_RULES,
+    SHADOW_POOLS,
     SHADOW_RECIPES,
     STRATEGY_DEFENCE_FIELDS,
     VARIANTS,
@@ -149,6 +150,7 @@ def _validate_groups(cfg: DictConfig) -> None:
     if not 0 < shadows.member_fraction < 1:
         raise ValueError(f"shadows.member_fraction must be in (0, 1), got {shadows.member_fraction}")
     _check_choice("shadows.recipe", shadows.recipe, SHADOW_RECIPES)
+    validate_pool(shadows)
     compress = to_schema(CompressConfig, cfg.compress)
     validate_compress(compress)
     validate_method_model(compress.method, str(cfg.model.get("_target_", "")))
@@ -217,11 +219,37 @@ def validate_names(cfg: DictConfig) -> None:
             validate_name(what, value)
 
 
+def validate_pool(shadows: ShadowsConfig) -> None:
+    """`shadows.pool=with_candidates` draws the references in complementary pairs (each audit
+    candidate IN for exactly half of them): an even count, each model on half of the pool."""
+    _check_choice("shadows.pool", shadows.pool, SHADOW_POOLS)
+    if shadows.pool == "with_candidates":
+        if shadows.n_models % 2:
+            raise ValueError(
+                f"shadows.pool=with_candidates trains references in complementary pairs; shadows.n_models "
+                f"must be even, got {shadows.n_models}"
+            )
+        if shadows.member_fraction != 0.5:
+            raise ValueError(
+                "shadows.pool=with_candidates needs shadows.member_fraction=0.5 (each model on one half of "
+                f"the pool, its pair on the other), got {shadows.member_fraction}"
+            )
+
+
+ONLINE_ATTACKS = ("lira_online",)  # attacks that need IN references for every audit point
+
+
 def validate_references(cfg: DictConfig) -> None:
     """Reference-model attacks (LiRA, RMIA, Shokri's shadow attack) need `shadows.n_models >= 1`."""
     attack = to_schema(AttackConfig, cfg.attack)
     shadows = to_schema(ShadowsConfig, cfg.shadows)
     needing = [n for n, p in attack.audit.items() if (p or {}).get("attack", n) in REFERENCE_ATTACKS]
+    online = [n for n, p in attack.audit.items() if (p or {}).get("attack", n) in ONLINE_ATTACKS]
+    if online and shadows.pool != "with_candidates":
+        raise ValueError(
+            f"attack.audit runs {online}, which need references that trained on the audit candidates; set "
+            f"shadows.pool=with_candidates (valid: {list(SHADOW_POOLS)}) or use lira_offline"
+        )
     if needing and shadows.n_models < 1:
         raise ValueError(
             f"shadows.n_models=0 but attack.audit runs {needing}, which need reference models; set "

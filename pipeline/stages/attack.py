@@ -12,9 +12,13 @@ Evaluations share the same attacks and reference models:
 Audit and search members are members of `train` no attacker was fitted on. Trained
 attacks (NN black-/white-box) know some of the in-loop attacker's members
 (`known_members`) and the other half of `val` (`val_ref`) as non-members (Nasr
-et al. CCS'18 protocol). Reference (shadow) models trained on `population`
-never saw an audit point, so LiRA runs offline; Shokri's attack reads the shadows
-on their own population points, RMIA compares against population points.
+et al. CCS'18 protocol). Reference (shadow) models trained on `population` only
+never saw an audit point, so LiRA runs offline; with `shadows.pool=with_candidates` every
+audit point is IN for half the references (`ShadowsResult.reference_in`), which online LiRA
+needs. Shokri's attack reads the shadows on their own population points, RMIA compares
+against population points (and calibrates its offline a on them). On image data sets with a
+training augmentation, attacks that want augmented queries (LiRA) also get every model on
+the horizontally flipped audit points; tabular and text sets have none.
 """
 
 from __future__ import annotations
@@ -140,6 +144,8 @@ def run(
             prefix = {"select": "attack", "audit": "audit", "canary": "canary"}[name]
             metrics.update(_flatten_table(audit.table, name))
             metrics.update(_primary(audit.table, a.primary, prefix))
+            for att, chosen in audit.fitted.items():
+                metrics.update({f"{name}_{att}_{what}": v for what, v in chosen.items()})
             for att, sc in audit.scores.items():
                 all_scores[f"{name}/{att}"] = sc
             all_scores[f"{name}/labels"] = labels
@@ -179,7 +185,13 @@ class _Context:
     def __init__(self, seed: int, a: AttackConfig, data: DataBundle, model, refs, shadows):
         self.a, self.data, self.model, self.refs = a, data, model, refs
         self.seed = seed
+        self.shadows = shadows
         wanted, self.with_grads = _needs(a)
+        # augmented queries (a horizontal flip) where the data set trains with augmentation on images
+        x = data.dataset.x
+        self.use_views = bool(
+            refs and "target_views" in wanted and data.dataset.augment is not None and x.ndim == 4
+        )
         rng = np.random.default_rng(derive_seed(self.seed, "attack", "val_halves"))
         val = rng.permutation(data.splits.val)
         half = len(val) // 2
@@ -191,6 +203,7 @@ class _Context:
         self.population = None
         self.shadow_train = None
         self.population_idx = np.zeros(0, dtype=np.int64)
+        self.population_in: np.ndarray | None = None
         self.matched_refs: list = []
         if refs and wanted & {"population_target", "shadow_train"}:
             pop = data.splits.population
@@ -201,12 +214,23 @@ class _Context:
                     self._signals(model, pop[z]),
                     [self._signals(r, pop[z]) for r in refs],
                 )
+            self.population_in = shadows.reference_in(pop[z])  # (K, m)
             if "shadow_train" in wanted:
-                self.shadow_train = [(self._signals(r, pop[z]), shadows.membership[k][z]) for k, r in enumerate(refs)]
+                self.shadow_train = [(self._signals(r, pop[z]), self.population_in[k]) for k, r in enumerate(refs)]
 
-    def _signals(self, model, idx: np.ndarray, with_grads: bool = False):
+    def _signals(self, model, idx: np.ndarray, with_grads: bool = False, flip: bool = False):
         t = torch.from_numpy(np.asarray(idx))
-        return compute_signals(model, self.data.dataset.x[t], self.data.dataset.y[t], with_grads=with_grads)
+        x = self.data.dataset.x[t]
+        return compute_signals(model, x.flip(-1) if flip else x, self.data.dataset.y[t], with_grads=with_grads)
+
+    def _views(self, refs, idx: np.ndarray) -> dict:
+        """LiRA's augmented queries of the target and `refs` on the points `idx` (none without)."""
+        if not self.use_views:
+            return {}
+        return {
+            "target_views": [self._signals(self.model, idx, flip=True)],
+            "reference_views": [[self._signals(r, idx, flip=True) for r in refs]],
+        }
 
     def evaluate(self, name: str, members: np.ndarray | None, nonmembers: np.ndarray | None):
         """Run every configured attack on one evaluation; returns (AuditResult, example ids, labels)."""
@@ -224,12 +248,14 @@ class _Context:
         inputs = attacks.AttackInputs(
             target=self._signals(self.model, idx, self.with_grads),
             references=[self._signals(r, idx) for r in self.refs] or None,
-            reference_in=np.zeros((len(self.refs), len(idx)), dtype=bool) if self.refs else None,
+            reference_in=self.shadows.reference_in(idx) if self.refs else None,
             known_members=self.known[0] if self.known else None,
             known_nonmembers=self.known[1] if self.known else None,
             population_target=self.population[0] if self.population else None,
             population_references=self.population[1] if self.population else None,
             shadow_train=self.shadow_train,
+            population_reference_in=self.population_in if self.population else None,
+            **self._views(self.refs, idx),
         )
         boot_seed = derive_seed(self.seed, "bootstrap") % (2**31)
         audit = attacks.run_audit(inputs, dict(self.a.audit), labels, n_bootstrap=self.a.n_bootstrap, seed=boot_seed)
@@ -245,6 +271,7 @@ class _Context:
                 population_references=(
                     [self._signals(r, self.population_idx) for r in self.matched_refs] if self.population else None
                 ),
+                **self._views(self.matched_refs, idx),
                 shadow_train=None if self.shadow_train is None else [
                     (self._signals(r, self.population_idx), m) for r, (_, m) in zip(self.matched_refs, self.shadow_train)
                 ],
@@ -255,6 +282,7 @@ class _Context:
                 table=pd.concat([audit.table, extra.table]),
                 scores={**audit.scores, **extra.scores},
                 roc={**audit.roc, **extra.roc},
+                fitted={**audit.fitted, **extra.fitted},
             )
         return audit, idx, labels
 

@@ -1,9 +1,16 @@
-"""Stage 2 — shadows: K reference models, each on a random half of the attacker's `population`.
+"""Stage 2 — shadows: K reference models, each on a random half of the attacker's data pool.
 
 Each shadow trains with the teacher's recipe (Shokri et al. S&P'17; the reference
 models of LiRA and RMIA). Shadows are cached one model at a time, so raising K
-reuses the first ones; the membership matrix (K, n_population) is derived from
+reuses the first ones; the membership matrix (K, n_pool) is derived from
 the root seed and saved beside them.
+
+The pool (`shadows.pool`): `population` (the default; no audit point is ever IN, so LiRA runs
+offline), or `with_candidates`: population and every point an audit scores (audit members,
+test, search members, val, canaries), as in Carlini et al.'s online LiRA, where the attacker
+trains references on random halves of a pool that holds the candidates. Those are drawn in
+complementary pairs (model 2j on a seeded random half, model 2j+1 on the rest), so every pool
+point is IN for exactly K/2 references and OUT for K/2, and raising K keeps the first pairs.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pipeline.batched import can_batch, train_grouped
 from pipeline.cache import cache_key
 from pipeline.compress import from_config as compress_from_config
 from pipeline.compress import get_method, train_compressed
-from pipeline.config import SHADOW_RECIPES, ShadowsConfig, TrainConfig, to_schema
+from pipeline.config import SHADOW_POOLS, SHADOW_RECIPES, ShadowsConfig, TrainConfig, to_schema
 from pipeline.context import (
     DataBundle,
     RunContext,
@@ -53,15 +60,62 @@ def membership_row(seed: int, index: int, n_population: int, member_fraction: fl
     return row
 
 
+def pair_row(seed: int, index: int, n_pool: int) -> np.ndarray:
+    """Reference `index`'s members in `with_candidates` mode: pair index // 2 draws a seeded random
+    half of the pool; the even model takes it and the odd one its complement."""
+    rng = np.random.default_rng(derive_seed(seed, "shadow", "pair", index // 2, "members"))
+    row = np.zeros(n_pool, dtype=bool)
+    row[rng.permutation(n_pool)[: n_pool // 2]] = True
+    return row if index % 2 == 0 else ~row
+
+
+def candidates(splits: Splits) -> np.ndarray:
+    """Every point an audit scores (its `select`, `audit` and `canary` evaluations), sorted."""
+    return np.unique(np.r_[splits.audit_members, splits.test, splits.search_members, splits.val, splits.canaries])
+
+
+def pool(splits: Splits, which: str, seed: int) -> np.ndarray:
+    """The data set indices the references draw their members from (`shadows.pool`), sorted.
+
+    `with_candidates`: every audit candidate, filled up with seeded population points to twice
+    the target's training set, so each reference (one half) trains on as many points as the
+    target did, as in Carlini et al.'s protocol (target and references on equal-size halves).
+    With more candidates than that, the pool is the candidates alone (logged)."""
+    if which == "population":
+        return np.asarray(splits.population)
+    if which != "with_candidates":
+        raise ValueError(f"unknown shadows.pool {which!r}; valid: {list(SHADOW_POOLS)}")
+    cand = candidates(splits)
+    rest = np.setdiff1d(splits.population, cand)
+    n_fill = 2 * len(splits.train) - len(cand)
+    if n_fill < 0:
+        log.warning(
+            "shadows.pool=with_candidates: %d audit candidates exceed twice the %d members; each "
+            "reference trains on %d points", len(cand), len(splits.train), len(cand) // 2,
+        )
+    rng = np.random.default_rng(derive_seed(seed, "shadow", "pool"))
+    return np.union1d(cand, rng.permutation(rest)[: max(n_fill, 0)])
+
+
+def membership_rows(seed: int, shadows: ShadowsConfig, n_pool: int) -> list[np.ndarray]:
+    """Every reference's (n_pool,) membership row, from the root seed."""
+    if shadows.pool == "with_candidates":
+        return [pair_row(seed, k, n_pool) for k in range(shadows.n_models)]
+    return [membership_row(seed, k, n_pool, shadows.member_fraction) for k in range(shadows.n_models)]
+
+
 def shadow_spec(cfg: DictConfig, index: int) -> dict[str, Any]:
     shadows = to_schema(ShadowsConfig, cfg.shadows)
-    return {
+    spec = {
         "model": model_spec(cfg),
         "train": asdict(train_recipe(cfg)),
         "member_fraction": shadows.member_fraction,
         "recipe": shadows.recipe,
         "index": index,
     }
+    if shadows.pool != "population":  # the default's keys stay those of before the option
+        spec["pool"] = shadows.pool
+    return spec
 
 
 def dense_keys(cfg: DictConfig, data_key: str) -> tuple[str, ...]:
@@ -124,11 +178,12 @@ def run(ctx: RunContext, recipe: str | None = None, share: tuple[int, int] = (0,
         return _run_matched(ctx, run(ctx, "dense"), c.method, compress_from_config.spec(cfg))
     data = ctx.data
     cache = ctx.cache
-    n_pop = len(data.splits.population)
+    data_pool = pool(data.splits, shadows.pool, ctx.seed)
+    n_pop = len(data_pool)
     specs = [shadow_spec(cfg, k) for k in range(shadows.n_models)]
     train_cfg = train_recipe(cfg)
     keys_all = list(dense_keys(cfg, data.key))
-    rows_all = [membership_row(ctx.seed, k, n_pop, shadows.member_fraction) for k in range(shadows.n_models)]
+    rows_all = membership_rows(ctx.seed, shadows, n_pop)
     index, n_parts = share
     if not 0 <= index < n_parts:
         raise ValueError(f"shadows share {share}: expected (i, n) with 0 <= i < n")
@@ -150,7 +205,7 @@ def run(ctx: RunContext, recipe: str | None = None, share: tuple[int, int] = (0,
         wanted = missing() if wanted is None else wanted
         with cache.claim("shadow", [keys_all[k] for k in wanted]) as claimed:
             mine = [k for k in wanted if keys_all[k] in claimed]
-            trained = _train_missing(ctx, data, train_cfg, mine, rows_all) if mine else {}
+            trained = _train_missing(ctx, data, train_cfg, mine, rows_all, data_pool) if mine else {}
             for k in mine:
                 cache.get_or_create(
                     "shadow", keys_all[k], {**specs[k], "data": data.key},
@@ -162,7 +217,9 @@ def run(ctx: RunContext, recipe: str | None = None, share: tuple[int, int] = (0,
         s, key, row = specs[k], keys_all[k], rows_all[k]
         entry = cache.get_or_create(  # built above, by another process, or (its builder died) here
             "shadow", key, {**s, "data": data.key},
-            lambda out, k=k, row=row: _save_one(data, _train(ctx, data, train_cfg, [k], rows_all)[k], row, out),
+            lambda out, k=k, row=row: _save_one(
+                data, _train(ctx, data, train_cfg, [k], rows_all, data_pool)[k], row, out
+            ),
         )
         hits += int(entry.hit)
         keys.append(key)
@@ -171,32 +228,46 @@ def run(ctx: RunContext, recipe: str | None = None, share: tuple[int, int] = (0,
     membership = np.stack(rows) if rows else np.zeros((0, n_pop), dtype=bool)
     tracking.log_metrics({"shadows_n_models": len(keys), "shadows_cache_hits": hits})
     log.info("shadows[dense]: %d models (%d from cache) in %.1f s", len(keys), hits, time.perf_counter() - t0)
-    return ShadowsResult(tuple(keys), tuple(paths), membership, hits)
+    seconds = time.perf_counter() - t0
+    tracking.log_metrics({"shadows_train_seconds_per_model": seconds / built} if built else {})
+    return ShadowsResult(tuple(keys), tuple(paths), membership, hits, data_pool)
 
 
 def _train_missing(
-    ctx: RunContext, data: DataBundle, recipe: TrainConfig, indices: list[int], rows: list[np.ndarray]
+    ctx: RunContext, data: DataBundle, recipe: TrainConfig, indices: list[int], rows: list[np.ndarray],
+    data_pool: np.ndarray,
 ) -> dict[int, torch.nn.Module]:
     log.info("training %d shadow model(s)%s", len(indices), " (grouped)" if ctx.runtime.batched_shadows else "")
-    return _train(ctx, data, recipe, indices, rows)
+    return _train(ctx, data, recipe, indices, rows, data_pool)
 
 
 def _train(
-    ctx: RunContext, data: DataBundle, recipe: TrainConfig, indices: list[int], rows: list[np.ndarray]
+    ctx: RunContext, data: DataBundle, recipe: TrainConfig, indices: list[int], rows: list[np.ndarray],
+    data_pool: np.ndarray,
 ) -> dict[int, torch.nn.Module]:
-    """Train the shadows `indices` with `recipe`: grouped when the architecture allows, else one by one."""
+    """Train the shadows `indices` with `recipe`: grouped when the architecture allows, else one by one.
+    Grouped training needs equal-size training sets: the models are grouped by size (a pair of
+    complementary halves of an odd pool differs by one point); each model gets the same bits in
+    any group."""
     models = [build_model(ctx, data, "shadow", k) for k in indices]
-    parts = [torch.from_numpy(data.splits.population[rows[k]]) for k in indices]
+    parts = [torch.from_numpy(data_pool[rows[k]]) for k in indices]
     gens = [generator(ctx.seed, "shadow", k, "batches") for k in indices]
     show = ctx.progress
     if ctx.runtime.batched_shadows and len(indices) > 1 and can_batch(models) and data.dataset.augment is None:
         # all models advance together: count epochs
+        sizes = sorted({len(p) for p in parts})
         desc = f"shadows[dense] {len(indices)} models together"
-        with progress.Progress(recipe.epochs, desc, "epoch", show) as bar:
-            train_grouped(
-                models, [data.dataset.x[i] for i in parts], [data.dataset.y[i] for i in parts], recipe, gens,
-                on_epoch=lambda _: bar.update(1),
-            )
+        with progress.Progress(recipe.epochs * len(sizes), desc, "epoch", show) as bar:
+            for size in sizes:
+                group = [j for j, p in enumerate(parts) if len(p) == size]
+                train_grouped(
+                    [models[j] for j in group],
+                    [data.dataset.x[parts[j]] for j in group],
+                    [data.dataset.y[parts[j]] for j in group],
+                    recipe,
+                    [gens[j] for j in group],
+                    on_epoch=lambda _: bar.update(1),
+                )
     else:
         with progress.Progress(len(indices), "shadows[dense]", "model", show) as bar:
             for model, idx, g in zip(models, parts, gens):
@@ -223,7 +294,7 @@ def _run_matched(ctx: RunContext, dense: ShadowsResult, method: str, c_spec: dic
     dense shadow where the method starts from a dense model (`pipeline.compress.train_compressed`)."""
     data = ctx.data
     cache = ctx.cache
-    pop = data.splits.population
+    pop = dense.pool if dense.pool is not None else data.splits.population
     all_keys = _matched_keys(c_spec, data.key, dense.keys)
     keys, paths, hits = [], [], 0
     t0 = time.perf_counter()
@@ -269,4 +340,4 @@ def _run_matched(ctx: RunContext, dense: ShadowsResult, method: str, c_spec: dic
         "references[%s] (matched recipe): %d models (%d from cache) in %.1f s",
         method, len(keys), hits, time.perf_counter() - t0,
     )
-    return ShadowsResult(tuple(keys), tuple(paths), dense.membership, hits)
+    return ShadowsResult(tuple(keys), tuple(paths), dense.membership, hits, dense.pool)

@@ -46,7 +46,7 @@ def test_unknown_attack_lists_valid_names():
 
 
 def test_bad_parameter_names_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown parameter.*'varience'.*valid: \\['variance'\\]"):
+    with pytest.raises(ValueError, match="unknown parameter.*'varience'.*valid: \\['variance', 'per_example_min'\\]"):
         make_attack("lira_offline", varience="global")
     with pytest.raises(ValueError, match="variance must be one of"):
         make_attack("lira_offline", variance="pooled")
