@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 import attacks
 from attacks import registry as attack_registry
 from attacks.signals import compute_signals
-from pipeline import progress, tracking
+from pipeline import audit_scores, progress, tracking
 from pipeline.cache import cache_key
 from pipeline.compress.from_config import load_compressed
 from pipeline.config import AttackConfig, to_schema
@@ -51,7 +51,7 @@ from pipeline.validation import validate_attack
 
 log = logging.getLogger(__name__)
 
-VERSION = 3  # 3: the select evaluation audits search members, not the audit's (issue 18)
+VERSION = 4  # 4: per-example scores table (scores.csv/.parquet); 3: select audits search members (issue 18)
 METRIC_KEYS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy", "advantage")
 
 
@@ -132,6 +132,7 @@ def run(
             signals.matched_refs = [load_model(ctx, data, p) for p in matched.model_paths]
         metrics: dict[str, float] = {}
         all_scores: dict[str, np.ndarray] = {}
+        per_example: dict[str, dict] = {}
         evaluations = [("select", data.splits.search_members, signals.val_eval), ("audit", data.splits.audit_members, None)]
         if len(data.splits.canaries):
             evaluations.append(("canary", None, None))
@@ -148,9 +149,15 @@ def run(
                 metrics.update({f"{name}_{att}_{what}": v for what, v in chosen.items()})
             for att, sc in audit.scores.items():
                 all_scores[f"{name}/{att}"] = sc
+            n_in = signals.shadows.reference_in(idx).sum(axis=0) if signals.refs else np.zeros(len(idx), int)
             all_scores[f"{name}/labels"] = labels
-            all_scores[f"{name}/example_index"] = idx
+            all_scores[f"{name}/example_index"] = idx  # kept for readers of the older files
+            all_scores[f"{name}/member"] = labels.astype(bool)
+            all_scores[f"{name}/pool_index"] = idx
+            all_scores[f"{name}/n_references_in"] = n_in
+            per_example[name] = {"pool_index": idx, "member": labels, "n_references_in": n_in, "scores": audit.scores}
         np.savez_compressed(out / "scores.npz", **all_scores)
+        audit_scores.write(out, audit_scores.table(per_example))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
     t0 = time.perf_counter()
@@ -160,7 +167,7 @@ def run(
     metrics = json.loads((entry.path / "metrics.json").read_text())
     result = AttackResult(k, entry.path, entry.hit, metrics)
     tracking.log_metrics({k: v for k, v in metrics.items() if v is not None})
-    for f in ("audit.csv", "select.csv", "canary.csv", "roc.png", "scores.npz"):
+    for f in ("audit.csv", "select.csv", "canary.csv", "roc.png", "scores.npz", "scores.csv", "scores.parquet"):
         if (entry.path / f).exists():
             tracking.log_artifact(entry.path / f, "audit")
     log.info(
