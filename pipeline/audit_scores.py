@@ -29,6 +29,8 @@ from attacks.metrics import summarize
 log = logging.getLogger(__name__)
 
 SCORE_PREFIX = "score_"
+# the per-evaluation arrays of scores.npz that are not an attack's scores
+NPZ_FIELDS = ("labels", "example_index", "member", "pool_index", "n_references_in")
 COLUMNS = ("evaluation", "pool_index", "member", "n_references_in")
 
 

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from attacks.metrics import fpr_key, weighted_metrics
+from pipeline.audit_scores import NPZ_FIELDS
 
 # audit_<attack>_<metric> (no attack: the strongest one), for the metrics scores can recompute
 AUDIT_METRIC = re.compile(r"^audit_(?:(?P<attack>.+)_)?(?P<key>auc|tpr_at_[0-9.]+pct_fpr)$")
@@ -35,7 +36,7 @@ def _metric_replicates(
 ) -> np.ndarray | None:
     """(B,) replicates of audit metric `key` of one attack (None: the strongest attack per replicate)."""
     y = scores["labels"].astype(bool)
-    names = [k for k in scores if k not in ("labels", "example_index")]
+    names = [k for k in scores if k not in NPZ_FIELDS]
     names = [attack] if attack is not None else names
     if any(n not in scores for n in names) or not names:
         return None

@@ -60,3 +60,19 @@ def test_an_audit_writes_the_table_and_it_recomputes_the_logged_auc(cfg_factory)
     audit = frame[frame.evaluation == "audit"]
     assert np.isin(audit[audit.member == 1].pool_index, s.audit_members).all()
     assert np.isin(audit[audit.member == 0].pool_index, s.test).all()
+
+
+def test_the_strongest_attack_interval_ignores_the_per_example_fields():
+    """scores.npz's member / pool_index / n_references_in are not attacks: the hierarchical
+    bootstrap of the strongest attack must not take a maximum over them (pool_index sorted by
+    membership would be a perfect 'attack')."""
+    from pipeline.intervals import example_bootstrap
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(50), np.zeros(50)].astype(int)
+    base = {"labels": labels, "example_index": np.arange(100), "loss": rng.normal(size=100)}
+    full = {**base, "member": labels.astype(bool), "pool_index": np.arange(100)[::-1],
+            "n_references_in": labels * 4}
+    other = {**base, "loss": rng.normal(size=100)}
+    assert example_bootstrap([(full, other)], "audit_auc", 200, 0.95) == example_bootstrap(
+        [(base, other)], "audit_auc", 200, 0.95)
