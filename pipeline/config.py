@@ -344,6 +344,15 @@ class TrackingConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """`teacher`: the dense starting model. `checkpoint`: a state_dict file of the user's own trained
+    model (loaded with `weights_only=True`) that replaces teacher training; its SHA-256, not its
+    path, enters the keys."""
+
+    checkpoint: Optional[str] = None
+
+
+@dataclass
 class RootConfig:
     """The composed config's schema: Hydra merges every group into it, so a misspelled key or a
     wrong type fails at composition, naming the key. `dataset` and `model` are `_target_`
@@ -351,6 +360,7 @@ class RootConfig:
 
     dataset: Any = None
     model: Any = None
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     shadows: ShadowsConfig = field(default_factory=ShadowsConfig)
     # no default audit here: a group's mapping would be merged into it, not replace it

@@ -39,6 +39,8 @@ from pipeline.config import (
 )
 from pipeline.data import Dataset, Splits, make_splits, plant_canaries, standardise_on
 from pipeline.datasets import dataset_info, recording_reads
+from pipeline.membership import member_splits
+from pipeline import model_adapter
 from pipeline.models import MODELS
 from pipeline.seeds import derive_seed
 
@@ -63,8 +65,9 @@ class DataBundle:
         return self.dataset.x[idx], self.dataset.y[idx]
 
 
-# dataset keys that locate files rather than define the data: never part of a cache key
-PATH_KEYS = ("data_dir",)
+# dataset keys that locate files rather than define the data: never part of a cache key (the
+# content of every file read is: `_load_data`)
+PATH_KEYS = ("data_dir", "path", "labels_path", "members_file", "non_members_file", "folder")
 
 
 def data_spec(cfg: DictConfig) -> dict[str, Any]:
@@ -91,7 +94,7 @@ def load_data(cfg: DictConfig) -> DataBundle:
     """The data set and its splits; `key` hashes the data spec and the content of every file
     the loader read (embedded sets: their generator parameters only)."""
     dataset_info(str(cfg.dataset.name))  # an unknown name raises, naming the registered ones
-    paths = {k: str(cfg.dataset[k]) for k in PATH_KEYS if k in cfg.dataset}
+    paths = {k: None if cfg.dataset[k] is None else str(cfg.dataset[k]) for k in PATH_KEYS if k in cfg.dataset}
     index = Path(str(cfg.paths.cache_dir)) / DATA_INDEX_FILE
     return _load_data(canonical_json(data_spec(cfg)), canonical_json(paths), index)
 
@@ -126,17 +129,22 @@ def _load_data(spec_json: str, paths_json: str, index: Path | None = None) -> Da
     with recording_reads() as files:
         dataset = _call(target, ds_cfg)
     sigs = {os.path.abspath(f): _stat_sig(str(f)) for f in files}
-    splits = make_splits(
-        len(dataset), split, spec["seed"], n_audit=spec["n_audit"], n_reference=n_reference,
-        reserved=dataset.reference_rows,
-    )
+    if dataset.membership is not None:  # the user said who their model's members are
+        splits = member_splits(dataset.membership, split, spec["seed"], n_audit=spec["n_audit"],
+                               n_reference=n_reference, name=dataset.name)
+    else:
+        splits = make_splits(
+            len(dataset), split, spec["seed"], n_audit=spec["n_audit"], n_reference=n_reference,
+            reserved=dataset.reference_rows,
+        )
     dataset = standardise_on(dataset, splits.train)  # the members' statistics only
     dataset, splits = plant_canaries(dataset, splits, n_canaries, spec["seed"])
     hashes = data_file_hashes(files, index)
     data_dir = ds_cfg.get("data_dir")
     key_spec = dict(spec)
-    if hashes:  # by path relative to data_dir: moving the folder keeps the key
-        key_spec["files"] = {_relative(p, data_dir): h for p, h in sorted(hashes.items())}
+    if hashes:  # by path relative to data_dir (else the files' common folder): moving it keeps the key
+        base = data_dir or _common_folder(list(hashes))
+        key_spec["files"] = {_relative(p, base): h for p, h in sorted(hashes.items())}
     key = cache_key("data", DATA_VERSION, key_spec)
     bundle = DataBundle(dataset, splits, key)
     if memo is not None and memo[0].key != key:
@@ -160,8 +168,23 @@ def _relative(path: str, data_dir: str | None) -> str:
     return Path(path).name
 
 
+def _common_folder(paths: list[str]) -> str | None:
+    """The deepest folder holding every file (an image folder's root: its class folders, which
+    are the labels, stay in the names); None for a single file (keyed by its name)."""
+    if len(paths) < 2:
+        return None
+    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+
+
 def _call(target: str, kwargs: dict[str, Any]) -> Dataset:
-    return instantiate({"_target_": target, **kwargs})
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate({"_target_": target, **kwargs})
+    except InstantiationException as err:  # the loader's own error says what is wrong: raise it as it is
+        if isinstance(err.__cause__, (ValueError, OSError)):
+            raise err.__cause__ from None
+        raise
 
 
 def _takes(target: str, parameter: str) -> bool:
@@ -169,8 +192,27 @@ def _takes(target: str, parameter: str) -> bool:
     return parameter in inspect.signature(get_method(target)).parameters
 
 
+def checkpoint_path(cfg: DictConfig) -> Path | None:
+    """`teacher.checkpoint` (the user's own trained weights, `pipeline.checkpoints`), or None."""
+    value = OmegaConf.select(cfg, "teacher.checkpoint", default=None)
+    return Path(str(value)).expanduser() if value else None
+
+
+def check_user_inputs(cfg: DictConfig, bundle: DataBundle) -> None:
+    """The user's model class and checkpoint, checked on the loaded data before any training."""
+    from pipeline import user_checks
+
+    user_checks.check_user_inputs(
+        plain(cfg.model), str(cfg.compress.method), checkpoint_path(cfg), int(cfg.dataset.get("canaries", 0) or 0),
+        bundle, lambda: build_model(RunContext.build(cfg), bundle, "check"),
+    )
+
+
 def model_spec(cfg: DictConfig) -> dict[str, Any]:
-    return plain(cfg.model)
+    """The model group; a user's class adds the SHA-256 of its source file (an edited class retrains)."""
+    spec = plain(cfg.model)
+    digest = model_adapter.source_hash(str(spec.get("_target_", "")))
+    return spec if digest is None else {**spec, "source_sha256": digest}
 
 
 @dataclass(frozen=True)
@@ -226,13 +268,16 @@ def build_model(ctx: RunContext, data: DataBundle, *seed_path: object, seed: int
     """Instantiate the model group for the data's shape, initialised from `derive_seed(seed,
     *seed_path)` (`seed`: the root seed unless given), on the run's device."""
     target = str(ctx.model.get("_target_", ""))
-    if target not in MODELS:
-        raise ValueError(f"unknown model {target!r}; valid: {list(MODELS)} (conf/model/ has a config for each)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(ctx.seed if seed is None else seed, "init", *seed_path))
-        model = instantiate(
-            ctx.model, input_shape=list(data.dataset.input_shape), n_classes=data.dataset.n_classes
-        )
+        if target in MODELS:
+            model = instantiate(
+                ctx.model, input_shape=list(data.dataset.input_shape), n_classes=data.dataset.n_classes
+            )
+        else:  # a user's nn.Module class (refused naming why when it is not one), adapted
+            model = model_adapter.instantiate_model(
+                ctx.model, list(data.dataset.input_shape), data.dataset.n_classes
+            )
     return model.to(ctx.device)
 
 

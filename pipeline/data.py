@@ -63,6 +63,9 @@ class Dataset:
     # the last `reference_rows` rows were generated for the defender's `reference` split: they
     # lie outside the pool the split fractions divide (`make_splits(..., reserved=...)`)
     reference_rows: int = 0
+    # the user's own membership (`dataset=files`): (n,) int8, 1 a record that trained their model,
+    # 0 one it never saw, -1 neither (left out); the splits then follow it (`pipeline.membership`)
+    membership: Optional[np.ndarray] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
@@ -281,7 +284,10 @@ def make_splits(
         start += size
     for name in ("train", "val", "test"):
         if len(parts[name]) < 2:
-            raise ValueError(f"split {name!r} has {len(parts[name])} examples; raise its fraction")
+            raise ValueError(
+                f"too few records for split {name!r}: it gets {len(parts[name])} of the pool's {n_pool} records "
+                f"(fraction {float(fractions[name]):g}); needs >= 2: raise dataset.split.{name} or bring more records"
+            )
     n_test = len(parts["test"])
     n_audit = n_test if n_audit is None else int(n_audit)
     if n_audit < 1 or n_audit > n_test:
@@ -348,6 +354,9 @@ def plant_canaries(dataset: Dataset, splits: Splits, n: int, seed: int) -> tuple
         raise ValueError(f"dataset.canaries must be >= 0, got {n}")
     if n == 0:
         return dataset, splits
+    if dataset.membership is not None:
+        raise ValueError(f"dataset.canaries={n}: canaries would be added to the members of a model the user trained "
+                         "(user membership given); set dataset.canaries=0")
     if n > len(splits.population) // 2:
         raise ValueError(
             f"dataset.canaries={n} is more than half of population ({len(splits.population)} points)"

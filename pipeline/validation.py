@@ -288,14 +288,15 @@ def validate_search_values(cfg: DictConfig) -> None:
 def validate_data(cfg: DictConfig) -> None:
     """Load the data set (as the stages will) to check its files and `attack.n_audit` against the
     split sizes before any model trains."""
-    from pipeline.context import load_data
+    from pipeline.context import check_user_inputs, load_data
 
     try:
-        load_data(cfg)
+        bundle = load_data(cfg)
     except ValueError as err:
         if "n_audit" in str(err):
             raise ValueError(f"attack.n_audit: {err}") from err
         raise
+    check_user_inputs(cfg, bundle)  # the user's model class and checkpoint (issue 24)
 
 
 _MISSING = object()
@@ -360,8 +361,8 @@ def _methods() -> dict[str, Any]:
 def validate_method_model(method: str, target: str) -> None:
     """A method that trains only some models (`supported_models`, e.g. DP-SGD) refuses the others."""
     supported = getattr(_methods()[method], "supported_models", None)
-    if supported is None or target in supported:
-        return
+    if supported is None or target in supported or not target.startswith("pipeline."):
+        return  # a user's class: pipeline.user_checks checks its modules once it is built
     why = getattr(_methods()[method], "unsupported_models", {}).get(target, "it was not checked with this method")
     raise ValueError(
         f"compress={method} cannot train model {target!r}: {why}; models it trains: {list(supported)}"

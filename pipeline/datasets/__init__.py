@@ -5,8 +5,9 @@ Every loader returns one labelled pool (`pipeline.data.Dataset`); the data proto
 (`pipeline.data.make_splits`) re-splits it, so published train/test splits are pooled.
 `registry` holds the names (`DATASETS`); `embedded` registers the file-free sets of
 `pipeline.data`; `images` (CIFAR-10/100), `tabular` (Purchase100, Texas100) and `text`
-(AG News) read files, with what they share (file lookup, checksums, the reads they report for
-the cache keys) in `files`. Each loader module's docstring lists the files it expects.
+(AG News) and `fashion_mnist` read files, with what they share (file lookup, checksums, the
+reads they report for the cache keys) in `files`; `user_files` (`dataset=files`) reads the
+user's own files (NumPy, CSV, Parquet, image folders, IDX: `readers`). Each loader module's docstring lists the files it expects.
 Importing this package registers every set, in the order `--help` lists them.
 """
 
@@ -23,6 +24,8 @@ from pipeline.datasets.registry import (
 )
 from pipeline.datasets.tabular import load_purchase100, load_texas100
 from pipeline.datasets.text import build_vocab, load_ag_news, tokenize
+from pipeline.datasets.user_files import load_files
+from pipeline.datasets.fashion_mnist import load_fashion_mnist
 
 __all__ = [
     "DATASETS",
@@ -35,6 +38,8 @@ __all__ = [
     "file_md5",
     "load_ag_news",
     "load_cifar",
+    "load_fashion_mnist",
+    "load_files",
     "load_purchase100",
     "load_texas100",
     "record_read",

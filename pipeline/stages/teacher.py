@@ -1,4 +1,5 @@
-"""Stage 1 — teacher: train the dense "big" model on the target's `train` split."""
+"""Stage 1 — teacher: train the dense "big" model on the target's `train` split, or take the
+user's own trained model (`teacher.checkpoint`, `pipeline.checkpoints`) in its place."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline import progress, tracking
+from pipeline import checkpoints, progress, tracking
 from pipeline.cache import cache_key
 from pipeline.context import (
     RunContext,
     build_model,
+    checkpoint_path,
     data_spec,
     load_data,
     load_model,
@@ -33,6 +35,11 @@ VERSION = 1
 
 
 def spec(cfg: DictConfig) -> dict[str, Any]:
+    """The model and its recipe; with `teacher.checkpoint`, the model and the checkpoint's SHA-256
+    (nothing is trained, so the recipe does not enter)."""
+    path = checkpoint_path(cfg)
+    if path is not None:
+        return {"model": model_spec(cfg), "checkpoint_sha256": checkpoints.sha256(path)}
     return {"model": model_spec(cfg), "train": asdict(train_recipe(cfg))}
 
 
@@ -50,6 +57,14 @@ def run(ctx: RunContext) -> TeacherResult:
     k = key(cfg, data.key)
 
     def build(out: Path) -> None:
+        path = checkpoint_path(cfg)
+        if path is not None:  # the user's own trained model replaces teacher training
+            model = build_model(ctx, data, "teacher")
+            checkpoints.load_into(model, path)
+            log.info("teacher: the user's checkpoint %s (SHA-256 %s), not trained", path, the_spec["checkpoint_sha256"])
+            save_model(model, out / "model.pt")
+            (out / "metrics.json").write_text(json.dumps({"metrics": _evaluate_all(model, data), "history": []}))
+            return
         log.info("training the teacher (%d epochs on %d members)", recipe.epochs, len(data.splits.train))
         model = build_model(ctx, data, "teacher")
         x, y = data.part("train")

@@ -56,11 +56,11 @@ NOT_IN_KEYS = {
 DATA = ("dataset", "seed", "attack.n_audit")
 STAGE_READS = {
     "data": DATA,
-    "teacher": (*DATA, "model", "train"),
+    "teacher": (*DATA, "model", "train", "teacher"),
     "shadows": (*DATA, "model", "train", "shadows"),
     "shadows_matched": (*DATA, "model", "train", "shadows", "compress"),
-    "compress": (*DATA, "model", "train", "compress"),
-    "attack": (*DATA, "model", "train", "shadows", "compress", "attack"),
+    "compress": (*DATA, "model", "train", "teacher", "compress"),
+    "attack": (*DATA, "model", "train", "teacher", "shadows", "compress", "attack"),
 }
 
 CONFIGS = {"smoke": ["experiment=smoke"], "default": []}
@@ -126,6 +126,8 @@ def option_values(group: str) -> tuple[dict[str, Any], ...]:
 
 def alternatives(path: str, value: Any, cfg: DictConfig) -> Iterator[Any]:
     """Candidate new values for a leaf, most natural first; the caller keeps the first valid one."""
+    if path == "teacher.checkpoint":  # a file: its SHA-256 enters the keys (issue 24)
+        yield str(_checkpoint_file())
     if isinstance(value, bool):
         yield not value
     elif isinstance(value, int):
@@ -152,6 +154,15 @@ def alternatives(path: str, value: Any, cfg: DictConfig) -> Iterator[Any]:
         yield DROP
     elif value == []:
         yield from (["teacher"], ["changed"], [0.5])  # names, or numbers (compress.dp.tune_lr)
+
+
+@functools.cache
+def _checkpoint_file() -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "weights.pt"
+    path.write_bytes(b"a user's state_dict")  # only hashed here, never loaded
+    return path
 
 
 DROP = object()  # drop the (empty mapping) entry from its parent

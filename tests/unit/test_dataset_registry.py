@@ -31,9 +31,10 @@ def test_every_config_option_is_a_registered_set_with_its_loader():
 
 def test_file_sets_are_marked():
     reads = {name for name, info in DATASETS.items() if info.reads_files}
-    assert reads == {"cifar10", "cifar100", "purchase100", "texas100", "ag_news"}
-    for name in reads:  # a set read from files takes paths.data_dir
+    assert reads == {"cifar10", "cifar100", "purchase100", "texas100", "ag_news", "fashion_mnist", "files"}
+    for name in reads - {"files"}:  # a set read from files takes paths.data_dir
         assert "data_dir" in _options()[name]
+    assert _options()["files"]["path"] == "???"  # the user's own files: the path they name
 
 
 def test_unknown_name_lists_the_registered_ones():
