@@ -224,6 +224,11 @@ class SearchConfig:
     heartbeat_interval: int = 5  # seconds; RDB storages only
     grace_period: int = 30  # seconds without a heartbeat before a RUNNING trial is failed and retried
     constraints: dict[str, float] = field(default_factory=dict)  # e.g. {accuracy_min: 0.9}
+    # resuming a study recorded with another config or data: refuse | new (a study of a derived name)
+    on_mismatch: str = "refuse"
+
+
+SEARCH_ON_MISMATCH = ("refuse", "new")
 
 
 # the train-less frontier's members: "method" (its runs at the compared density or dense) or
@@ -269,6 +274,8 @@ class CompareConfig:
 
 
 CACHE_ACTIONS = ("list", "verify", "clear")
+# the stages that keep cache entries (`<cache_dir>/<stage>/<key>/`), the names `cache.stages` takes
+CACHE_STAGES = ("teacher", "shadow", "shadow_matched", "compress", "attack")
 
 
 @dataclass

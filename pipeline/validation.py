@@ -8,6 +8,7 @@ choices beside the schemas (`pipeline.config`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -16,11 +17,11 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from pipeline.config import (
     ADVERSARIAL_KINDS,
     CACHE_ACTIONS,
+    CACHE_STAGES,
     DP_GRAD_SAMPLE_MODES,
     INITS,
     LR_SCHEDULES,
     MMIA_COMBINES,
-    OBJECTIVE_DIRECTIONS,
     OPTIMIZERS,
     REFERENCES,
     SELECTION_RULES,
@@ -33,25 +34,25 @@ from pipeline.config import (
     CompressConfig,
     RootConfig,
     SearchConfig,
-    SearchParam,
     ShadowsConfig,
     TrainConfig,
     to_schema,
 )
 
+# the search's rules (the search stage and tests import validate_search from here too)
+from pipeline.search_validation import check_choice as _check_choice
+from pipeline.search_validation import validate_search, validate_search_group
+
 
 def validate_cache_command(c: CacheCommandConfig) -> None:
     _check_choice("cache.action", c.action, CACHE_ACTIONS)
+    for name in c.stages:
+        _check_choice("cache.stages entry", str(name), CACHE_STAGES)
     if c.action == "clear" and not (c.stages or c.keys or c.damaged or c.all):
         raise ValueError(
             "cache.action=clear needs a selection: cache.stages=[teacher,...], cache.keys=[<key prefix>,...], "
             "cache.damaged=true (damaged and moved-aside entries) or cache.all=true (everything)"
         )
-
-
-def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {list(valid)}")
 
 
 def _check_count(what: str, value: int, minimum: int = 1) -> None:
@@ -107,6 +108,7 @@ def validate(cfg: DictConfig, data: bool = False) -> None:
     data set (cached per process) to check the split sizes against `attack.n_audit`.
     """
     validate_schema(cfg)
+    validate_numbers(cfg)
     if str(cfg.stage) == "cache":
         validate_cache_command(to_schema(CacheCommandConfig, cfg.cache))
     _validate_groups(cfg)
@@ -133,8 +135,66 @@ def validate_schema(cfg: DictConfig) -> None:
         raise ValueError(f"config key {where}: {first} (the schemas are in pipeline/config.py)") from err
 
 
+def validate_numbers(cfg: DictConfig) -> None:
+    """Every number of the config is finite (an `inf` learning rate or a NaN bound would only fail
+    deep inside training), and every interval and timeout is positive."""
+    bad = [(k, v) for k, v in _leaves(OmegaConf.to_container(cfg, resolve=True)) if isinstance(v, float)
+           and not math.isfinite(v)]
+    if bad:
+        key, value = bad[0]
+        raise ValueError(f"{key}={value}: every number in the config must be finite (not inf or nan)")
+    for key, minimum in POSITIVE_SETTINGS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not float(value) >= minimum:
+            raise ValueError(f"{key} must be >= {minimum} (an interval or timeout), got {value}")
+
+
+# intervals and timeouts (seconds): 0 would spin, or time out every call at once
+POSITIVE_SETTINGS = {"search.heartbeat_interval": 1, "search.grace_period": 1, "tracking.call_timeout_s": 1e-3}
+
+
+def _leaves(node: Any, prefix: str = ""):
+    """(dotted key, value) of every scalar in a plain config container; list items as key[i]."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, node
+
+
+def validate_model(cfg: DictConfig, data: Any) -> None:
+    """One of the package's models builds for the data's shape (its constructor's checks, e.g. hidden
+    sizes >= 1), on the meta device: no weights are allocated and no random numbers drawn. A user's
+    class is built and checked by `pipeline.user_checks` (issue 24)."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.context import RunContext, build_model
+    from pipeline.models import MODELS
+
+    if str(cfg.model.get("_target_", "")) not in MODELS:
+        return
+
+    ctx = dataclasses.replace(RunContext.build(cfg), device=torch.device("meta"))
+    try:
+        with torch.device("meta"):
+            build_model(ctx, data, "validate")
+    except Exception as err:  # noqa: BLE001 - any constructor rejection, reported with the group
+        why = err.__cause__ or err  # Hydra wraps the constructor's own error
+        raise ValueError(
+            f"model {cfg.model.get('_target_')!r} cannot be built from the model group: {type(why).__name__}: {why}"
+        ) from err
+
+
 def _validate_groups(cfg: DictConfig) -> None:
     validate_device(str(cfg.runtime.get("device", "cpu")))
+    from pipeline import model_adapter
+
+    model_adapter.resolve_class(str(cfg.model.get("_target_", "")))  # imported, never called
     from pipeline.datasets import check_target  # the registry (it imports torch: not at startup)
 
     check_target(str(cfg.dataset.name), cfg.dataset.get("_target_"))
@@ -171,21 +231,6 @@ def _validate_groups(cfg: DictConfig) -> None:
             f"({search.heartbeat_interval})"
         )
     validate_search_group(search)
-
-
-def validate_search_group(search: SearchConfig) -> None:
-    """Objectives and constraints name known metrics, each objective once."""
-    for name in search.constraints:
-        metric, _, bound = name.rpartition("_")
-        if bound not in ("min", "max") or metric not in OBJECTIVE_DIRECTIONS:
-            raise ValueError(
-                f"unknown search constraint {name!r}; write <metric>_min or <metric>_max with a metric in "
-                f"{list(OBJECTIVE_DIRECTIONS)}"
-            )
-    for name in search.objectives:
-        _check_choice("search objective", name, tuple(OBJECTIVE_DIRECTIONS))
-    if len(set(search.objectives)) != len(search.objectives):
-        raise ValueError(f"search.objectives lists an objective twice: {list(search.objectives)}")
 
 
 _NAME_FORBIDDEN = ("'", '"', "`", "\\")
@@ -297,6 +342,7 @@ def validate_data(cfg: DictConfig) -> None:
             raise ValueError(f"attack.n_audit: {err}") from err
         raise
     check_user_inputs(cfg, bundle)  # the user's model class and checkpoint (issue 24)
+    validate_model(cfg, bundle)  # the package's models: their constructors' checks
 
 
 _MISSING = object()
@@ -453,75 +499,3 @@ def validate_compress(c: CompressConfig) -> None:
     r = c.regrowth
     if not (0.0 <= r.end < 1.0 and 0.0 <= r.start < 1.0):
         raise ValueError(f"compress.regrowth start/end must be in [0, 1), got {r.start}/{r.end}")
-
-
-# ------------------------------------------------------------------ the search space
-
-
-def validate_space(cfg: DictConfig, space: list[SearchParam]) -> None:
-    """Every key exists in the config and every range is sensible; raises before any trial runs."""
-    for p in space:
-        if OmegaConf.select(cfg, p.key, default=_MISSING) is _MISSING:
-            raise ValueError(f"search space key {p.key!r} does not exist in the config")
-        if p.type in ("float", "int"):
-            if p.low is None or p.high is None:
-                raise ValueError(f"search space key {p.key!r}: {p.type} needs low and high")
-            if p.low > p.high:
-                raise ValueError(f"search space key {p.key!r}: low={p.low} > high={p.high}")
-            if p.log and p.low <= 0:
-                raise ValueError(
-                    f"search space key {p.key!r}: a log range must have low > 0, got {p.low}"
-                )
-        elif p.type == "categorical":
-            if not p.choices:
-                raise ValueError(
-                    f"search space key {p.key!r}: categorical needs a non-empty choices list"
-                )
-        else:
-            raise ValueError(
-                f"search space key {p.key!r}: unknown type {p.type!r}; valid: ['float', 'int', 'categorical']"
-            )
-
-
-def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
-    """Space, objectives and constraints are checked before any storage, run or trial exists."""
-    validate_space(cfg, s.space)
-    validate_search_group(s)
-    if s.n_trials < 1 or s.n_workers < 1:
-        raise ValueError(
-            f"search.n_trials and search.n_workers must be >= 1, got {s.n_trials}, {s.n_workers}"
-        )
-    n_sets = n_parameter_sets(s.space)
-    if n_sets is not None and n_sets < s.n_trials:
-        raise ValueError(
-            f"search.n_trials={s.n_trials} but search.space has only {n_sets} distinct parameter "
-            "sets (a set is never trained twice); lower search.n_trials or widen search.space"
-        )
-    keys = {p.key: p for p in s.space}
-    if "compress.selection.lam" in keys:
-        rule = keys.get("compress.selection.rule")
-        rules = set(rule.choices or []) if rule is not None else {str(cfg.compress.selection.rule)}
-        if "weighted" not in rules:
-            raise ValueError(
-                f"search space key 'compress.selection.lam' only acts under compress.selection.rule=weighted, "
-                f"but every trial would use {sorted(rules)}; set compress.selection.rule=weighted or search it"
-            )
-    dmp_keys = sorted(k for k in keys if k.startswith("compress.dmp."))
-    users = sorted(name for name, m in _methods().items() if m.uses_reference_set)
-    if dmp_keys and str(cfg.compress.method) not in users:
-        raise ValueError(f"search space keys {dmp_keys} only act under compress={' or '.join(users)} (a defence "
-                         f"trained on a reference set), but every trial would use compress={cfg.compress.method}")
-
-
-def n_parameter_sets(space: list[SearchParam]) -> int | None:
-    """How many distinct parameter sets the space holds; None when infinite (a float range)."""
-    n = 1
-    for p in space:
-        if p.type == "float":
-            if p.low != p.high:
-                return None
-        elif p.type == "int":
-            n *= int(p.high) - int(p.low) + 1
-        else:
-            n *= len(set(map(str, p.choices)))
-    return n

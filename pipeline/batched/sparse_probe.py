@@ -8,18 +8,31 @@ block-diagonal sparse matrix per layer, ~2x faster than the grouped dense step.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.batched.fused import fused_optimizer
+from pipeline.batched.grouped import GroupedMLP
 from pipeline.config import TrainConfig
 from pipeline.training import set_lr
 
-if TYPE_CHECKING:
-    from pipeline.batched.probes import GroupedCandidates
+
+class GroupedCandidates(Protocol):
+    """What the probe reads of `pipeline.batched.probes.GroupedCandidates` (which imports this
+    module, so this one never imports it): the grouped model, masks, states and optimizer."""
+
+    group: GroupedMLP
+    names: list[str]
+    states: list[Any]
+    mask_stacks: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+
+    def _gather_optimizer_state(self) -> None: ...
+
+    def _scatter_optimizer_state(self) -> None: ...
 
 
 CSR_DENSITY = 0.15  # candidate layers sparser than this multiply as CSR (probe and tests)

@@ -16,6 +16,7 @@ storage, worker processes, heartbeats, retries and the MLflow run lifecycle live
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -32,7 +33,7 @@ from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_
 from pipeline.context import RunContext
 from pipeline.masking import config_yaml, mask_secrets
 from pipeline.pareto import hypervolume, nondominated_ranks, normalised_objectives
-from pipeline.study import mlflow_runs, storage, workers
+from pipeline.study import identity, mlflow_runs, storage, workers
 from pipeline.validation import validate_search
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     cfg = ctx.cfg
     s = to_schema(SearchConfig, cfg.search)
     validate_search(cfg, s)
-    shared = storage.open_study(s, ctx.seed)
+    shared = storage.open_study(
+        s, ctx.seed, identity=study_identity(cfg, s), on_lost=mlflow_runs.close_lost_run
+    )
+    s = dataclasses.replace(s, study_name=shared.study.study_name)  # search.on_mismatch=new may derive it
     workers.recover_running_without_heartbeat(shared)
     exp_id = tracking.setup(ctx.tracking)
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
@@ -110,6 +114,9 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
         # a terminal's Ctrl-C reaches them anyway; a `kill -INT` of this process does not
         workers.interrupt_all(procs)
         raise
+    except Exception as err:  # e.g. trials failing in a row: the study's parent run says why
+        mlflow_runs.fail_parent(parent_id, err)
+        raise
     finally:
         workers.join(procs)
         if exp_id is None and tracking.offline() and tracking.reconnect():
@@ -120,7 +127,7 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
             run_ids = mlflow_runs.reconcile_runs(
                 shared, s, exp_id, parent_id, lambda t: _log_stored_trial(cfg, t, teacher, shadows)
             )
-    workers.raise_if_failed(procs)
+    workers.raise_if_failed(procs, parent_id)
     out_dir = Path(ctx.paths.output_dir) / "studies" / s.study_name
     with mlflow_runs.maybe_run(parent_id):
         pareto, csv = _pareto(
@@ -142,11 +149,22 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=
     """What a spawned worker process runs (inside `workers.worker_main`): the same loop."""
     ctx = RunContext.build(cfg)  # a spawned worker's entry: its own run context
     s = to_schema(SearchConfig, cfg.search)
-    shared = storage.open_study(s, ctx.seed, worker=index)
+    shared = storage.open_study(
+        s, ctx.seed, worker=index, identity=study_identity(cfg, s), on_lost=mlflow_runs.close_lost_run
+    )
+    s = dataclasses.replace(s, study_name=shared.study.study_name)
     exp_id = tracking.setup(ctx.tracking)
     teacher, shadows = trial_work.prepare(ctx, index, s.n_workers)
     with progress.collapsed_warnings(f"worker {index}'s trials"):
         _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)
+
+
+def study_identity(cfg: DictConfig, s: SearchConfig) -> identity.StudyIdentity:
+    """What this command's trials depend on: the config but the searched and run-time keys, and the data."""
+    from pipeline.context import PATH_KEYS, data_key
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return identity.identity_of(plain, [p.key for p in s.space], data_key(cfg), PATH_KEYS)
 
 
 def _work(cfg, s: SearchConfig, shared, teacher, shadows, exp_id, parent_id, trial_work) -> None:
@@ -235,6 +253,8 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
         if run is not None:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             _log_trial_inputs(trial_cfg, params, teacher, shadows)
+        elif trial.user_attrs.get("mlflow_run_id"):  # a retry queued by an older version inherited it
+            trial.set_user_attr("mlflow_run_id", "")  # its own run comes from the backfill
         try:
             # the objectives lead the run's metrics (MLflow lists them in logging order)
             with tracking.summary_first() as summary:

@@ -11,20 +11,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from pipeline import tracking
 from pipeline.config import SearchConfig
 from pipeline.masking import mask_secrets
 from pipeline.study.lock import storage_lock
-
-if TYPE_CHECKING:
-    from pipeline.study.storage import SharedStudy
+from pipeline.study.storage import SharedStudy
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "safecompress.study"
 PARENT_ATTR = "mlflow_parent_run_id"  # the study user attr holding the parent run id
+RUN_ATTR = "mlflow_run_id"  # a trial's user attr: its nested run, set when the run starts
+# the study user attr {trial number: run id} of runs the backfill made after their trial completed
+# (a finished trial's user attrs cannot change any more)
+BACKFILLED_ATTR = "mlflow_backfilled_runs"
 
 
 def close_run(run_id: str | None, status: str) -> None:
@@ -37,6 +38,34 @@ def close_run(run_id: str | None, status: str) -> None:
         tracking.call(mlflow.MlflowClient().set_terminated, run_id, status=status)
     except Exception as err:  # noqa: BLE001 - tracking problems must not stop the study
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, err)
+
+
+def close_lost_run(trial) -> None:
+    """A trial whose worker was lost (failed by heartbeat, interrupted, left RUNNING): its run KILLED."""
+    close_run(trial.user_attrs.get(RUN_ATTR), "KILLED")
+
+
+def trial_run_id(shared: SharedStudy, trial) -> str | None:
+    """Trial `trial`'s own MLflow run: the one it started, else the one the backfill made for it."""
+    own = trial.user_attrs.get(RUN_ATTR)
+    if own:
+        return own
+    backfilled = shared.storage.get_study_user_attrs(shared.study_id).get(BACKFILLED_ATTR) or {}
+    return backfilled.get(str(trial.number))
+
+
+def fail_parent(run_id: str | None, err: BaseException) -> None:
+    """The study failed (trials failing in a row, a worker process failing): its parent run ends
+    FAILED with the `error` tag, from outside the run."""
+    if not run_id:
+        return
+    import mlflow
+
+    try:
+        tracking.call(mlflow.MlflowClient().set_tag, run_id, "error", f"{type(err).__name__}: {err}"[:4000])
+    except Exception as tag_err:  # noqa: BLE001 - tracking problems must not hide the study's error
+        log.warning("could not tag MLflow run %s with the error: %s", run_id, tag_err)
+    close_run(run_id, "FAILED")
 
 
 def parent_run(study_name: str, exp_id: str) -> str | None:
@@ -269,6 +298,8 @@ def _reconcile(shared, s: SearchConfig, exp_id: str, parent_id: str, log_trial: 
             if tracking.offline():
                 break
             done[t.number] = run.info.run_id
+            if t.user_attrs.get(RUN_ATTR) != run.info.run_id:
+                _link_backfilled(shared, t.number, run.info.run_id)
             n_logged += 1
         elif t.state != TrialState.RUNNING:
             for r in mine:
@@ -282,3 +313,10 @@ def _reconcile(shared, s: SearchConfig, exp_id: str, parent_id: str, log_trial: 
             n_logged,
         )
     return done
+
+
+def _link_backfilled(shared: SharedStudy, number: int, run_id: str) -> None:
+    """Record `run_id` as complete trial `number`'s run (under the reconcile lock: one writer)."""
+    links = dict(shared.storage.get_study_user_attrs(shared.study_id).get(BACKFILLED_ATTR) or {})
+    links[str(number)] = run_id
+    shared.storage.set_study_user_attr(shared.study_id, BACKFILLED_ATTR, links)

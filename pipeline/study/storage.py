@@ -8,11 +8,14 @@ no heartbeats.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ from typing import Any
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig
 from pipeline.masking import mask_logs, mask_secrets
 from pipeline.stores import StoreError, file_lock, prepare_sqlite_store
-from pipeline.study import mlflow_runs
+from pipeline.study.identity import StudyIdentity
+from pipeline.study.identity import check as check_identity
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,12 @@ class SharedStudy:
         return self.storage.get_trial(self.trial_id(number))
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    on_lost: OnLost | None = None,
+):
     """An Optuna storage from a URL: RDB (sqlite:///, postgresql://, ...) or `journal:<file>`.
 
     A URL whose database driver is not installed fails at once, naming the driver and the
@@ -104,7 +113,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                 "heartbeat_interval": heartbeat_interval,
                 "grace_period": grace_period,
                 "heartbeat_stale_trial_callback": _RetryAndCloseRun(
-                    RetryHeartbeatStaleTrialCallback()
+                    RetryHeartbeatStaleTrialCallback(), on_lost
                 ),
             }
         with file_lock(lock, "Optuna study store", "search.storage"):
@@ -174,24 +183,59 @@ def heartbeat_interval_of(storage) -> int | None:
     return storage.get_heartbeat_interval()
 
 
-class _RetryAndCloseRun:
-    """Stale-trial callback: re-enqueue the trial's params and mark its MLflow run KILLED."""
+# what happens to a lost trial's tracked run (`mlflow_runs.close_lost_run`: marked KILLED);
+# given by the caller, so that the storage knows nothing of MLflow
+OnLost = Callable[[Any], None]
 
-    def __init__(self, retry):
+
+class _RetryAndCloseRun:
+    """Stale-trial callback: re-enqueue the trial's params and close its tracked run (`on_lost`).
+
+    The retry is a new trial: it inherits the params, not the lost trial's user attrs (its
+    `mlflow_run_id`, `worker`, `sampler_seed` were the lost run's), and names the trial it
+    retries (`retry_of`). Its own MLflow run id is set when its run starts, or, if tracking is
+    paused then, linked by the backfill (`mlflow_runs.reconcile_runs`).
+    """
+
+    def __init__(self, retry, on_lost: OnLost | None = None):
         self.retry = retry
+        self.on_lost = on_lost
 
     def __call__(self, study, trial) -> None:
         log.warning(
             "trial %d lost its worker (no heartbeat): failed, retrying its params", trial.number
         )
-        self.retry(study, trial)
-        mlflow_runs.close_run(trial.user_attrs.get("mlflow_run_id"), "KILLED")
+        fresh = copy.copy(trial)
+        fresh.user_attrs = {"retry_of": trial.number}
+        self.retry(study, fresh)
+        if self.on_lost is not None:
+            self.on_lost(trial)
 
 
-def open_study(s: SearchConfig, root_seed: int, worker: int = 0) -> SharedStudy:
-    """Open `search.storage` and create (or load) the study `search.study_name` on it."""
-    storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
+def open_study(
+    s: SearchConfig,
+    root_seed: int,
+    worker: int = 0,
+    identity: StudyIdentity | None = None,
+    on_lost: OnLost | None = None,
+) -> SharedStudy:
+    """Open `search.storage` and create (or load) the study `search.study_name` on it.
+
+    With `identity` (what this command's trials depend on), a new study records it and an
+    existing one must have it (`pipeline.study.identity.check`): otherwise the command is
+    refused, or with `search.on_mismatch=new` the study of the derived name is used (the
+    returned study's name is the one to use). `on_lost(trial)` is called for each trial whose
+    worker stopped sending heartbeats, after it was failed and queued again.
+    """
+    storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period, on_lost)
     study, created = create_study(s, storage)
+    if identity is not None:
+        where = mask_secrets(s.storage)
+        other = check_identity(storage, study, created, identity, s.on_mismatch, where)
+        if other is not None:
+            s = dataclasses.replace(s, study_name=other)
+            study, created = create_study(s, storage)
+            check_identity(storage, study, created, identity, "refuse", where)
     seed = sampler_seed(root_seed, s, study, created and worker == 0)
     import optuna
 

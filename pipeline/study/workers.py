@@ -219,7 +219,7 @@ def give_back(shared: SharedStudy, trial) -> None:
     if params:
         study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
     log.warning("trial %d interrupted: failed, its params queued to be retried", trial.number)
-    mlflow_runs.close_run(frozen.user_attrs.get("mlflow_run_id"), "KILLED")
+    mlflow_runs.close_lost_run(frozen)
 
 
 def recover_running_without_heartbeat(shared: SharedStudy) -> None:
@@ -251,7 +251,7 @@ def recover_running_without_heartbeat(shared: SharedStudy) -> None:
         params = t.params or t.system_attrs.get("fixed_params")
         if params:
             study.enqueue_trial(params, user_attrs={"retry_of": t.number})
-        mlflow_runs.close_run(t.user_attrs.get("mlflow_run_id"), "KILLED")
+        mlflow_runs.close_lost_run(t)
 
 
 def _process_alive(pid: int) -> bool:
@@ -309,11 +309,14 @@ def join(workers: list) -> None:
         w.join()
 
 
-def raise_if_failed(workers: list) -> None:
-    """After `join`: raise when one of the workers exited with an error."""
+def raise_if_failed(workers: list, parent_id: str | None = None) -> None:
+    """After `join`: raise when one of the workers exited with an error (the study's parent run
+    `parent_id` then ends FAILED with the error)."""
     bad = [w.exitcode for w in workers if w.exitcode != 0]
     if bad:
-        raise RuntimeError(f"{len(bad)} search worker process(es) failed (exit codes {bad})")
+        err = RuntimeError(f"{len(bad)} search worker process(es) failed (exit codes {bad})")
+        mlflow_runs.fail_parent(parent_id, err)
+        raise err
 
 
 def worker_main(

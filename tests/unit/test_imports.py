@@ -91,7 +91,7 @@ CONFIG_FRAMEWORKS = {"hydra", "omegaconf"}
 # the thread and worker counts the entry point resolves.
 CONFIG_EDGE = {
     "__main__.py", "flow.py", "config.py", "validation.py", "context.py", "tracking.py", "masking.py",
-    "compress/from_config.py", "study/workers.py", "threads.py",
+    "compress/from_config.py", "study/workers.py", "threads.py", "search_validation.py",
 }
 # `_target_` strings resolved to the registered loaders (hydra.utils, no config object)
 RESOLVES_TARGETS = {"datasets/registry.py"}
@@ -148,3 +148,76 @@ def test_the_seed_checker_catches_a_read(tmp_path):
     ok = tmp_path / "ok.py"
     ok.write_text("def f(ctx):\n    return ctx.seed\n")
     assert not _reads_root_seed(ok)
+
+
+# ---------------------------------------------------------------- pipeline/: imports point one way
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path, root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports, anywhere in the file (inside functions and
+    `if TYPE_CHECKING:` too: a deferred import is still a dependency). A package's `__init__`
+    re-exporting its own submodules is its face, not a dependency, and is left out."""
+    paths = {_module_name(p, root): p for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        own = path.name == "__init__.py"
+        graph[name] = {
+            m for m in imported_modules(path)
+            if m in paths and m != name and not (own and m.startswith(name + "."))
+        }
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle_in_the_pipeline():
+    graph = import_graph(PIPELINE)
+    assert "pipeline.study.storage" in graph["pipeline.study.mlflow_runs"]  # the graph is read
+    assert import_cycles(graph) == [], "modules that import each other (directly or round a circle)"
+
+
+def test_the_cycle_checker_catches_a_deferred_and_a_type_checking_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from pkg.a import f\n")  # a re-export: not a dependency
+    (pkg / "a.py").write_text("def f():\n    from pkg import b\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import f\n")
+    (pkg / "c.py").write_text("import pkg\n")
+    assert import_cycles(import_graph(pkg, tmp_path)) == [["pkg.a", "pkg.b"]]

@@ -1,0 +1,115 @@
+"""The search's value rules: its space (keys exist, ranges make sense), objectives and constraints,
+checked by the validation pass (`pipeline.validation.validate`) and again by the search stage
+before any storage, run or trial exists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import OBJECTIVE_DIRECTIONS, SEARCH_ON_MISMATCH, SearchConfig, SearchParam
+
+_MISSING = object()
+
+
+def check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {list(valid)}")  # the one wording
+
+
+def _methods() -> dict[str, Any]:
+    from pipeline.compress import METHODS  # the registry (it imports the validation pass)
+
+    return METHODS
+
+
+def validate_search_group(search: SearchConfig) -> None:
+    """Objectives and constraints name known metrics, each objective once."""
+    check_choice("search.on_mismatch", search.on_mismatch, SEARCH_ON_MISMATCH)
+    for name in search.constraints:
+        metric, _, bound = name.rpartition("_")
+        if bound not in ("min", "max") or metric not in OBJECTIVE_DIRECTIONS:
+            raise ValueError(
+                f"unknown search constraint {name!r}; write <metric>_min or <metric>_max with a metric in "
+                f"{list(OBJECTIVE_DIRECTIONS)}"
+            )
+    for name in search.objectives:
+        check_choice("search objective", name, tuple(OBJECTIVE_DIRECTIONS))
+    if len(set(search.objectives)) != len(search.objectives):
+        raise ValueError(f"search.objectives lists an objective twice: {list(search.objectives)}")
+
+
+
+def validate_space(cfg: DictConfig, space: list[SearchParam]) -> None:
+    """Every key exists in the config and every range is sensible; raises before any trial runs."""
+    for p in space:
+        if OmegaConf.select(cfg, p.key, default=_MISSING) is _MISSING:
+            raise ValueError(f"search space key {p.key!r} does not exist in the config")
+        if p.type in ("float", "int"):
+            if p.low is None or p.high is None:
+                raise ValueError(f"search space key {p.key!r}: {p.type} needs low and high")
+            if p.low > p.high:
+                raise ValueError(f"search space key {p.key!r}: low={p.low} > high={p.high}")
+            if p.type == "int" and not (float(p.low).is_integer() and float(p.high).is_integer()):
+                raise ValueError(
+                    f"search space key {p.key!r}: an int range needs whole-number bounds, got low={p.low}, "
+                    f"high={p.high}"
+                )
+            if p.log and p.low <= 0:
+                raise ValueError(
+                    f"search space key {p.key!r}: a log range must have low > 0, got {p.low}"
+                )
+        elif p.type == "categorical":
+            if not p.choices:
+                raise ValueError(
+                    f"search space key {p.key!r}: categorical needs a non-empty choices list"
+                )
+        else:
+            raise ValueError(
+                f"search space key {p.key!r}: unknown type {p.type!r}; valid: ['float', 'int', 'categorical']"
+            )
+
+
+def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
+    """Space, objectives and constraints are checked before any storage, run or trial exists."""
+    validate_space(cfg, s.space)
+    validate_search_group(s)
+    if s.n_trials < 1 or s.n_workers < 1:
+        raise ValueError(
+            f"search.n_trials and search.n_workers must be >= 1, got {s.n_trials}, {s.n_workers}"
+        )
+    n_sets = n_parameter_sets(s.space)
+    if n_sets is not None and n_sets < s.n_trials:
+        raise ValueError(
+            f"search.n_trials={s.n_trials} but search.space has only {n_sets} distinct parameter "
+            "sets (a set is never trained twice); lower search.n_trials or widen search.space"
+        )
+    keys = {p.key: p for p in s.space}
+    if "compress.selection.lam" in keys:
+        rule = keys.get("compress.selection.rule")
+        rules = set(rule.choices or []) if rule is not None else {str(cfg.compress.selection.rule)}
+        if "weighted" not in rules:
+            raise ValueError(
+                f"search space key 'compress.selection.lam' only acts under compress.selection.rule=weighted, "
+                f"but every trial would use {sorted(rules)}; set compress.selection.rule=weighted or search it"
+            )
+    dmp_keys = sorted(k for k in keys if k.startswith("compress.dmp."))
+    users = sorted(name for name, m in _methods().items() if m.uses_reference_set)
+    if dmp_keys and str(cfg.compress.method) not in users:
+        raise ValueError(f"search space keys {dmp_keys} only act under compress={' or '.join(users)} (a defence "
+                         f"trained on a reference set), but every trial would use compress={cfg.compress.method}")
+
+
+def n_parameter_sets(space: list[SearchParam]) -> int | None:
+    """How many distinct parameter sets the space holds; None when infinite (a float range)."""
+    n = 1
+    for p in space:
+        if p.type == "float":
+            if p.low != p.high:
+                return None
+        elif p.type == "int":
+            n *= int(p.high) - int(p.low) + 1
+        else:
+            n *= len(set(map(str, p.choices)))
+    return n
