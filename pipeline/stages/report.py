@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline import runs, tracking
+from pipeline import audit_scores, runs, set_audit, tracking
 from pipeline.config import ReportConfig, to_schema
 from pipeline.context import RunContext
 from pipeline.frontier import frontier_curves
@@ -110,9 +110,49 @@ def run(ctx: RunContext) -> ReportResult:
             log.warning("study %r has no trial tagged pareto_rank=0 yet", rc.study_name)
         for run_id in pareto["run_id"]:
             audit_paths.append(write_audit_report(run_id, uri, out / "study" / rc.study_name / run_id))
+        if rc.set_audit and not pareto.empty:
+            files += write_set_audit(uri, pareto, rc, out / "study" / rc.study_name)
     if audit_paths:
         log.info("audit reports: %d under %s", len(audit_paths), out)
     return ReportResult(rc.experiment_name, out, summary, markdown, tuple(files), tuple(audit_paths))
+
+
+# ---------------------------------------------------------------- the released set
+
+
+def write_set_audit(uri: str, pareto: pd.DataFrame, rc: ReportConfig, out: Path) -> list[Path]:
+    """The Pareto front audited as one release (`pipeline.set_audit`): set_audit.md and .csv
+    under `out`, logged to the report's run. Versions without per-example scores are left out
+    (logged); the attacks are those every version scored (or `report.set_attacks`)."""
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    audit, fit = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _, r in pareto.iterrows():
+            name = str(r.get("run_name") or r["run_id"][:8])
+            a = runs.load_scores(uri, r["run_id"], Path(tmp) / "audit", "audit")
+            f = runs.load_scores(uri, r["run_id"], Path(tmp) / "select", "select")
+            if a is None or "pool_index" not in a:
+                log.warning("set audit: trial run %s has no per-example scores (audit/scores.npz); left out", name)
+                continue
+            audit[name], fit[name] = a, f
+    if not audit:
+        return []
+    attack_sets = [set(v) - set(audit_scores.NPZ_FIELDS) for v in audit.values()]
+    common = sorted(set.intersection(*attack_sets))
+    wanted = list(rc.set_attacks) if rc.set_attacks else common
+    missing = [a for a in wanted if a not in common]
+    if missing:
+        raise ValueError(f"report.set_attacks names {missing}, which not every Pareto version scored; scored: {common}")
+    use_fit = all(f is not None and "pool_index" in f for f in fit.values())
+    tables = [set_audit.set_audit(audit, fit if use_fit else None, a, seed=0) for a in wanted]
+    table = pd.concat(tables, ignore_index=True)
+    paths = [out / "set_audit.md", out / "set_audit.csv"]
+    paths[0].write_text(set_audit.to_markdown(table, f"Set audit of study {rc.study_name!r}: {len(audit)} Pareto versions"))
+    table.to_csv(paths[1], index=False)
+    log.info("set audit of %d Pareto versions: %s", len(audit), paths[0])
+    return paths
 
 
 # ---------------------------------------------------------------- the table
