@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 
 
-def make(path: str, n: int = 1200, n_features: int = 20, n_classes: int = 4, seed: int = 0,
+def make(path: str, n: int = 1200, n_features: int = 20, n_classes: int = 4, seed: int = 0, noise: float = 2.0,
          member: bool = False) -> None:
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1.5, (n_classes, n_features))
     y = rng.integers(0, n_classes, n)
-    x = centres[y] + rng.normal(0, 2.0, (n, n_features))
+    x = centres[y] + rng.normal(0, noise, (n, n_features))
     table = pd.DataFrame(x, columns=[f"f{i}" for i in range(n_features)])
     table["label"] = y
     if member:

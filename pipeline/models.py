@@ -50,7 +50,11 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """A small CNN for image-shaped inputs (C, H, W): conv blocks, global pooling, MLP head."""
+    """A small CNN for image-shaped inputs (C, H, W): conv blocks, pooling, MLP head.
+
+    `pool="global"` (default): a 2x2 max-pool between blocks, then global average pooling.
+    `pool="flatten"`: a 2x2 max-pool after every block, then the flattened map (the classic
+    2-conv CNN of Fashion-MNIST's benchmark table, which keeps where a feature is)."""
 
     def __init__(
         self,
@@ -58,6 +62,7 @@ class SmallCNN(nn.Module):
         n_classes: int,
         channels: Sequence[int] = (32, 64),
         hidden_size: int = 128,
+        pool: str = "global",
     ):
         super().__init__()
         if len(input_shape) != 3:
@@ -65,14 +70,22 @@ class SmallCNN(nn.Module):
                 f"SmallCNN needs image-shaped inputs (C, H, W), got input shape {tuple(input_shape)}; "
                 "use model=mlp for flat features"
             )
+        if pool not in ("global", "flatten"):
+            raise ValueError(f"unknown SmallCNN pool {pool!r}; valid: ['global', 'flatten']")
         blocks: list[nn.Module] = []
-        c_in = int(input_shape[0])
+        c_in, h, w = (int(s) for s in input_shape)
         for i, c in enumerate(channels):
             blocks += [nn.Conv2d(c_in, int(c), 3, padding=1), nn.ReLU()]
-            if i < len(channels) - 1:
+            if i < len(channels) - 1 or pool == "flatten":
                 blocks.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
             c_in = int(c)
-        blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, hidden_size), nn.ReLU()]
+        if pool == "global":
+            blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, hidden_size), nn.ReLU()]
+        else:
+            if h < 1 or w < 1:
+                raise ValueError(f"SmallCNN: input {tuple(input_shape)} is too small for {len(channels)} pools")
+            blocks += [nn.Flatten(), nn.Linear(c_in * h * w, hidden_size), nn.ReLU()]
         self.body = nn.Sequential(*blocks)
         self.head = nn.Linear(hidden_size, n_classes)
 
