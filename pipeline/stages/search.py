@@ -160,10 +160,16 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=
 
 
 def study_identity(cfg: DictConfig, s: SearchConfig) -> identity.StudyIdentity:
-    """What this command's trials depend on: the config but the searched and run-time keys, and the data."""
-    from pipeline.context import PATH_KEYS, data_key
+    """What this command's trials depend on: the config but the searched and run-time keys, and the
+    data; a user's model class and checkpoint by their content (as in the cache keys), not their path."""
+    from pipeline import checkpoints
+    from pipeline.context import PATH_KEYS, checkpoint_path, data_key, model_spec
 
     plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["model"] = model_spec(cfg)
+    path = checkpoint_path(cfg)
+    if path is not None:
+        plain.setdefault("teacher", {})["checkpoint"] = f"sha256:{checkpoints.sha256(path)}"
     return identity.identity_of(plain, [p.key for p in s.space], data_key(cfg), PATH_KEYS)
 
 

@@ -145,3 +145,28 @@ def test_nothing_is_created_when_refused_on_a_fresh_root(cfg_factory, tmp_path):
     with pytest.raises(ValueError, match="search.on_mismatch"):
         run_stage(cfg_factory("experiment=smoke", "search.on_mismatch=ask"))
     nothing_created(tmp_path)
+
+
+def test_a_users_model_source_and_checkpoint_count_by_content(cfg_factory, tmp_path, monkeypatch):
+    src = tmp_path / "pkg_w26" / "w26_net.py"
+    src.parent.mkdir()
+    src.write_text("from torch import nn\n\nclass Net(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(src.parent))
+    ckpt = tmp_path / "a" / "teacher.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights-1")
+
+    def ident(*o):
+        c = cfg_factory("experiment=smoke", "model=custom", "model._target_=w26_net.Net", *o)
+        return study_identity(c, to_schema(SearchConfig, c.search)).digest
+
+    base = ident(f"teacher.checkpoint={ckpt}")
+    moved = tmp_path / "b" / "teacher.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(ckpt.read_bytes())
+    assert ident(f"teacher.checkpoint={moved}") == base  # where it lies is not the question
+    ckpt.write_bytes(b"weights-2")
+    assert ident(f"teacher.checkpoint={ckpt}") != base
+    ckpt.write_bytes(b"weights-1")
+    src.write_text(src.read_text() + "\n# an edited class\n")
+    assert ident(f"teacher.checkpoint={ckpt}") != base
