@@ -44,8 +44,9 @@ def calibrate_offline_a(
 
     pop_ref_p (K, m): the references' true-class probabilities on population points; pop_ref_in
     (K, m) their membership. Reference j (j < n_targets) is the target; the population's even
-    positions are its audit points (members: pop_ref_in[j]), the odd ones the comparison set z;
-    the other K - 1 references are its references, each counted OUT where it did not train.
+    positions are its audit points (members: pop_ref_in[j]; those on which every other reference
+    trained are left out), the odd ones the comparison set z; the other K - 1 references are its
+    references, each counted OUT where it did not train.
     """
     p = np.asarray(pop_ref_p, np.float64)
     member = np.asarray(pop_ref_in, bool)
@@ -57,15 +58,15 @@ def calibrate_offline_a(
     xs, zs = np.arange(0, m, 2), np.arange(1, m, 2)
     curves: dict[float, list[float]] = {a: [] for a in grid}
     for j in range(min(n_targets, k)):
-        labels = member[j, xs].astype(int)
-        if labels.min() == labels.max():
-            continue  # no members or no non-members to tell apart
         others = np.delete(np.arange(k), j)
-        out_in = member[others][:, xs]
-        if np.any((~out_in).sum(axis=0) == 0):
-            continue  # some audit point has no OUT reference
+        # the audit points with >= 1 OUT reference among the others (offline RMIA needs one)
+        x = xs[(~member[others][:, xs]).any(axis=0)]
+        labels = member[j, x].astype(int)
+        if len(x) < 2 or labels.min() == labels.max():
+            continue  # no members or no non-members to tell apart
+        out_in = member[others][:, x]
         for a in grid:
-            s = rmia_scores(p[j, xs], p[others][:, xs], p[j, zs], p[others][:, zs], out_in, gamma, a, online=False)
+            s = rmia_scores(p[j, x], p[others][:, x], p[j, zs], p[others][:, zs], out_in, gamma, a, online=False)
             curves[a].append(roc_auc(s, labels))
     if not any(curves.values()):
         raise ValueError("calibrating RMIA's a: no reference had both members and non-members among the points")

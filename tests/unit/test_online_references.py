@@ -78,3 +78,15 @@ def test_audit_gives_every_candidate_half_in_half_out_references(cfg_factory):
     assert np.isfinite(result.metrics["audit_lira_online_auc"])
     offline = shadows_stage.run(RunContext.build(cfg_factory("experiment=smoke", "shadows.n_models=4")))
     assert not offline.reference_in(idx).any()
+
+
+def test_full_audit_calibrates_rmia_on_the_references_and_logs_a(cfg_factory):
+    """attack=full's RMIA (population-only references: offline) picks its a from the references'
+    own membership on population points, and the audit records the a it used."""
+    from pipeline.__main__ import run_stage
+
+    m = run_stage(cfg_factory("experiment=smoke", "stage=attack", "attack=full", "attack.reference=dense",
+                              "shadows.n_models=4", "tracking.enabled=false")).metrics
+    assert m["audit_rmia_online"] == 0.0
+    assert m["audit_rmia_offline_a"] in {round(0.1 * i, 1) for i in range(11)}
+    assert np.isfinite(m["audit_rmia_auc"])
