@@ -61,6 +61,7 @@ def _run_compress(ctx: RunContext) -> Any:
     """compress one model (compress={methods})"""
     result = flow.compress(ctx)
     tracking.log_metrics(result.metrics)
+    flow.log_model(ctx, result)
     return result
 
 
@@ -68,7 +69,9 @@ def _run_attack(ctx: RunContext) -> Any:
     """compress, then audit the model with the attack suite (attack=default, full)"""
     comp = flow.compress(ctx)
     tracking.log_metrics(comp.metrics)
-    return flow.attack(ctx, comp)
+    audit = flow.attack(ctx, comp)
+    flow.log_model(ctx, comp, audit)
+    return audit
 
 
 def _run_search(ctx: RunContext) -> Any:
@@ -99,6 +102,15 @@ def _run_compare(ctx: RunContext) -> Any:
     return result
 
 
+def _run_export(ctx: RunContext) -> Any:
+    """ship one model: ONNX, state_dict, .sc and MODEL_CARD.md (export.trial / run_id / rule; export.register)"""
+    from pipeline.stages import export
+
+    result = export.run(ctx)
+    _print_written(result.summary, result.files)
+    return result
+
+
 def _run_cache(ctx: RunContext) -> Any:
     """list, verify or clear cached stage results (safecompress cache verify; cache.*)"""
     from pipeline.stages import cache
@@ -117,6 +129,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {
     "search": _run_search,
     "report": _standalone("report", _run_report),
     "compare": _standalone("compare", _run_compare),
+    "export": _standalone("export", _run_export),
     "cache": _run_cache,  # no MLflow run: maintenance of paths.cache_dir
 }
 

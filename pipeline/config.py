@@ -275,6 +275,28 @@ class CompareConfig:
     study: Optional[str] = None  # an Optuna study's name: its Pareto trials against the frontier
 
 
+# stage=export: how a model is chosen from a study when no trial number or run id is given
+EXPORT_RULES = ("max_accuracy", "min_attack_auc")
+
+
+@dataclass
+class ExportConfig:
+    """`stage=export`: which model to ship (a trial, a run, or a rule over a study's Pareto front)
+    and how its ONNX copy is checked (values: conf/export/default.yaml)."""
+
+    study_name: Optional[str] = None  # null: search.study_name
+    trial: Optional[int] = None  # a trial number of the study
+    run_id: Optional[str] = None  # any tracked compress/attack run or search trial
+    rule: str = "max_accuracy"  # EXPORT_RULES; used when neither trial nor run_id is given
+    max_attack_auc: Optional[float] = None  # the rule's bound on the (validation) attack AUC
+    min_accuracy: Optional[float] = None  # ... and on validation accuracy
+    register: Optional[str] = None  # a Model Registry name: register the exported model
+    onnx: bool = True
+    opset: int = 17
+    n_check: int = 1000  # inputs on which ONNX Runtime and PyTorch are compared
+    max_abs_diff: float = 1e-4  # bound on their largest absolute logit difference
+
+
 CACHE_ACTIONS = ("list", "verify", "clear")
 # the stages that keep cache entries (`<cache_dir>/<stage>/<key>/`), the names `cache.stages` takes
 CACHE_STAGES = ("teacher", "shadow", "shadow_matched", "compress", "attack")
@@ -339,6 +361,7 @@ class PathsConfig:
     mlruns_dir: str = MISSING
     output_dir: str = MISSING
     data_dir: str = MISSING
+    export_dir: Optional[str] = None  # stage=export's folders; null: <output_dir>/exports
 
 
 @dataclass
@@ -350,6 +373,9 @@ class TrackingConfig:
     experiment: str = MISSING
     enabled: bool = True
     call_timeout_s: float = 60.0  # seconds
+    # log each compress/attack run's and search trial's compressed model as an MLflow Model
+    # (`pipeline.export.mlflow_model`); off for large sweeps (cost: README "Ship the model")
+    log_models: bool = True
 
 
 @dataclass
@@ -378,6 +404,7 @@ class RootConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from pipeline.context import RunContext, load_model
+from pipeline.export import log_compressed
 from pipeline.results import (
     AttackResult,
     CompressResult,
@@ -49,6 +50,11 @@ def attack(
     return attack_stage.run(ctx, compressed, dense_shadows if "dense" in needs else None, matched)
 
 
+def log_model(ctx: RunContext, compressed: CompressResult, audit: AttackResult | None = None) -> None:
+    """The compressed model as an MLflow Model in the active run (`tracking.log_models`)."""
+    log_compressed(ctx, compressed, audit)
+
+
 def dense_size_bytes(ctx: RunContext, teacher_result: TeacherResult) -> int:
     """Bytes of the dense teacher's weights (the search normalises model size by it)."""
     import sparse
@@ -81,7 +87,9 @@ class Trial:
     ) -> tuple[CompressResult, AttackResult]:
         ctx = RunContext.build(cfg)
         comp = compress_stage.run(ctx, teacher_result)
-        return comp, attack(ctx, comp, dense_shadows)
+        audit = attack(ctx, comp, dense_shadows)
+        log_model(ctx, comp, audit)
+        return comp, audit
 
     def dense_size_bytes(self, ctx: RunContext, teacher_result: TeacherResult) -> int:
         return dense_size_bytes(ctx, teacher_result)

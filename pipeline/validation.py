@@ -119,6 +119,11 @@ def validate(cfg: DictConfig, data: bool = False) -> None:
     if stage == "search":
         validate_search(cfg, to_schema(SearchConfig, cfg.search))
         validate_search_values(cfg)
+    if stage == "export":
+        from pipeline.config import ExportConfig, TrackingConfig
+        from pipeline.export.checks import validate_export
+
+        validate_export(to_schema(ExportConfig, cfg.export), to_schema(TrackingConfig, cfg.tracking))
     if data and stage in DATA_STAGES:
         validate_data(cfg)
 

@@ -47,6 +47,7 @@ NOT_IN_KEYS = {
     "compress fields it sets",
     "report": "reads tracked runs; nothing cached",
     "compare": "reads tracked runs; nothing cached",
+    "export": "ships an already cached model (stage=export); nothing cached",
     "cache": "options of the cache command (stage=cache), which computes nothing",
     "dataset.data_dir": "locates the data files (context.PATH_KEYS); never part of a key",
 }
