@@ -123,7 +123,10 @@ def validate(cfg: DictConfig, data: bool = False) -> None:
         from pipeline.config import ExportConfig, TrackingConfig
         from pipeline.export.checks import validate_export
 
-        validate_export(to_schema(ExportConfig, cfg.export), to_schema(TrackingConfig, cfg.tracking))
+        ec = validate_export(to_schema(ExportConfig, cfg.export), to_schema(TrackingConfig, cfg.tracking))
+        for key, value in (("export.run_id", ec.run_id), ("export.register", ec.register)):
+            if value is not None:
+                validate_name(key, value)
     if data and stage in DATA_STAGES:
         validate_data(cfg)
 

@@ -11,7 +11,6 @@ OPSETS = range(9, 21)  # ONNX opsets the TorchScript exporter writes and ONNX Ru
 def validate_export(ec: ExportConfig, t: TrackingConfig) -> ExportConfig:
     """`export.*` against each other and the tracking settings; the ONNX extra when ONNX is wanted."""
     from pipeline.export.formats import require_onnx
-    from pipeline.validation import validate_name
 
     if ec.trial is not None and ec.run_id:
         raise ValueError(f"export.trial={ec.trial} and export.run_id={ec.run_id!r} name two models; give one")
@@ -29,8 +28,7 @@ def validate_export(ec: ExportConfig, t: TrackingConfig) -> ExportConfig:
     if ec.opset not in OPSETS:
         raise ValueError(f"export.opset must be in [{OPSETS.start}, {OPSETS.stop - 1}], got {ec.opset}")
     for key, v in (("export.run_id", ec.run_id), ("export.register", ec.register)):
-        if v is not None:
-            validate_name(key, v)
+        if v is not None:  # (both are also names quoted into MLflow filters: pipeline.validation checks them)
             if not t.enabled:
                 raise ValueError(f"{key} needs MLflow tracking; tracking.enabled is false")
     if ec.onnx:
