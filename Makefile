@@ -16,7 +16,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,dp,launchers,postgres]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,dp,launchers,postgres,export]"
 	touch $@
 
 install: $(VENV)/.installed
