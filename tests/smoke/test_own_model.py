@@ -98,3 +98,6 @@ def test_audit_an_existing_model_on_its_real_members(cfg_factory, user_dir):
     pruned = run_stage(cfg_factory(*overrides, "compress=oneshot", "compress.density=0.3"))
     assert np.isfinite(pruned.metrics["audit_auc"])
     assert abs(_tracked(cfg)["density"] - 0.3) < 0.01  # pruned from the user's weights
+    search = run_stage(cfg_factory(*[o for o in overrides if o != "stage=attack"], "stage=search",
+                                   "compress.init=teacher"))  # compress the user's model
+    assert search.n_complete == 2
