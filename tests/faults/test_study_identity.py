@@ -108,10 +108,12 @@ def test_a_changed_data_file_is_a_different_question(tmp_path):
 
     _write_purchase(data, seed=1)  # replaced by other data at the same path
     with pytest.raises(ValueError) as err:
-        _open(cfg)
+        run_stage(cfg)  # the whole command (stage=search): refused before any work
     text = str(err.value)
     assert f"study {name!r}" in text and "\n  data: " in text and "a data file changed" in text
     assert optuna.get_all_study_names(_db(tmp_path)) == [name]
+    assert optuna.load_study(study_name=name, storage=_db(tmp_path)).trials == []
+    assert not (tmp_path / ".cache" / "teacher").exists()
 
 
 def test_a_legacy_study_resumes_with_a_warning_and_is_recorded(cfg_factory, tmp_path, caplog):
