@@ -238,6 +238,9 @@ def test_three_workers_on_postgres_with_one_killed(
     assert all(t.params == killed_params for t in retries)
     killed_run = client.get_run(killed.user_attrs["mlflow_run_id"])
     assert killed_run.info.status == "KILLED"
+    for t in retries:  # a retry is its own trial with its own run, never the killed one's (issue 26)
+        assert t.user_attrs.get("mlflow_run_id") != killed_run.info.run_id
+        assert t.user_attrs.get("retry_of", t.system_attrs.get("failed_trial")) == killed_number
 
     # The password: in no param or tag of any run, nor in any artifact file the server stored.
     secret = postgres.password
