@@ -256,8 +256,10 @@ def _facts(ctx, ec, source, src_ctx, data, sizes, check, onnx_error, test_acc, v
     splits = {k: len(getattr(data.splits, k)) for k in ("train", "val", "test", "population")}
     splits.update({k: len(v) for k in ("reference", "canaries") if len(v := getattr(data.splits, k, ())) > 0})
     n_audit = min(len(data.splits.audit_members), len(data.splits.test))
-    onnx = onnx_error or (f"checked with ONNX Runtime against PyTorch on {check.n_inputs:,} inputs ({n_real:,} data "
-                          f"records, the rest mixes of two records): max abs logit difference {check.max_abs_diff:.3g} "
+    made = (f"{n_real:,} data records, the rest mixes of two records" if check and n_real < check.n_inputs
+            else "data records")
+    onnx = onnx_error or (f"checked with ONNX Runtime against PyTorch on {check.n_inputs:,} inputs ({made}): "
+                          f"max abs logit difference {check.max_abs_diff:.3g} "
                           f"(bound {check.bound:g}), same predicted class on {check.argmax_agreement:.2%}."
                           if check else "not written (export.onnx=false).")
     recipe = {

@@ -147,6 +147,19 @@ def test_attack_and_compress_runs_log_models_and_export_by_run_id(searched):
     assert mlflow_model.logged_model_id(str(cfg.tracking.uri), off.info.run_id) is None
 
 
+def test_the_card_states_the_excess_over_a_tracked_frontier(searched):
+    root, _ = searched
+    dst = run_stage(_cfg(root, "stage=attack", "compress=dst")).metrics  # a frontier run: same data, density, seed
+    dst["test_accuracy"] = run_stage(_cfg(root, "stage=compress", "compress=dst")).metrics["test_accuracy"]  # cached
+    out = run_stage(_cfg(root, "stage=export", "export.trial=0", "export.onnx=false"))
+    text = (out.out_dir / "MODEL_CARD.md").read_text()
+    acc, auc = json.loads((out.out_dir / "export.json").read_text())["test_accuracy"], out.source.metrics["audit_auc"]
+    if acc <= dst["test_accuracy"]:  # one frontier point: its AUC holds at every lower accuracy
+        assert f"**{auc - dst['audit_auc']:+.4f}** (audit AUC {auc:.4f} against the frontier's {dst['audit_auc']:.4f}" in text
+    else:
+        assert "more accurate than every frontier run" in text
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["export.trial=99"], r"has no trial 99; its complete trials: \[0, 1\]"),
     (["export.max_attack_auc=0.01"], r"no Pareto trial of study .* has attack_auc <= 0\.01; the front: trial"),
