@@ -131,7 +131,8 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     out_dir = Path(ctx.paths.output_dir) / "studies" / s.study_name
     with mlflow_runs.maybe_run(parent_id):
         pareto, csv = _pareto(
-            shared.study, s, out_dir, float(trial_work.dense_size_bytes(ctx, teacher)), run_ids
+            shared.study, s, out_dir, float(trial_work.dense_size_bytes(ctx, teacher)), run_ids,
+            mlflow_runs.backfilled_runs(shared),
         )
     if ctx.tracking.enabled and (parent_id is None or tracking.offline()):
         log.warning(
@@ -330,8 +331,10 @@ def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_i
 
 
 def _pareto(
-    study, s: SearchConfig, out: Path, dense_bytes: float, run_ids: dict[int, str] | None = None
+    study, s: SearchConfig, out: Path, dense_bytes: float, run_ids: dict[int, str] | None = None,
+    backfilled: dict[int, str] | None = None,
 ) -> tuple[pd.DataFrame, Path | None]:
+    """The Pareto table; a trial's run is the one reconciled now, else its own, else the backfill's."""
     import mlflow
     from optuna.trial import TrialState
 
@@ -350,7 +353,9 @@ def _pareto(
         ):
             row.setdefault(k, t.user_attrs.get(k, math.nan))
         row.update(t.params)
-        row["mlflow_run_id"] = (run_ids or {}).get(t.number) or t.user_attrs.get("mlflow_run_id", "")
+        row["mlflow_run_id"] = (
+            (run_ids or {}).get(t.number) or t.user_attrs.get(mlflow_runs.RUN_ATTR) or (backfilled or {}).get(t.number, "")
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:

@@ -50,8 +50,13 @@ def trial_run_id(shared: SharedStudy, trial) -> str | None:
     own = trial.user_attrs.get(RUN_ATTR)
     if own:
         return own
-    backfilled = shared.storage.get_study_user_attrs(shared.study_id).get(BACKFILLED_ATTR) or {}
-    return backfilled.get(str(trial.number))
+    return backfilled_runs(shared).get(trial.number)
+
+
+def backfilled_runs(shared: SharedStudy) -> dict[int, str]:
+    """The runs the backfill made, by trial number (a finished trial's attrs cannot take them)."""
+    links = shared.storage.get_study_user_attrs(shared.study_id).get(BACKFILLED_ATTR) or {}
+    return {int(number): run_id for number, run_id in links.items()}
 
 
 def fail_parent(run_id: str | None, err: BaseException) -> None:

@@ -70,3 +70,19 @@ def test_a_retry_gets_its_own_run_even_while_tracking_is_paused(study, monkeypat
     assert run.info.status == "FINISHED" and run.data.tags["trial_number"] == str(retry.number)
     assert run.data.tags["tracking_backfilled"] == "true"
     assert client.get_run(dead_run.info.run_id).info.status == "KILLED"
+
+
+def test_a_later_read_of_the_study_finds_the_backfilled_run(study, monkeypatch, tmp_path):
+    """The Pareto table of a later command (no reconcile this time) points at the backfill's run."""
+    from pipeline.stages import search
+
+    s, shared, exp_id = study
+    parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
+    monkeypatch.setattr(tracking, "_outage", "ConnectionError: server down")
+    trial = shared.study.ask()
+    trial.suggest_float("compress.density", 0.1, 0.5)
+    shared.study.tell(trial, [0.6, 0.55])
+    monkeypatch.setattr(tracking, "_outage", None)
+    done = mlflow_runs.reconcile_runs(shared, s, exp_id, parent_id, lambda t: None)
+    table, _ = search._pareto(shared.study, s, tmp_path / "out", 1000.0, None, mlflow_runs.backfilled_runs(shared))
+    assert list(table["mlflow_run_id"]) == [done[trial.number]] and done[trial.number]
