@@ -160,6 +160,19 @@ def test_the_card_states_the_excess_over_a_tracked_frontier(searched):
         assert "more accurate than every frontier run" in text
 
 
+def test_the_card_states_epsilon_for_dp_sgd(searched):
+    root, _ = searched
+    run_stage(_cfg(root, "stage=attack", "compress=dpsgd", "compress.density=1.0", "compress.dp.epsilon=50", "seed=3"))
+    cfg = _cfg(root, "stage=export")
+    client = _client(cfg)
+    exp = client.get_experiment_by_name("safecompress").experiment_id
+    run = client.search_runs([exp], "tags.stage = 'attack' and tags.method = 'dpsgd'")[0]
+    out = run_stage(_cfg(root, "stage=export", f"export.run_id={run.info.run_id}", "export.onnx=false"))
+    text = (out.out_dir / "MODEL_CARD.md").read_text()
+    spent = run.data.metrics["compress_epsilon"]
+    assert f"DP-SGD (Opacus, RDP accountant) at target ε = 50, δ = {1 / 200:.3g}, ε spent by the accountant {spent:.3f}" in text
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["export.trial=99"], r"has no trial 99; its complete trials: \[0, 1\]"),
     (["export.max_attack_auc=0.01"], r"no Pareto trial of study .* has attack_auc <= 0\.01; the front: trial"),
