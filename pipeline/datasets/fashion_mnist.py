@@ -32,7 +32,8 @@ def _find(stem: str, folders: list[Path]) -> Optional[Path]:
     return None
 
 
-@register("fashion_mnist", "Fashion-MNIST: 70,000 grey 28x28 images, 10 classes (Debian dataset-fashion-mnist)",
+@register("fashion_mnist", "Fashion-MNIST: 70,000 grey 28x28 images, 10 classes; /usr/share/datasets/fashion-mnist "
+          "(apt-get install dataset-fashion-mnist) or",
           reads_files=True)
 def load_fashion_mnist(
     name: str = "fashion_mnist",

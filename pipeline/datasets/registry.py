@@ -74,7 +74,12 @@ def check_target(name: str, target: Any) -> None:
 
 def datasets_help() -> str:
     """--help's data set list, one line per registered set."""
-    return "\n".join(
-        f"{name:<15} {info.description}{' (files in paths.data_dir)' if info.reads_files else ''}"
-        for name, info in DATASETS.items()
-    )
+    import inspect
+
+    def where(info: DatasetInfo) -> str:
+        if not info.reads_files:
+            return ""
+        takes_dir = "data_dir" in inspect.signature(info.loader).parameters
+        return " (files in paths.data_dir)" if takes_dir else " (the files dataset.path names)"
+
+    return "\n".join(f"{name:<15} {info.description}{where(info)}" for name, info in DATASETS.items())
