@@ -68,8 +68,12 @@ def cpu_copy(model: nn.Module) -> nn.Module:
 
 
 def write_state_dict(model: nn.Module, path: Path) -> int:
-    """`torch.save(model.state_dict())` on the CPU (a pruned weight keeps its zeros); returns bytes."""
-    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, path)
+    """`torch.save(model.state_dict())` on the CPU (a pruned weight keeps its zeros); returns bytes.
+    A user's class inside the adapter is saved as itself (keys as their class names them, so
+    `TheirClass().load_state_dict(...)` and `teacher.checkpoint` take the file as it is)."""
+    from pipeline.model_adapter import unwrap
+
+    torch.save({k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}, path)
     return path.stat().st_size
 
 

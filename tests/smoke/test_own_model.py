@@ -64,6 +64,11 @@ def test_own_model_and_csv_through_every_attack_and_the_search(cfg_factory, user
     assert abs(_tracked(cfg)["density"] - 0.2) < 0.01  # the sparse engine masked its Linear weights
     search = run_stage(cfg_factory(*_own(user_dir, "stage=search")))
     assert search.n_complete == 2
+    exported = run_stage(cfg_factory(*_own(user_dir, "stage=export")))
+    import my_model_t24
+
+    theirs = my_model_t24.TabularNet(n_features=20, n_classes=4)  # the user's class takes the file as it is
+    theirs.load_state_dict(torch.load(exported.out_dir / "state_dict.pt", weights_only=True))
 
 
 def test_audit_an_existing_model_on_its_real_members(cfg_factory, user_dir):
