@@ -21,12 +21,14 @@ COLUMNS = {
     "test_accuracy": "test acc",
     "audit_loss_auc": "loss AUC",
     "audit_lira_offline_auc": "LiRA AUC",
+    "audit_lira_online_auc": "online LiRA AUC",  # only with attack=online (a column when logged)
     "audit_rmia_auc": "RMIA AUC",
     "audit_nn_blackbox_auc": "NN-BB AUC",
     "audit_auc": "max AUC",
     "audit_tpr_at_1pct_fpr": "TPR@1%FPR",
     "audit_tpr_at_0.1pct_fpr": "TPR@0.1%FPR",
 }
+OPTIONAL = ("audit_lira_online_auc",)
 
 
 def _interval(values: np.ndarray) -> str:
@@ -52,11 +54,12 @@ def table(runs: pd.DataFrame) -> str:
     )
     # the grid audits dense once per listed density: one row (the same runs, the same model)
     runs = runs.drop_duplicates(subset=["label", "density", "params.seed"], keep="last")
-    lines = ["| method | density | " + " | ".join(COLUMNS.values()) + " |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
+    columns = {k: v for k, v in COLUMNS.items() if k not in OPTIONAL or f"metrics.{k}" in runs}
+    lines = ["| method | density | " + " | ".join(columns.values()) + " |",
+             "|---" * (len(columns) + 2) + "|"]
     for (label, density), g in runs.groupby(["label", "density"], sort=True):
         cells = []
-        for metric, _ in COLUMNS.items():
+        for metric in columns:
             col = f"metrics.{metric}"
             values = g[col].to_numpy(float) if col in g else np.array([])
             cells.append(_interval(values) if metric == "test_accuracy" else
