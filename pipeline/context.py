@@ -21,6 +21,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from pipeline import model_adapter
 from pipeline.cache import (
     DATA_INDEX_FILE,
     Cache,
@@ -40,7 +41,6 @@ from pipeline.config import (
 from pipeline.data import Dataset, Splits, make_splits, plant_canaries, standardise_on
 from pipeline.datasets import dataset_info, recording_reads
 from pipeline.membership import member_splits
-from pipeline import model_adapter
 from pipeline.models import MODELS
 from pipeline.seeds import derive_seed
 

@@ -6,7 +6,6 @@ and loaded into that model)."""
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional

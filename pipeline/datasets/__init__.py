@@ -12,6 +12,7 @@ Importing this package registers every set, in the order `--help` lists them.
 """
 
 from pipeline.datasets import embedded  # noqa: F401 - registers digits, synthetic, purchase_synth
+from pipeline.datasets.fashion_mnist import load_fashion_mnist
 from pipeline.datasets.files import file_md5, record_read, recording_reads
 from pipeline.datasets.images import augment_cifar, load_cifar
 from pipeline.datasets.registry import (
@@ -25,7 +26,6 @@ from pipeline.datasets.registry import (
 from pipeline.datasets.tabular import load_purchase100, load_texas100
 from pipeline.datasets.text import build_vocab, load_ag_news, tokenize
 from pipeline.datasets.user_files import load_files
-from pipeline.datasets.fashion_mnist import load_fashion_mnist
 
 __all__ = [
     "DATASETS",

@@ -188,7 +188,7 @@ def _membership(n: int, column: Optional[np.ndarray], members_file: Optional[str
     if column is not None:
         col = np.asarray(column).reshape(-1)
         values = set(np.unique(col).tolist()) if len(col) else set()
-        if not values <= {0, 1, True, False}:
+        if not values <= {0, 1}:
             raise ValueError(f"{what}: the member column must hold 1 (member) or 0 (non-member), found "
                              f"{sorted(map(str, values))[:5]}")
         return col.astype(np.int8)

@@ -42,5 +42,5 @@ def test_a_subset_of_the_real_files_end_to_end(cfg_factory):
     exp = client.get_experiment_by_name(str(cfg.tracking.experiment))
     tracked = client.search_runs([exp.experiment_id])[0].data.metrics
     assert tracked["teacher_test_accuracy"] > 0.3  # chance: 0.1
-    assert abs(tracked["density"] - 0.2) < 0.01  # compressed (a 3-epoch sparse CNN this small learns little)  
+    assert abs(tracked["density"] - 0.2) < 0.01  # compressed (a 3-epoch sparse CNN this small learns little)
     assert 0.3 < result.metrics["audit_auc"] < 0.9

@@ -8,11 +8,16 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 import sparse
 from attacks.signals import last_layer_grads
-from pipeline.model_adapter import AdaptedModel, check_adapter, dp_unsupported, instantiate_model, resolve_class
+from pipeline.model_adapter import (
+    AdaptedModel,
+    check_adapter,
+    dp_unsupported,
+    instantiate_model,
+    resolve_class,
+)
 
 USER_MODULE = '''
 import torch
