@@ -273,7 +273,7 @@ def prune_and_grow_many(
     masks: Sequence[MaskSet],
     drop_fraction: float,
     criteria: Sequence[tuple[str, str]],
-    generators: Sequence[torch.Generator],
+    generators: Sequence[torch.Generator | None],
     grads: Mapping[str, torch.Tensor] | None = None,
     optimizers: Sequence[torch.optim.Optimizer | None] | None = None,
     fired: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
