@@ -4,19 +4,10 @@ An error after the parent run started tags it with the error."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from leftovers import assert_nothing_left
 
 from pipeline.__main__ import run_stage
-
-
-def _nothing_left(root: Path) -> None:
-    assert not (root / "mlruns" / "optuna.db").exists(), "a study store was created"
-    assert not (root / "mlruns" / "mlflow.db").exists(), "a tracking store was created"
-    cache = root / ".cache"
-    entries = [p for p in cache.glob("*/*") if not p.name.startswith(".")] if cache.exists() else []
-    assert entries == [], f"trained before refusing: {entries}"
 
 
 @pytest.mark.parametrize(
@@ -39,7 +30,7 @@ def test_refused_before_any_work(cfg_factory, tmp_path, overrides, words):
     cfg = cfg_factory("experiment=smoke", "stage=search", *overrides)
     with pytest.raises(ValueError, match=words):
         run_stage(cfg)
-    _nothing_left(tmp_path)
+    assert_nothing_left(tmp_path)
 
 
 def test_no_references_needed_when_no_reference_attack(cfg_factory):

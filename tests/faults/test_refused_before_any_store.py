@@ -9,29 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+from leftovers import assert_nothing_created
 from omegaconf import OmegaConf, open_dict
 
 from pipeline.__main__ import run_stage
 from pipeline.validation import validate, validate_numbers
-
-
-def nothing_created(root: Path) -> None:
-    """No study store, no tracking store, no cache entry under `root`."""
-    db = root / "mlruns" / "optuna.db"
-    if db.exists():
-        import optuna
-
-        assert optuna.get_all_study_names(f"sqlite:///{db}") == [], "an Optuna study was created"
-    mlflow_db = root / "mlruns" / "mlflow.db"
-    if mlflow_db.exists():
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}")
-        exps = [e.experiment_id for e in client.search_experiments()]
-        assert client.search_runs(exps) == [], "an MLflow run was created"
-    cache = root / ".cache"
-    entries = [p for p in cache.glob("*/*") if not p.name.startswith(".")] if cache.exists() else []
-    assert entries == [], f"trained before refusing: {entries}"
 
 
 @pytest.mark.parametrize(
@@ -54,7 +36,7 @@ def test_search_refused_before_any_study_or_run(cfg_factory, tmp_path, overrides
     cfg = cfg_factory("experiment=smoke", "stage=search", *overrides)
     with pytest.raises(ValueError, match=words):
         run_stage(cfg)
-    nothing_created(tmp_path)
+    assert_nothing_created(tmp_path)
 
 
 def test_a_function_as_model_target_is_refused_without_calling_it(cfg_factory, tmp_path, monkeypatch):
@@ -64,7 +46,7 @@ def test_a_function_as_model_target_is_refused_without_calling_it(cfg_factory, t
     with pytest.raises(ValueError, match=r"model._target_='os.system' is a function, not a torch.nn.Module subclass"):
         run_stage(cfg)
     assert calls == []
-    nothing_created(tmp_path)
+    assert_nothing_created(tmp_path)
 
 
 def test_a_class_that_is_no_module_is_refused(cfg_factory):

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from leftovers import assert_nothing_left
 
 from pipeline.__main__ import run_stage
 
@@ -39,14 +40,6 @@ class Normed(Net):
     def forward(self, x):
         return self.fc2(self.bn(self.fc1(x)))
 '''
-
-
-def _nothing_left(root: Path) -> None:
-    assert not (root / "mlruns" / "optuna.db").exists(), "a study store was created"
-    assert not (root / "mlruns" / "mlflow.db").exists(), "a tracking store was created"
-    cache = root / ".cache"
-    entries = [p for p in cache.glob("*/*") if not p.name.startswith(".")] if cache.exists() else []
-    assert entries == [], f"trained before refusing: {entries}"
 
 
 def _inputs(folder: Path) -> dict[str, Path]:
@@ -111,4 +104,4 @@ def test_refused_before_any_work(cfg_factory, tmp_path, monkeypatch, overrides, 
                       *[o.format(d=d) for o in overrides])
     with pytest.raises((ValueError, FileNotFoundError), match=words):
         run_stage(cfg)
-    _nothing_left(tmp_path)
+    assert_nothing_left(tmp_path)
