@@ -288,15 +288,26 @@ def make_splits(
                 f"too few records for split {name!r}: it gets {len(parts[name])} of the pool's {n_pool} records "
                 f"(fraction {float(fractions[name]):g}); needs >= 2: raise dataset.split.{name} or bring more records"
             )
+    splits = audit_splits(
+        parts, n_audit, seed,
+        lambda n: f"n_audit={n} leaves {len(parts['train']) - n} of train's {len(parts['train'])} "
+        "examples for the search and known members (need >= 2); lower n_audit or raise the train fraction",
+    )
+    return replace(splits, reference=_reference_split(n_reference, n_pool, reserved, perm[start:], total))
+
+
+def audit_splits(
+    parts: dict[str, np.ndarray], n_audit: int | None, seed: int, too_few_members: Callable[[int], str]
+) -> Splits:
+    """`Splits` from the four disjoint parts: `n_audit` (default: as many as test) audit members,
+    then the search's members, the rest known members, drawn from train by the seed's
+    `audit_members` stream. `too_few_members(n_audit)` words the error when train keeps < 2 others."""
     n_test = len(parts["test"])
     n_audit = n_test if n_audit is None else int(n_audit)
     if n_audit < 1 or n_audit > n_test:
         raise ValueError(f"n_audit={n_audit} must be in [1, {n_test}] (the size of test)")
     if n_audit > len(parts["train"]) - 2:
-        raise ValueError(
-            f"n_audit={n_audit} leaves {len(parts['train']) - n_audit} of train's {len(parts['train'])} "
-            "examples for the search and known members (need >= 2); lower n_audit or raise the train fraction"
-        )
+        raise ValueError(too_few_members(n_audit))
     n_search = n_search_members(len(parts["train"]), n_audit, len(parts["val"]))
     # the audit members are the first n_audit of this permutation whatever n_search is
     arng = np.random.default_rng(derive_seed(seed, "audit_members"))
@@ -309,7 +320,6 @@ def make_splits(
         audit_members=np.sort(train_perm[:n_audit]),
         known_members=np.sort(train_perm[n_audit + n_search :]),
         search_members=np.sort(train_perm[n_audit : n_audit + n_search]),
-        reference=_reference_split(n_reference, n_pool, reserved, perm[start:], total),
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data import SPLIT_NAMES, Splits, n_search_members
+from pipeline.data import SPLIT_NAMES, Splits, audit_splits
 from pipeline.seeds import derive_seed
 
 NON_MEMBER_SPLITS = ("val", "test", "population")
@@ -56,25 +56,9 @@ def member_splits(
                 f"{len(non)} records the user marked as non-members (its share {shares[k]:g}/{total:g} of them); "
                 f"needs >= 2: mark more records as non-members or raise dataset.split.{k}"
             )
-    n_test = len(parts["test"])
-    n_audit = n_test if n_audit is None else int(n_audit)
-    if n_audit < 1 or n_audit > n_test:
-        raise ValueError(f"n_audit={n_audit} must be in [1, {n_test}] (the size of test)")
-    if n_audit > len(members) - 2:
-        raise ValueError(
-            f"data set {name!r}: too few members for split 'train': the audit takes n_audit={n_audit} members "
-            f"(as many as test) of the {len(members)} the user marked, leaving {max(0, len(members) - n_audit)} for the "
-            "search and known members (need >= 2): mark more members, or lower attack.n_audit"
-        )
-    n_search = n_search_members(len(members), n_audit, len(parts["val"]))
-    arng = np.random.default_rng(derive_seed(seed, "audit_members"))
-    train_perm = arng.permutation(members)
-    return Splits(
-        train=members,
-        val=parts["val"],
-        test=parts["test"],
-        population=parts["population"],
-        audit_members=np.sort(train_perm[:n_audit]),
-        known_members=np.sort(train_perm[n_audit + n_search :]),
-        search_members=np.sort(train_perm[n_audit : n_audit + n_search]),
+    return audit_splits(
+        {"train": members, **parts}, n_audit, seed,
+        lambda n: f"data set {name!r}: too few members for split 'train': the audit takes n_audit={n} members "
+        f"(as many as test) of the {len(members)} the user marked, leaving {max(0, len(members) - n)} for the "
+        "search and known members (need >= 2): mark more members, or lower attack.n_audit",
     )
