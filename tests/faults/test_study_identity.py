@@ -9,9 +9,9 @@ import shutil
 
 import optuna
 import pytest
+from leftovers import assert_nothing_created
 from test_data_files import _cfg as purchase_cfg
 from test_data_files import _write_purchase
-from test_refused_before_any_store import nothing_created
 
 from pipeline.__main__ import run_stage
 from pipeline.config import SearchConfig, to_schema
@@ -146,7 +146,7 @@ def test_nothing_is_created_when_refused_on_a_fresh_root(cfg_factory, tmp_path):
     """A refusal from the config alone (here an unknown on_mismatch) leaves no study store."""
     with pytest.raises(ValueError, match="search.on_mismatch"):
         run_stage(cfg_factory("experiment=smoke", "search.on_mismatch=ask"))
-    nothing_created(tmp_path)
+    assert_nothing_created(tmp_path)
 
 
 def test_a_users_model_source_and_checkpoint_count_by_content(cfg_factory, tmp_path, monkeypatch):
