@@ -31,7 +31,7 @@ test-slow: install
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
 lint: install
-	$(BIN)/ruff check pipeline sparse attacks tests benchmarks
+	$(BIN)/ruff check pipeline training sparse attacks tests benchmarks
 	$(BIN)/mypy
 
 benchmarks: install

@@ -13,7 +13,7 @@ CONF_GROUPS = sorted(p.name for p in Path(__file__).resolve().parent.joinpath("c
 CONF_PACKAGES = ["pipeline.conf", *(f"pipeline.conf.{g}" for g in CONF_GROUPS)]
 
 setup(
-    packages=[*find_packages(include=["pipeline*", "sparse*", "attacks*"]), *CONF_PACKAGES],
+    packages=[*find_packages(include=["pipeline*", "training*", "sparse*", "attacks*"]), *CONF_PACKAGES],
     package_dir={"pipeline.conf": "conf"},
     package_data={name: ["*.yaml"] for name in CONF_PACKAGES},
 )

@@ -4,7 +4,7 @@ Public surface: `Signals`/`compute_signals` (per-model signals), `AttackInputs` 
 attacker knows), the registry `ATTACKS`/`make_attack` (`attacks.registry`), `run_audit` ->
 `AuditResult`, the metrics (`roc_auc`, `tpr_at_fpr`, `summarize`) and `loss_attack_auc` (a
 model's loss-attack AUC in one call; the pipeline's in-loop safety test is
-`pipeline.compress.safety`).
+`training.compress.safety`).
 """
 
 from attacks.base import AuditResult, loss_attack_auc, run_audit

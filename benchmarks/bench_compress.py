@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from pipeline import compress_jobs as from_config
 from pipeline import threads
-from pipeline.compress import from_config, train_compressed
 from pipeline.context import RunContext, load_data
 from pipeline.stages import teacher
+from training.compress import train_compressed
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 VARIANTS = {

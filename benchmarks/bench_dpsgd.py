@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from pipeline import compress_jobs as from_config
 from pipeline import threads
-from pipeline.compress import from_config, train_compressed
 from pipeline.context import RunContext, load_data
-from pipeline.training import evaluate
+from training.compress import train_compressed
+from training.loops import evaluate
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 MODES = ("hooks", "ghost")

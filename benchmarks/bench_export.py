@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sparse  # noqa: E402
-from pipeline.export import formats, mlflow_model  # noqa: E402
-from pipeline.models import MLP  # noqa: E402
+from pipeline.export import mlflow_model  # noqa: E402
+from training import formats  # noqa: E402
+from training.models import MLP  # noqa: E402
 
 DENSITIES = (0.05, 0.1)
 BATCHES = (1, 64)

@@ -4,12 +4,12 @@
     python benchmarks/bench_shadows.py --threads 1 --repeats 5
 
 Rows, all with the shadow recipe below and the same per-model data and batch order:
-- sequential `train` (the baseline): `pipeline.training.train` once per model, the path
+- sequential `train` (the baseline): `training.loops.train` once per model, the path
   every single model in the project takes (it also evaluates on its training set after
   each epoch, as it always does);
 - sequential, no per-epoch eval: the same steps (`train_step`) without that evaluation,
   a stricter baseline;
-- grouped: `pipeline.batched.train_grouped` (the shadows stage's path): stacked weights,
+- grouped: `training.batched.train_grouped` (the shadows stage's path): stacked weights,
   batched GEMMs, hand-written backward into preallocated buffers, fused optimizer;
 - grouped, autograd: the previous implementation (`GroupedMLP` forward, autograd,
   unfused `torch.optim`), kept here as the "before";
@@ -37,11 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from pipeline.batched import GroupedMLP, train_grouped
 from pipeline.config import TrainConfig
-from pipeline.data import load_digits, make_splits
-from pipeline.models import MLP
-from pipeline.training import (
+from training.batched import GroupedMLP, train_grouped
+from training.data import load_digits, make_splits
+from training.loops import (
     batch_indices,
     make_optimizer,
     set_lr,
@@ -49,6 +48,7 @@ from pipeline.training import (
     train,
     train_step,
 )
+from training.models import MLP
 
 K = 8
 # the project's default recipe (SGD, momentum 0.9, weight decay 5e-4, cosine schedule), 20 epochs

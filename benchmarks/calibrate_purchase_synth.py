@@ -21,10 +21,10 @@ from hydra import compose, initialize_config_dir
 import attacks
 from attacks.signals import compute_signals
 from pipeline.context import RunContext, build_model, load_data, train_recipe
-from pipeline.seeds import generator
 from pipeline.stages import shadows as shadows_stage
 from pipeline.stages import teacher as teacher_stage
-from pipeline.training import evaluate, train
+from training.loops import evaluate, train
+from training.seeds import generator
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 ATTACKS = {"loss": {}, "confidence": {}, "entropy": {}, "modified_entropy": {}, "nn_blackbox": {}, "lira_offline": {},

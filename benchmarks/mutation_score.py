@@ -1,4 +1,4 @@
-"""Mutation score of the tests over sparse/, attacks/, pipeline/selection.py and the cache-key code.
+"""Mutation score of the tests over sparse/, attacks/, training/selection.py and the cache-key code.
 
 A mutant is the code with one small deliberate bug (an operator flipped, a constant moved, an
 argument dropped); a test suite "kills" it when some test fails. The share killed measures how
@@ -10,7 +10,7 @@ function, in a process forked from a warm one (seconds per mutant).
 
 Every function of a group's files is mutated, except in the cache-key group, where only the key
 and spec functions count (`GROUPS[...]["functions"]`). The full run is thousands of mutants
-(pipeline/selection.py alone has ~400) and too slow for a shared 2-core machine, so by default
+(training/selection.py alone has ~400) and too slow for a shared 2-core machine, so by default
 each group runs a seeded random sample of its mutants (`--sample`, same mutants for the same
 source and seed); the score then comes with a 95% Wilson interval. `--sample 0` runs them all.
 
@@ -78,7 +78,7 @@ GROUPS: dict[str, dict] = {
                   "tests/unit/test_attacks_signals.py"],
     },
     "selection": {
-        "files": ["pipeline/selection.py"],
+        "files": ["training/selection.py"],
         "tests": ["tests/unit/test_selection.py"],
     },
     "cache_keys": {
@@ -92,9 +92,9 @@ GROUPS: dict[str, dict] = {
             "pipeline.stages.teacher.x_spec__*", "pipeline.stages.teacher.x_key__*",
             "pipeline.stages.shadows.x_shadow_spec__*", "pipeline.stages.shadows.x_dense_keys__*",
             "pipeline.stages.shadows.x_matched_spec__*", "pipeline.stages.shadows.x_matched_keys__*",
-            "pipeline.compress.from_config.x_spec__*", "pipeline.stages.compress.x_key__*",
-            "pipeline.compress.method.x_compress_recipe__*", "pipeline.compress.method.x_compress_spec__*",
-            "pipeline.compress.from_config.x_compress_config__*",
+            "pipeline.compress_jobs.x_spec__*", "pipeline.stages.compress.x_key__*",
+            "training.compress.method.x_compress_recipe__*", "training.compress.method.x_compress_spec__*",
+            "pipeline.compress_jobs.x_compress_config__*",
             "pipeline.stages.attack.x_key__*", "pipeline.stages.attack.x_references__*",
             "pipeline.stages.attack.x__reference_keys__*", "pipeline.stages.attack.x__needs__*",
             "pipeline.stages.attack.x_attack_config__*",
@@ -109,7 +109,7 @@ EQUIVALENT: dict[str, str] = {
     "sparse.init.x_random_masks__mutmut_22": "a float 0/1 mask: MaskSet turns 0/1 numbers into the same bool mask",
     "sparse.export.x__to_numpy__mutmut_7": "copy=True: the same values in a fresh array",
     "sparse.export.x_read_export__mutmut_9": "unpack_from's offset defaults to 0",
-    "pipeline.selection.x_resolution__mutmut_2": "drop=None keeps the old index as an extra column nothing reads",
+    "training.selection.x_resolution__mutmut_2": "drop=None keeps the old index as an extra column nothing reads",
     "attacks.nn.x_prediction_features__mutmut_3": "softmax probabilities never exceed 1: no upper clamp needed",
 }
 # survivors that are not equivalent but that this suite cannot kill (shown, still counted as survived)

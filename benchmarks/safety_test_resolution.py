@@ -18,7 +18,8 @@ import tempfile
 
 import pandas as pd
 
-from pipeline import runs, selection
+from pipeline import runs
+from training import selection
 
 
 def resolution(tracking_uri: str, experiment: str, mlflow_experiment: str = "safecompress") -> pd.DataFrame:

@@ -6,7 +6,7 @@ Starts the smoke study in a scratch root, waits until a trial is running, sends 
 a random delay inside the trial, and checks that the process exits within --timeout seconds.
 Each interrupt must leave exactly one more FAIL trial, its params queued again (retried by the
 next run), and nothing RUNNING. A hang is reported with the thread dump of the stuck process
-(PYTHONFAULTHANDLER + SIGABRT). Found two hangs in 16 interrupts before `pipeline/interrupt.py`
+(PYTHONFAULTHANDLER + SIGABRT). Found two hangs in 16 interrupts before `training/interrupt.py`
 (a KeyboardInterrupt dropped in a GC callback; one raised inside an MLflow SQLite transaction).
 """
 

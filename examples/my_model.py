@@ -5,7 +5,7 @@ README "Compress your own model" runs it on a CSV through `stage=search` and `st
     PYTHONPATH=examples python -m pipeline stage=search model._target_=my_model.TabularNet \
         +model.n_features=20 dataset=files dataset.format=csv dataset.path=examples/my_data.csv
 
-The adapter (`pipeline.model_adapter`) takes its last `nn.Linear` as the head and the input of
+The adapter (`training.model_adapter`) takes its last `nn.Linear` as the head and the input of
 that layer as the features, so every attack (the white-box one included) and the sparse engine
 work on it; `n_classes` is passed because the constructor takes it.
 """

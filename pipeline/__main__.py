@@ -17,11 +17,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import flow, interrupt, threads, tracking
+from pipeline import flow, threads, tracking
 from pipeline.context import RunContext
 from pipeline.datasets import datasets_help
 from pipeline.masking import config_yaml
 from pipeline.validation import validate
+from training import interrupt
 
 log = logging.getLogger("pipeline")
 
@@ -136,7 +137,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {
 
 def stages_help() -> str:
     """--help's stage list, one line per registered stage (its function's docstring)."""
-    from pipeline.compress import METHODS
+    from training.compress import METHODS
 
     return "\n".join(
         f"{name:<9} {(fn.__doc__ or '').strip().format(methods=', '.join(METHODS))}"

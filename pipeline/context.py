@@ -21,7 +21,6 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline import model_adapter
 from pipeline.cache import (
     DATA_INDEX_FILE,
     Cache,
@@ -38,11 +37,12 @@ from pipeline.config import (
     TrainConfig,
     to_schema,
 )
-from pipeline.data import Dataset, Splits, make_splits, plant_canaries, standardise_on
 from pipeline.datasets import dataset_info, recording_reads
 from pipeline.membership import member_splits
-from pipeline.models import MODELS
-from pipeline.seeds import derive_seed
+from training import model_adapter
+from training.data import DataBundle, Dataset, make_splits, plant_canaries, standardise_on
+from training.models import MODELS
+from training.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,6 @@ def plain(node: Any) -> Any:
     if isinstance(node, DictConfig) or OmegaConf.is_config(node):
         return OmegaConf.to_container(node, resolve=True)
     return node
-
-
-@dataclass(frozen=True)
-class DataBundle:
-    dataset: Dataset
-    splits: Splits
-    key: str
-
-    def part(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.from_numpy(getattr(self.splits, name))
-        return self.dataset.x[idx], self.dataset.y[idx]
 
 
 # dataset keys that locate files rather than define the data: never part of a cache key (the
@@ -121,7 +110,7 @@ def _load_data(spec_json: str, paths_json: str, index: Path | None = None) -> Da
     split = ds_cfg.pop("split")
     n_canaries = int(ds_cfg.pop("canaries", 0) or 0)
     target = ds_cfg.pop("_target_")
-    # the defender's reference split (`pipeline.data`): a loader that generates its records takes
+    # the defender's reference split (`training.data`): a loader that generates its records takes
     # `reference_size`; the others' come from pool records the split fractions leave unused
     n_reference = int(ds_cfg.get("reference_size", 0) or 0)
     if not _takes(target, "reference_size"):
@@ -193,7 +182,7 @@ def _takes(target: str, parameter: str) -> bool:
 
 
 def checkpoint_path(cfg: DictConfig) -> Path | None:
-    """`teacher.checkpoint` (the user's own trained weights, `pipeline.checkpoints`), or None."""
+    """`teacher.checkpoint` (the user's own trained weights, `training.checkpoints`), or None."""
     value = OmegaConf.select(cfg, "teacher.checkpoint", default=None)
     return Path(str(value)).expanduser() if value else None
 

@@ -3,13 +3,13 @@
 A user who brings a trained model knows which records trained it and which it never saw
 (`Dataset.membership`: 1 member, 0 non-member, -1 neither). The audit of that model must score
 its real members against its real non-members, so the splits follow the user's labels instead
-of the seeded fractions of `pipeline.data.make_splits`:
+of the seeded fractions of `training.data.make_splits`:
 
 - `train` is every member (the fraction `split.train` does not apply);
 - `val`, `test` and `population` are cut from the non-members in proportion to their fractions
   (e.g. 0.15 / 0.15 / 0.4 of the pool give them 3/14, 3/14 and 8/14 of the non-members);
 - the members are then cut, as always, into disjoint audit, search and known members
-  (`pipeline.data.n_search_members`).
+  (`training.data.n_search_members`).
 
 So every split stays disjoint, no non-member the audit scores ever trained the model, and no
 member is a shadow's or the performance test's data. Records in neither list are left out.
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data import SPLIT_NAMES, Splits, audit_splits
-from pipeline.seeds import derive_seed
+from training.data import SPLIT_NAMES, Splits, audit_splits
+from training.seeds import derive_seed
 
 NON_MEMBER_SPLITS = ("val", "test", "population")
 

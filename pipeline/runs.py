@@ -111,8 +111,8 @@ def _float(v: Any) -> float:
 
 def run_label(row: pd.Series) -> str:
     """`method`, `method (variant)`, plus the params that distinguish configurations of one method
-    (what each method declares in `pipeline.compress.METHODS`)."""
-    from pipeline.compress import METHODS
+    (what each method declares in `training.compress.METHODS`)."""
+    from training.compress import METHODS
 
     label = str(row.get("method") or "?")
     variant = row.get("variant")
@@ -132,7 +132,7 @@ def run_label(row: pd.Series) -> str:
             continue
         extras.append(f"{short}={v}")
     extras += _distill_extras(row)
-    if str(row.get("method")) == "dpsgd":
+    if method is not None and method.differentially_private:
         extras += _dp_extras(row)
     extras += _defence_extras(row, method)
     if method is not None and method.regrows:

@@ -19,7 +19,7 @@ def check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
 
 
 def _methods() -> dict[str, Any]:
-    from pipeline.compress import METHODS  # the registry (it imports the validation pass)
+    from training.compress import METHODS  # the registry (it imports the validation pass)
 
     return METHODS
 

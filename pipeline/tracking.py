@@ -341,7 +341,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """Tags that identify a run in reports: experiment, data set, method, density, seed, variant."""
-    from pipeline.compress import METHODS
+    from training.compress import METHODS
 
     c = cfg.compress
     method = METHODS.get(str(c.method))

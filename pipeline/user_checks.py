@@ -12,8 +12,9 @@ from typing import Any, Optional
 
 from torch import nn
 
-from pipeline import model_adapter
-from pipeline.checkpoints import load_into
+from training import model_adapter
+from training.checkpoints import load_into
+from training.compress import get_method
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,10 @@ def check_user_inputs(
     model = build()
     if user_class:
         model_adapter.check_adapter(model, bundle.dataset.x[:4].to(next(model.parameters()).device), target)
-        if method == "dpsgd":
+        if get_method(method).differentially_private:
             bad = model_adapter.dp_unsupported(model_adapter.unwrap(model))
             if bad:
-                raise ValueError(f"compress=dpsgd cannot train model {target!r}: Opacus cannot bound the per-example "
+                raise ValueError(f"compress={method} cannot train model {target!r}: Opacus cannot bound the per-example "
                                  f"gradients of its module(s) {bad}; replace them (e.g. BatchNorm by GroupNorm) or "
                                  "use another method")
     if checkpoint is not None:

@@ -42,6 +42,7 @@ from pipeline.config import (
 # the search's rules (the search stage and tests import validate_search from here too)
 from pipeline.search_validation import check_choice as _check_choice
 from pipeline.search_validation import validate_search, validate_search_group
+from training.models import MODELS
 
 
 def validate_cache_command(c: CacheCommandConfig) -> None:
@@ -184,7 +185,7 @@ def validate_model(cfg: DictConfig, data: Any) -> None:
     import torch
 
     from pipeline.context import RunContext, build_model
-    from pipeline.models import MODELS
+    from training.models import MODELS
 
     if str(cfg.model.get("_target_", "")) not in MODELS:
         return
@@ -202,7 +203,7 @@ def validate_model(cfg: DictConfig, data: Any) -> None:
 
 def _validate_groups(cfg: DictConfig) -> None:
     validate_device(str(cfg.runtime.get("device", "cpu")))
-    from pipeline import model_adapter
+    from training import model_adapter
 
     model_adapter.resolve_class(str(cfg.model.get("_target_", "")))  # imported, never called
     from pipeline.datasets import check_target  # the registry (it imports torch: not at startup)
@@ -409,17 +410,17 @@ def _validate_defences(c: CompressConfig, method: Any) -> None:
 
 
 def _methods() -> dict[str, Any]:
-    from pipeline.compress import METHODS  # the registry (pipeline.compress imports this module)
+    from training.compress import METHODS  # the registry (training.compress imports this module)
 
     return METHODS
 
 
 def validate_method_model(method: str, target: str) -> None:
     """A method that trains only some models (`supported_models`, e.g. DP-SGD) refuses the others."""
-    supported = getattr(_methods()[method], "supported_models", None)
-    if supported is None or target in supported or not target.startswith("pipeline."):
+    supported = _methods()[method].supported_models
+    if supported is None or target in supported or target not in MODELS:
         return  # a user's class: pipeline.user_checks checks its modules once it is built
-    why = getattr(_methods()[method], "unsupported_models", {}).get(target, "it was not checked with this method")
+    why = _methods()[method].unsupported_models.get(target, "it was not checked with this method")
     raise ValueError(
         f"compress={method} cannot train model {target!r}: {why}; models it trains: {list(supported)}"
     )
@@ -441,7 +442,7 @@ def validate_reference_set(cfg: DictConfig) -> None:
 
 
 def validate_compress(c: CompressConfig) -> None:
-    from pipeline.compress import METHODS  # the registry (pipeline.compress imports this module)
+    from training.compress import METHODS  # the registry (training.compress imports this module)
 
     _check_choice("compress.method", c.method, tuple(METHODS))
     if not 0.0 < c.density <= 1.0:

@@ -203,7 +203,7 @@ class Cache:
 
     def _wait_for_builder(self, stage: str, key: str) -> None:
         """Wait until the lock of `stage/key` is released, or take it over when stale."""
-        from pipeline import interrupt
+        from training import interrupt
 
         lock_path = self.lock_path(stage, key)
         start = last_log = time.monotonic()

@@ -1,10 +1,10 @@
 """The data sets: a registry of names tied to their loaders, and the loaders of the real sets,
 read from files the user puts under `paths.data_dir` (default `./data`).
 
-Every loader returns one labelled pool (`pipeline.data.Dataset`); the data protocol
-(`pipeline.data.make_splits`) re-splits it, so published train/test splits are pooled.
+Every loader returns one labelled pool (`training.data.Dataset`); the data protocol
+(`training.data.make_splits`) re-splits it, so published train/test splits are pooled.
 `registry` holds the names (`DATASETS`); `embedded` registers the file-free sets of
-`pipeline.data`; `images` (CIFAR-10/100), `tabular` (Purchase100, Texas100) and `text`
+`training.data`; `images` (CIFAR-10/100), `tabular` (Purchase100, Texas100) and `text`
 (AG News) and `fashion_mnist` read files, with what they share (file lookup, checksums, the
 reads they report for the cache keys) in `files`; `user_files` (`dataset=files`) reads the
 user's own files (NumPy, CSV, Parquet, image folders, IDX: `readers`). Each loader module's docstring lists the files it expects.

@@ -1,8 +1,8 @@
-"""The file-free data sets of `pipeline.data`, registered: generated in memory (or bundled with
+"""The file-free data sets of `training.data`, registered: generated in memory (or bundled with
 scikit-learn), so they need no files and key on their generator parameters only."""
 
-from pipeline.data import load_digits, load_purchase_synth, load_synthetic
 from pipeline.datasets.registry import register
+from training.data import load_digits, load_purchase_synth, load_synthetic
 
 register("digits", "scikit-learn's bundled 8x8 digits: 1797 images, 10 classes")(load_digits)
 register("synthetic", "seeded Gaussian clusters (make_classification)")(load_synthetic)

@@ -15,10 +15,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipeline.data import Dataset
 from pipeline.datasets.files import subsample
 from pipeline.datasets.readers import read_idx
 from pipeline.datasets.registry import register
+from training.data import Dataset
 
 DEBIAN_FOLDER = "/usr/share/datasets/fashion-mnist"
 PARTS = ("train", "t10k")

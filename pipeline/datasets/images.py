@@ -19,9 +19,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from pipeline.data import Dataset
 from pipeline.datasets.files import check_md5, read_tar_members, record_read, subsample
 from pipeline.datasets.registry import register
+from training.data import Dataset
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.data import Dataset
+from training.data import Dataset
 
 Loader = Callable[..., Dataset]
 

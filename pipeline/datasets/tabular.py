@@ -17,7 +17,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipeline.data import Dataset
 from pipeline.datasets.files import (
     check_md5,
     first_existing,
@@ -26,6 +25,7 @@ from pipeline.datasets.files import (
     subsample,
 )
 from pipeline.datasets.registry import register
+from training.data import Dataset
 
 log = logging.getLogger(__name__)
 

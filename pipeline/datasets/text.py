@@ -17,9 +17,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipeline.data import Dataset
 from pipeline.datasets.files import check_md5, record_read, subsample
 from pipeline.datasets.registry import register
+from training.data import Dataset
 
 AG_NEWS_SOURCE = (
     "the AG News CSV release of Zhang, Zhao & LeCun 2015 (ag_news_csv.tar.gz, linked from "

@@ -32,9 +32,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from pipeline.data import Dataset
 from pipeline.datasets import readers
 from pipeline.datasets.registry import register
+from training.data import Dataset
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ def log_compressed(ctx: RunContext, compressed: CompressResult, audit: AttackRes
     paused. A tracking problem is logged, never raised: the run's results stand without it."""
     if not (ctx.tracking.enabled and ctx.tracking.log_models) or not tracking.active() or tracking.offline():
         return None
-    from pipeline.compress.from_config import load_compressed
+    from pipeline.compress_jobs import load_compressed
     from pipeline.export import mlflow_model
 
     t0 = time.perf_counter()

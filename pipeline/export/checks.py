@@ -10,7 +10,7 @@ OPSETS = range(9, 21)  # ONNX opsets the TorchScript exporter writes and ONNX Ru
 
 def validate_export(ec: ExportConfig, t: TrackingConfig) -> ExportConfig:
     """`export.*` against each other and the tracking settings; the ONNX extra when ONNX is wanted."""
-    from pipeline.export.formats import require_onnx
+    from training.formats import require_onnx
 
     if ec.trial is not None and ec.run_id:
         raise ValueError(f"export.trial={ec.trial} and export.run_id={ec.run_id!r} name two models; give one")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pipeline import tracking
-from pipeline.export.formats import cpu_copy
+from training.formats import cpu_copy
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Evaluations share the same attacks and reference models:
 - `select`: search members vs half of `val` (`val_eval`). Its numbers are the
   search objectives (`attack_auc`, `attack_tpr_*`): the search never selects on
   test, nor on the reported audit's members (`search_members` and `audit_members`
-  are disjoint parts of `train`, `pipeline.data.make_splits`).
+  are disjoint parts of `train`, `training.data.make_splits`).
 - `audit`: audit members vs `test` non-members, the reported audit (`audit_*`).
 - `canary` (when `dataset.canaries > 0`): planted mislabeled examples, each a
   member with probability 1/2 — the privacy of the most vulnerable points
@@ -40,14 +40,15 @@ from omegaconf import DictConfig
 import attacks
 from attacks import registry as attack_registry
 from attacks.signals import compute_signals
-from pipeline import audit_scores, progress, tracking
+from pipeline import audit_scores, tracking
 from pipeline.cache import cache_key
-from pipeline.compress.from_config import load_compressed
+from pipeline.compress_jobs import load_compressed
 from pipeline.config import AttackConfig, to_schema
 from pipeline.context import DataBundle, RunContext, load_model, plain
 from pipeline.results import AttackResult, CompressResult, ShadowsResult
-from pipeline.seeds import derive_seed
 from pipeline.validation import validate_attack
+from training import progress
+from training.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Stage 3 — compress: train the compressed model with the configured method, cache and track it.
 
 The methods (SafeCompress and its baselines: dense, oneshot, gmp, dst, dst_adv, dpsgd)
-live in `pipeline.compress`, one registered object each; this stage builds the job from
+live in `training.compress`, one registered object each; this stage builds the job from
 the config, caches the result by the compress spec + data + teacher keys, writes the
 export (`model.sc`), `candidates.csv` and `metrics.json`, and logs them. Cost of the
 SafeCompress loop against plain DST: `benchmarks/bench_compress.py`.
@@ -19,14 +19,15 @@ from omegaconf import DictConfig
 from torch import nn
 
 import sparse
+from pipeline import compress_jobs as from_config
 from pipeline import tracking
 from pipeline.cache import cache_key
-from pipeline.compress import from_config, train_compressed
 from pipeline.context import DataBundle, RunContext, data_spec
-from pipeline.progress import warn_once
 from pipeline.results import EXPORT_FILE, CompressResult, TeacherResult
-from pipeline.selection import resolution
-from pipeline.training import evaluate
+from training.compress import train_compressed
+from training.loops import evaluate
+from training.progress import warn_once
+from training.selection import resolution
 
 log = logging.getLogger(__name__)
 

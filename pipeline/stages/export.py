@@ -31,16 +31,18 @@ from omegaconf import DictConfig, OmegaConf
 import sparse
 from pipeline import runs, tracking
 from pipeline.cache import check_entry_file
-from pipeline.compress.from_config import load_compressed
+from pipeline.compress_jobs import load_compressed
 from pipeline.config import CompareConfig, CompressConfig, ExportConfig, SearchConfig, to_schema
 from pipeline.context import DataBundle, RunContext
-from pipeline.export import N_EXAMPLE, card, choice, formats, mlflow_model
+from pipeline.export import N_EXAMPLE, card, choice, mlflow_model
 from pipeline.export.checks import validate_export
 from pipeline.frontier import frontier_auc, frontier_envelope, frontier_runs
 from pipeline.masking import config_yaml
 from pipeline.results import EXPORT_FILE
-from pipeline.seeds import derive_seed
-from pipeline.training import evaluate
+from training import formats
+from training.compress import get_method
+from training.loops import evaluate
+from training.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +236,7 @@ def _frontier(ctx: RunContext, src: DictConfig, test_acc: float, audit_auc: floa
 
 def _dp(src: DictConfig, source: choice.Source, data: DataBundle) -> str | None:
     c = to_schema(CompressConfig, src.compress)
-    if c.method != "dpsgd":
+    if not get_method(c.method).differentially_private:
         return None
     delta = c.dp.delta if c.dp.delta is not None else 1.0 / len(data.splits.train)
     spent = source.metrics.get("compress_epsilon")

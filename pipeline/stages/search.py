@@ -28,13 +28,14 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import interrupt, progress, tracking
+from pipeline import tracking
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_schema
 from pipeline.context import RunContext
 from pipeline.masking import config_yaml, mask_secrets
 from pipeline.pareto import hypervolume, nondominated_ranks, normalised_objectives
 from pipeline.study import identity, mlflow_runs, storage, workers
 from pipeline.validation import validate_search
+from training import interrupt, progress
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,8 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=
 def study_identity(cfg: DictConfig, s: SearchConfig) -> identity.StudyIdentity:
     """What this command's trials depend on: the config but the searched and run-time keys, and the
     data; a user's model class and checkpoint by their content (as in the cache keys), not their path."""
-    from pipeline import checkpoints
     from pipeline.context import PATH_KEYS, checkpoint_path, data_key, model_spec
+    from training import checkpoints
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain["model"] = model_spec(cfg)

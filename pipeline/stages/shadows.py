@@ -27,11 +27,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pipeline import progress, tracking
-from pipeline.batched import can_batch, train_grouped
+from pipeline import compress_jobs as compress_from_config
+from pipeline import tracking
 from pipeline.cache import cache_key
-from pipeline.compress import from_config as compress_from_config
-from pipeline.compress import get_method, train_compressed
 from pipeline.config import SHADOW_POOLS, SHADOW_RECIPES, ShadowsConfig, TrainConfig, to_schema
 from pipeline.context import (
     DataBundle,
@@ -42,10 +40,13 @@ from pipeline.context import (
     save_model,
     train_recipe,
 )
-from pipeline.data import Splits
 from pipeline.results import ShadowsResult
-from pipeline.seeds import derive_seed, generator
-from pipeline.training import evaluate, train
+from training import progress
+from training.batched import can_batch, train_grouped
+from training.compress import get_method, train_compressed
+from training.data import Splits
+from training.loops import evaluate, train
+from training.seeds import derive_seed, generator
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def load_models(ctx: RunContext, result: ShadowsResult) -> list[torch.nn.Module]
 def _run_matched(ctx: RunContext, dense: ShadowsResult, method: str, c_spec: dict[str, Any]) -> ShadowsResult:
     """Each dense shadow's matched twin: the compress method run on that shadow's own data (its
     members train, its outsiders split into val and test), from its own seed, starting from the
-    dense shadow where the method starts from a dense model (`pipeline.compress.train_compressed`)."""
+    dense shadow where the method starts from a dense model (`training.compress.train_compressed`)."""
     data = ctx.data
     cache = ctx.cache
     pop = dense.pool if dense.pool is not None else data.splits.population

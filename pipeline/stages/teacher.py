@@ -1,5 +1,5 @@
 """Stage 1 — teacher: train the dense "big" model on the target's `train` split, or take the
-user's own trained model (`teacher.checkpoint`, `pipeline.checkpoints`) in its place."""
+user's own trained model (`teacher.checkpoint`, `training.checkpoints`) in its place."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline import checkpoints, progress, tracking
+from pipeline import tracking
 from pipeline.cache import cache_key
 from pipeline.context import (
     RunContext,
@@ -26,8 +26,9 @@ from pipeline.context import (
     train_recipe,
 )
 from pipeline.results import TeacherResult
-from pipeline.seeds import generator
-from pipeline.training import evaluate, train
+from training import checkpoints, progress
+from training.loops import evaluate, train
+from training.seeds import generator
 
 log = logging.getLogger(__name__)
 

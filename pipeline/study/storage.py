@@ -285,7 +285,7 @@ def sampler_seed(root_seed: int, s: SearchConfig, study, reproducible: bool) -> 
     """
     import uuid
 
-    from pipeline.seeds import derive_seed
+    from training.seeds import derive_seed
 
     if reproducible:
         seed = derive_seed(root_seed, "search", s.study_name, 0, 0) % (2**32)

@@ -20,11 +20,12 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import interrupt, threads
+from pipeline import threads
 from pipeline.config import SearchConfig
 from pipeline.masking import config_yaml, mask_logs
 from pipeline.study import mlflow_runs
 from pipeline.study.storage import SharedStudy
+from training import interrupt
 
 log = logging.getLogger(__name__)
 

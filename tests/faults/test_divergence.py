@@ -1,5 +1,5 @@
 """Training that stays finite but diverges stops with the same clear error as a NaN loss
-(rule in `pipeline.training`), and a search records such a trial as failed."""
+(rule in `training.loops`), and a search records such a trial as failed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.context import RunContext
 from pipeline.stages import teacher as teacher_stage
-from pipeline.training import DivergenceCheck, DivergenceError, NonFiniteLossError
+from training.loops import DivergenceCheck, DivergenceError, NonFiniteLossError
 
 
 def test_rule_loss_far_above_its_start():

@@ -13,12 +13,12 @@ from attacks.metrics import roc_auc
 from attacks.nn import NNBlackBoxAttack
 from attacks.signals import compute_signals
 from pipeline.__main__ import run_stage
-from pipeline.adversarial import Adversary
-from pipeline.compress.steps import Losses, masked_step
 from pipeline.config import TrainConfig
-from pipeline.data import load_synthetic
-from pipeline.models import MLP
-from pipeline.training import TrainState, make_optimizer, set_lr
+from training.adversarial import Adversary
+from training.compress.steps import Losses, masked_step
+from training.data import load_synthetic
+from training.loops import TrainState, make_optimizer, set_lr
+from training.models import MLP
 
 pytestmark = pytest.mark.smoke
 
@@ -105,10 +105,10 @@ def test_adversarial_regularization_lowers_the_black_box_attack(tmp_path):
 def test_adversary_trains_on_every_member_and_the_audit_on_none_it_saw(cfg_factory):
     """Issue 18: a defence protects every member, so Nasr's adversary plays on all of `train`
     (audit and search members included); the audit's own attackers never saw those."""
-    from pipeline.compress import from_config
-    from pipeline.compress.loop import _losses, initial_state
-    from pipeline.compress.method import get_method
+    from pipeline import compress_jobs as from_config
     from pipeline.context import RunContext, load_data
+    from training.compress.loop import _losses, initial_state
+    from training.compress.method import get_method
 
     cfg = cfg_factory("experiment=smoke", "compress=dst_adv")
     data = load_data(cfg)

@@ -21,7 +21,8 @@ from torch import nn
 import sparse
 from pipeline.__main__ import run_stage
 from pipeline.context import RunContext, build_model
-from pipeline.export import formats, mlflow_model
+from pipeline.export import mlflow_model
+from training import formats
 
 pytestmark = pytest.mark.smoke
 

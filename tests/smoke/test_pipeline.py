@@ -16,7 +16,7 @@ from pipeline import pareto
 from pipeline.__main__ import run_stage
 from pipeline.context import RunContext, build_model, load_data
 from pipeline.stages import teacher
-from pipeline.training import train
+from training.loops import train
 
 pytestmark = pytest.mark.smoke
 
@@ -111,7 +111,7 @@ def test_teacher_on_digits_is_accurate_and_leaks_a_little(cfg_factory):
     unseen = build_model(RunContext.build(cfg), data, "unseen")
     known = torch.from_numpy(data.splits.known_members)
     from pipeline.context import train_recipe
-    from pipeline.seeds import generator
+    from training.seeds import generator
 
     train(unseen, data.dataset.x[known], data.dataset.y[known], train_recipe(cfg), generator(0, "unseen"))
     auc = loss_attack_auc(unseen, *slices)
@@ -158,7 +158,7 @@ def test_matched_references_and_canaries_are_audited(cfg_factory):
     assert set(data.splits.canaries[data.splits.canary_in]) <= set(data.splits.train)
     assert not set(data.splits.canaries) & set(data.splits.population)
     # canary labels were moved to another class
-    from pipeline.data import load_synthetic
+    from training.data import load_synthetic
 
     raw = load_synthetic(n_samples=800, n_features=20, n_informative=10, n_classes=4)
     assert (raw.y[data.splits.canaries] != data.dataset.y[data.splits.canaries]).all()

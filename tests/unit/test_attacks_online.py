@@ -15,10 +15,10 @@ def test_online_lira_beats_the_loss_attack_at_low_fpr_on_an_overfit_model():
     """A small MLP overfit on half of a Purchase-like set; 16 references in complementary
     pairs on halves of the same points (each point IN for 8). Online LiRA calibrates every
     point's difficulty, which the loss threshold cannot."""
-    from pipeline.batched import train_grouped
     from pipeline.config import TrainConfig
-    from pipeline.data import load_purchase_synth
-    from pipeline.models import MLP
+    from training.batched import train_grouped
+    from training.data import load_purchase_synth
+    from training.models import MLP
 
     d = load_purchase_synth(n_samples=1000, n_features=200, n_classes=20)
     n, k = len(d.y), 16

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.batched import GroupedMLP, _GroupedTrainer, can_batch, train_grouped
 from pipeline.config import TrainConfig
-from pipeline.models import MLP, SmallCNN
-from pipeline.training import NonFiniteLossError, train
+from training.batched import GroupedMLP, _GroupedTrainer, can_batch, train_grouped
+from training.loops import NonFiniteLossError, train
+from training.models import MLP, SmallCNN
 
 
 def _models(k, seed=0, act="relu", hidden=(16, 8)):

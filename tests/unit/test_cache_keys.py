@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import attacks
 import sparse
+from pipeline import compress_jobs as compress_from_config
 from pipeline import config as config_module
 from pipeline import context
-from pipeline.compress import from_config as compress_from_config
 from pipeline.datasets import DATASETS
 from pipeline.stages import attack, compress, shadows, teacher
 from pipeline.validation import validate

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import sparse
-from pipeline.batched import CSR_DENSITY
-from pipeline.compress import rescale_to_sparse_fan_in
-from pipeline.compress.candidates import CandidatePool
-from pipeline.compress.steps import Losses, masked_step
 from pipeline.config import TrainConfig
-from pipeline.models import MLP
-from pipeline.training import NonFiniteLossError, TrainState, make_optimizer
+from training.batched import CSR_DENSITY
+from training.compress import rescale_to_sparse_fan_in
+from training.compress.candidates import CandidatePool
+from training.compress.steps import Losses, masked_step
+from training.loops import NonFiniteLossError, TrainState, make_optimizer
+from training.models import MLP
 
 
 def _state(seed, recipe, density=0.3, activation="relu"):

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.__main__ import run_stage
 from pipeline.context import RunContext
-from pipeline.training import steps_per_epoch
+from training.loops import steps_per_epoch
 
 pytestmark = pytest.mark.smoke
 

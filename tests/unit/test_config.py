@@ -60,7 +60,7 @@ def test_unknown_model_and_attack_names(cfg_factory):
     from pipeline.context import RunContext, build_model, load_data
     from pipeline.stages.attack import attack_config
 
-    cfg = cfg_factory("experiment=smoke", "model._target_=pipeline.models.Transformer")
+    cfg = cfg_factory("experiment=smoke", "model._target_=training.models.Transformer")
     with pytest.raises(ValueError, match="unknown model .* valid"):
         build_model(RunContext.build(cfg), load_data(cfg))
     cfg = cfg_factory("experiment=smoke", "+attack.audit.telepathy={}")
@@ -136,7 +136,7 @@ def test_the_root_schema_types_the_composed_config(cfg_factory):
     assert OmegaConf.get_type(cfg.compress) is CompressConfig
     assert isinstance(cfg.compress.density, float)  # dense.yaml's 1.0, typed
     # `_target_` groups keep their own keys (their constructors are their schemas)
-    assert cfg.dataset._target_ == "pipeline.data.load_synthetic"
+    assert cfg.dataset._target_ == "training.data.load_synthetic"
 
 
 def test_each_group_mapping_replaces_the_schema_default_under_the_root_schema(cfg_factory):

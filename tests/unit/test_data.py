@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import (
+from training.data import (
     Dataset,
     load_digits,
     load_purchase_synth,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data import Dataset
 from pipeline.datasets import DATASETS, check_target, dataset_info, datasets_help, register
 from pipeline.datasets import registry as dataset_registry
 from pipeline.validation import validate
+from training.data import Dataset
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
@@ -46,12 +46,12 @@ def test_a_target_that_is_not_the_names_loader_is_refused():
     with pytest.raises(ValueError, match=r"'cifar10' is loaded by pipeline.datasets.load_cifar"):
         check_target("cifar10", "pipeline.datasets.load_purchase100")
     with pytest.raises(ValueError, match="cannot be imported"):
-        check_target("digits", "pipeline.data.no_such_loader")
+        check_target("digits", "training.data.no_such_loader")
 
 
 def test_validation_refuses_a_mismatched_name_before_any_work(cfg_factory):
     cfg = cfg_factory("experiment=smoke", "stage=teacher", "dataset.name=digits")
-    with pytest.raises(ValueError, match=r"dataset 'digits' is loaded by pipeline.data.load_digits"):
+    with pytest.raises(ValueError, match=r"dataset 'digits' is loaded by training.data.load_digits"):
         validate(cfg)
     cfg = cfg_factory("experiment=smoke", "stage=teacher", "dataset.name=mnist")
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):

@@ -12,16 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.compress import CompressJob, compress_spec, train_compressed
-from pipeline.compress.methods.dmp import DMPLosses, soft_labels
-from pipeline.compress.relaxloss import flattened_targets, relaxed_loss, relaxloss_mode
-from pipeline.compress.steps import Defences, Losses
 from pipeline.config import CompressConfig, StrategyConfig, TrainConfig
 from pipeline.context import DataBundle
-from pipeline.data import load_purchase_synth, load_synthetic, make_splits, plant_canaries
-from pipeline.models import MLP
-from pipeline.training import TrainState, make_optimizer
 from pipeline.validation import validate_compress
+from training.compress import CompressJob, compress_spec, train_compressed
+from training.compress.methods.dmp import DMPLosses, soft_labels
+from training.compress.relaxloss import flattened_targets, relaxed_loss, relaxloss_mode
+from training.compress.steps import Defences, Losses
+from training.data import load_purchase_synth, load_synthetic, make_splits, plant_canaries
+from training.loops import TrainState, make_optimizer
+from training.models import MLP
 
 FRACTIONS = {"train": 0.3, "val": 0.15, "test": 0.15, "population": 0.3}  # 0.1 of the pool unused
 PARTS = ("train", "val", "test", "population")

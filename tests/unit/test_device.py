@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from attacks.signals import _forward_batches
-from pipeline.adversarial import Adversary
-from pipeline.batched import can_batch
 from pipeline.context import RunContext, build_model, load_data
-from pipeline.models import MLP
-from pipeline.training import model_device, predict_logits
+from training.adversarial import Adversary
+from training.batched import can_batch
+from training.loops import model_device, predict_logits
+from training.models import MLP
 
 META = torch.device("meta")
 

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from opacus import PrivacyEngine
 
 import sparse
+from pipeline import compress_jobs as from_config
 from pipeline.__main__ import run_stage
-from pipeline.compress import from_config
-from pipeline.compress.methods.dpsgd import privatize
-from pipeline.models import MLP, SmallCNN
 from pipeline.validation import validate
+from training.compress.methods.dpsgd import privatize
+from training.models import MLP, SmallCNN
 
 MODELS = {
     "mlp": (lambda: MLP((6,), 3, (5, 4)), (6,)),
@@ -118,7 +118,7 @@ def test_bad_mode_and_models_dpsgd_cannot_train_are_refused_up_front(cfg_factory
         validate(cfg_factory("experiment=smoke", "compress=dpsgd", "compress.dp.grad_sample_mode=fast"))
     for model, why in (("vgg_c", "BatchNorm"), ("resnet18", "BatchNorm"), ("text_bag", "EmbeddingBag")):
         with pytest.raises(ValueError, match=rf"compress=dpsgd cannot train model .*{why}.*models it trains: "
-                                             r"\['pipeline.models.MLP', 'pipeline.models.SmallCNN'\]"):
+                                             r"\['training.models.MLP', 'training.models.SmallCNN'\]"):
             validate(cfg_factory("experiment=smoke", "compress=dpsgd", f"model={model}"))
     validate(cfg_factory("experiment=smoke", "compress=dpsgd", "model=mlp"))
     validate(cfg_factory("experiment=smoke", "compress=dst", "model=vgg_c"))  # other methods: any model

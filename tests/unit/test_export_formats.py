@@ -13,8 +13,9 @@ from torch import nn
 
 import sparse
 from pipeline.config import ExportConfig, SearchConfig
-from pipeline.export import card, choice, formats
-from pipeline.models import MLP
+from pipeline.export import card, choice
+from training import formats
+from training.models import MLP
 
 
 def _pruned_mlp(density: float = 0.1, seed: int = 0) -> tuple[nn.Module, sparse.MaskSet]:

@@ -11,8 +11,8 @@ import pytest
 from conftest import CONF_DIR, make_cfg
 from omegaconf import OmegaConf
 
+from pipeline import compress_jobs as from_config
 from pipeline import runs, tracking
-from pipeline.compress import from_config
 from pipeline.validation import validate
 
 POINTS = sorted(p.stem for p in (Path(CONF_DIR) / "frontier").glob("*.yaml"))

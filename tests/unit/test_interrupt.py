@@ -8,10 +8,10 @@ import signal
 import pytest
 import torch
 
-from pipeline import interrupt
 from pipeline.config import TrainConfig
-from pipeline.models import MLP
-from pipeline.training import train
+from training import interrupt
+from training.loops import train
+from training.models import MLP
 
 
 def _ctrl_c() -> None:

@@ -11,7 +11,7 @@ import torch
 
 import sparse
 from attacks.signals import last_layer_grads
-from pipeline.model_adapter import (
+from training.model_adapter import (
     AdaptedModel,
     check_adapter,
     dp_unsupported,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pipeline.context import MODELS
-from pipeline.models import MLP, VGG, ResNet18, TextBagOfEmbeddings
+from training.models import MLP, VGG, ResNet18, TextBagOfEmbeddings
 
 
 def _n_params(model: nn.Module) -> int:
@@ -87,9 +87,9 @@ def test_nasr_purchase_mlp():
 
 def test_new_models_are_registered_and_composable(cfg_factory):
     for target in ("VGG", "ResNet18", "TextBagOfEmbeddings"):
-        assert f"pipeline.models.{target}" in MODELS
+        assert f"training.models.{target}" in MODELS
     for model, target in (("vgg_c", "VGG"), ("resnet18", "ResNet18"), ("mlp_purchase", "MLP")):
         cfg = cfg_factory(f"model={model}")
-        assert cfg.model._target_ == f"pipeline.models.{target}"
+        assert cfg.model._target_ == f"training.models.{target}"
     cfg = cfg_factory("model=text_bag", "dataset=ag_news")
     assert cfg.model.vocab_size == cfg.dataset.vocab_size

@@ -8,13 +8,13 @@ import logging
 
 import pytest
 
-from pipeline import progress
+from training import progress
 
 
 def test_off_a_terminal_no_bar_is_drawn_and_long_loops_log_a_count(monkeypatch, caplog):
     err = io.StringIO()  # not a tty
     monkeypatch.setattr("sys.stderr", err)
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="training.progress")
     bar = progress.Progress(100, "shadows[dense]", unit="epoch", log_every=0.0)
     for _ in range(100):
         bar.update(1, loss=0.5)
@@ -28,7 +28,7 @@ def test_off_a_terminal_no_bar_is_drawn_and_long_loops_log_a_count(monkeypatch, 
 
 def test_short_loops_log_nothing_and_disabled_progress_is_silent(monkeypatch, caplog):
     monkeypatch.setattr("sys.stderr", io.StringIO())
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="training.progress")
     assert list(progress.iterate(range(5), 5, "attack")) == [0, 1, 2, 3, 4]  # default: every 30 s
     with progress.Progress(3, "teacher", enabled=False, log_every=0.0) as bar:
         for _ in range(3):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.selection import (
+from training.selection import (
     CandidateTests,
     accuracy_standard_error,
     auc_standard_error,
@@ -73,7 +73,7 @@ def test_standard_errors():
 def test_resolution_counts_updates_whose_risk_spread_exceeds_two_standard_errors():
     import pandas as pd
 
-    from pipeline.selection import resolution
+    from training.selection import resolution
 
     rows = []
     # update 1: spread 0.10 > 2 * 0.02, the less accurate candidate chosen
@@ -193,7 +193,7 @@ def test_pareto_knee_does_not_depend_on_candidate_order():
 def test_resolution_needs_an_ok_status_and_a_finite_risk():
     import pandas as pd
 
-    from pipeline.selection import resolution
+    from training.selection import resolution
 
     base = [
         {"update": 1, "candidate": 0, "accuracy": 0.8, "risk": 0.70, "risk_se": 0.02, "status": "ok", "chosen": True},

@@ -154,7 +154,7 @@ def test_too_few_records_name_the_split_and_the_numbers():
     with pytest.raises(ValueError, match=r"too few members for split 'train': .*n_audit=20 .* of the 5 the user marked, leaving 0"):
         member_splits(np.array([1] * 5 + [0] * 100, np.int8), {"train": 0.3, "val": 0.1, "test": 0.1,
                                                                "population": 0.3}, seed=0)
-    from pipeline.data import make_splits
+    from training.data import make_splits
 
     with pytest.raises(ValueError, match=r"too few records for split 'val': it gets 1 of the pool's 12 records "
                                          r"\(fraction 0.1\)"):
