@@ -18,7 +18,7 @@ import tempfile
 
 import pandas as pd
 
-from pipeline import runs
+from pipeline.tracking import runs
 from training import selection
 
 

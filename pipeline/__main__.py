@@ -17,10 +17,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import flow, threads, tracking
+from pipeline import flow, threads
 from pipeline.context import RunContext
 from pipeline.datasets import datasets_help
-from pipeline.masking import config_yaml
+from pipeline.tracking import plumbing as tracking
+from pipeline.tracking.masking import config_yaml
 from pipeline.validation import validate
 from training import interrupt
 

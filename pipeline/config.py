@@ -109,7 +109,7 @@ class ReportConfig:
     study_name: Optional[str] = None  # also one audit report per Pareto trial of this study
     plots: bool = True
     frontier: list[str] = field(default_factory=lambda: list(FRONTIER_METHODS))  # drawn on trade-off plots
-    set_audit: bool = True  # with study_name: audit the study's Pareto front as one release (pipeline.set_audit)
+    set_audit: bool = True  # with study_name: audit the study's Pareto front as one release (pipeline.analysis.set_audit)
     set_attacks: Optional[list[str]] = None  # the attacks to combine; null: every attack all versions scored
 
 

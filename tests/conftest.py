@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # One torch thread per test process: our models are small, and two OpenMP threads competing
 # with another process on a 2-core machine spin and run many times slower.
 torch.set_num_threads(1)
+# A shell that starts pytest in the background without job control (`cmd &`, nohup) hands it
+# SIGINT ignored, and the children it spawns inherit that: the Ctrl-C tests (tests/unit/
+# test_interrupt.py, the killed-and-resumed study) would then test nothing. Python's own handler
+# is what a user's terminal gives the CLI, so the tests run under it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -10,9 +10,9 @@ import time
 
 import torch
 
-from pipeline import tracking
 from pipeline.context import RunContext
 from pipeline.results import AttackResult, CompressResult
+from pipeline.tracking import plumbing as tracking
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analysis.pareto import nondominated_ranks
 from pipeline.config import OBJECTIVE_DIRECTIONS, ExportConfig, SearchConfig
-from pipeline.masking import mask_secrets
-from pipeline.pareto import nondominated_ranks
+from pipeline.tracking.masking import mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def from_run(tracking_uri: str, run_id: str) -> Source:
     """A tracked compress/attack run or search trial, by its MLflow run id."""
     from mlflow.exceptions import MlflowException
 
-    from pipeline import runs
+    from pipeline.tracking import runs
 
     client = runs._client(tracking_uri)
     try:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import tracking
+from pipeline.tracking import plumbing as tracking
 from training.formats import cpu_copy
 
 log = logging.getLogger(__name__)

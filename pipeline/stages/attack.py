@@ -40,12 +40,13 @@ from omegaconf import DictConfig
 import attacks
 from attacks import registry as attack_registry
 from attacks.signals import compute_signals
-from pipeline import audit_scores, tracking
+from pipeline.analysis import audit_scores
 from pipeline.cache import cache_key
 from pipeline.compress_jobs import load_compressed
 from pipeline.config import AttackConfig, to_schema
 from pipeline.context import DataBundle, RunContext, load_model, plain
 from pipeline.results import AttackResult, CompressResult, ShadowsResult
+from pipeline.tracking import plumbing as tracking
 from pipeline.validation import validate_attack
 from training import progress
 from training.seeds import derive_seed

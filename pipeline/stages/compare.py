@@ -35,19 +35,20 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline import runs, tracking
-from pipeline.config import CompareConfig, to_schema
-from pipeline.context import RunContext
-from pipeline.frontier import (
+from pipeline.analysis.frontier import (
     excess_auc,
     forms_envelope,
     frontier_runs,
     mean_envelope,
     with_leakage,
 )
-from pipeline.intervals import AUDIT_METRIC, example_bootstrap, seed_bootstrap
-from pipeline.pareto import front_hypervolume
-from pipeline.plots import plot_tradeoff
+from pipeline.analysis.intervals import AUDIT_METRIC, example_bootstrap, seed_bootstrap
+from pipeline.analysis.pareto import front_hypervolume
+from pipeline.analysis.plots import plot_tradeoff
+from pipeline.config import CompareConfig, to_schema
+from pipeline.context import RunContext
+from pipeline.tracking import plumbing as tracking
+from pipeline.tracking import runs
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from torch import nn
 
 import sparse
 from pipeline import compress_jobs as from_config
-from pipeline import tracking
 from pipeline.cache import cache_key
 from pipeline.context import DataBundle, RunContext, data_spec
 from pipeline.results import EXPORT_FILE, CompressResult, TeacherResult
+from pipeline.tracking import plumbing as tracking
 from training.compress import train_compressed
 from training.loops import evaluate
 from training.progress import warn_once

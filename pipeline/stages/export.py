@@ -29,16 +29,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import sparse
-from pipeline import runs, tracking
+from pipeline.analysis.frontier import frontier_auc, frontier_envelope, frontier_runs
 from pipeline.cache import check_entry_file
 from pipeline.compress_jobs import load_compressed
 from pipeline.config import CompareConfig, CompressConfig, ExportConfig, SearchConfig, to_schema
 from pipeline.context import DataBundle, RunContext
 from pipeline.export import N_EXAMPLE, card, choice, mlflow_model
 from pipeline.export.checks import validate_export
-from pipeline.frontier import frontier_auc, frontier_envelope, frontier_runs
-from pipeline.masking import config_yaml
 from pipeline.results import EXPORT_FILE
+from pipeline.tracking import plumbing as tracking
+from pipeline.tracking import runs
+from pipeline.tracking.masking import config_yaml
 from training import formats
 from training.compress import get_method
 from training.loops import evaluate

@@ -4,7 +4,7 @@ Shape of the SafeCompress tables (Zhu et al. TSE 2024, Tables 3-6): rows are met
 columns per data set and density, task accuracy and MIA (attack) accuracy. We add the
 metrics the papers lacked: AUC, TPR at 0.1% FPR, the real byte size of the export,
 each as mean ± std over seeds with the number of seeds. Numbers come only from
-MLflow (`pipeline.runs.load_runs`), never from caches, so a table is what was tracked.
+MLflow (`pipeline.tracking.runs.load_runs`), never from caches, so a table is what was tracked.
 
 Written under `${paths.output_dir}/reports/<experiment_name>/`: `report.md`,
 `report.csv` (tidy: one row per data set × density × method), `report.tex`, one
@@ -26,11 +26,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline import audit_scores, runs, set_audit, tracking
+from pipeline.analysis import audit_scores, set_audit
+from pipeline.analysis.frontier import frontier_curves
+from pipeline.analysis.plots import plot_tradeoff
 from pipeline.config import ReportConfig, to_schema
 from pipeline.context import RunContext
-from pipeline.frontier import frontier_curves
-from pipeline.plots import plot_tradeoff
+from pipeline.tracking import plumbing as tracking
+from pipeline.tracking import runs
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ def run(ctx: RunContext) -> ReportResult:
 
 
 def write_set_audit(uri: str, pareto: pd.DataFrame, rc: ReportConfig, out: Path) -> list[Path]:
-    """The Pareto front audited as one release (`pipeline.set_audit`): set_audit.md and .csv
+    """The Pareto front audited as one release (`pipeline.analysis.set_audit`): set_audit.md and .csv
     under `out`, logged to the report's run. Versions without per-example scores are left out
     (logged); the attacks are those every version scored (or `report.set_attacks`)."""
     import tempfile

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import tracking
+from pipeline.analysis.pareto import hypervolume, nondominated_ranks, normalised_objectives
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_schema
 from pipeline.context import RunContext
-from pipeline.masking import config_yaml, mask_secrets
-from pipeline.pareto import hypervolume, nondominated_ranks, normalised_objectives
 from pipeline.study import identity, mlflow_runs, storage, workers
+from pipeline.tracking import plumbing as tracking
+from pipeline.tracking.masking import config_yaml, mask_secrets
 from pipeline.validation import validate_search
 from training import interrupt, progress
 

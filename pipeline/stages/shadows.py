@@ -28,7 +28,6 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline import compress_jobs as compress_from_config
-from pipeline import tracking
 from pipeline.cache import cache_key
 from pipeline.config import SHADOW_POOLS, SHADOW_RECIPES, ShadowsConfig, TrainConfig, to_schema
 from pipeline.context import (
@@ -41,6 +40,7 @@ from pipeline.context import (
     train_recipe,
 )
 from pipeline.results import ShadowsResult
+from pipeline.tracking import plumbing as tracking
 from training import progress
 from training.batched import can_batch, train_grouped
 from training.compress import get_method, train_compressed

@@ -12,7 +12,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline import tracking
 from pipeline.cache import cache_key
 from pipeline.context import (
     RunContext,
@@ -26,6 +25,7 @@ from pipeline.context import (
     train_recipe,
 )
 from pipeline.results import TeacherResult
+from pipeline.tracking import plumbing as tracking
 from training import checkpoints, progress
 from training.loops import evaluate, train
 from training.seeds import generator

@@ -2,7 +2,7 @@
 
 Optuna's storage is the record of the study; MLflow mirrors it. Tracking problems are
 logged and never stop the study: while the tracking server cannot be reached, tracking
-pauses (`pipeline.tracking.call`) and trials go on; `reconcile_runs` later gives every
+pauses (`pipeline.tracking.plumbing.call`) and trials go on; `reconcile_runs` later gives every
 COMPLETE trial its FINISHED nested run from what the study stored.
 """
 
@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from pipeline import tracking
 from pipeline.config import SearchConfig
-from pipeline.masking import mask_secrets
 from pipeline.study.lock import storage_lock
 from pipeline.study.storage import SharedStudy
+from pipeline.tracking import plumbing as tracking
+from pipeline.tracking.masking import mask_secrets
 
 log = logging.getLogger(__name__)
 

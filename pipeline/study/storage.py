@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig
-from pipeline.masking import mask_logs, mask_secrets
-from pipeline.stores import StoreError, file_lock, prepare_sqlite_store
 from pipeline.study.identity import StudyIdentity
 from pipeline.study.identity import check as check_identity
+from pipeline.tracking.masking import mask_logs, mask_secrets
+from pipeline.tracking.stores import StoreError, file_lock, prepare_sqlite_store
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def open_storage(
                 ),
             }
         with file_lock(lock, "Optuna study store", "search.storage"):
-            if lock is not None:  # created complete or not at all (pipeline.stores.prepare_sqlite_store)
+            if lock is not None:  # created complete or not at all (pipeline.tracking.stores.prepare_sqlite_store)
                 prepare_sqlite_store(db, "Optuna study store", "search.storage", _create_optuna_store)
             return optuna.storages.RDBStorage(url, **kwargs)
     except StoreError:

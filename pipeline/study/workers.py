@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import threads
 from pipeline.config import SearchConfig
-from pipeline.masking import config_yaml, mask_logs
 from pipeline.study import mlflow_runs
 from pipeline.study.storage import SharedStudy
+from pipeline.tracking.masking import config_yaml, mask_logs
 from training import interrupt
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import pytest
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
-from pipeline import tracking
 from pipeline.config import SearchConfig, SearchParam
 from pipeline.study import mlflow_runs, storage
+from pipeline.tracking import plumbing as tracking
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import tracking
 from pipeline.context import RunContext
-from pipeline.stores import StoreError
+from pipeline.tracking import plumbing as tracking
+from pipeline.tracking.stores import StoreError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,7 +135,7 @@ def test_read_only_store_on_a_real_read_only_mount(cfg_factory, tmpfs):
     remount("size=16m")
     db = mnt / "mlflow.db"
     # created by another process, so that this one holds no open file there (remount needs that)
-    script = f"from pipeline.tracking import _create_mlflow_store as c; c('sqlite:///{db}', '{mnt.as_uri()}')"
+    script = f"from pipeline.tracking.plumbing import _create_mlflow_store as c; c('sqlite:///{db}', '{mnt.as_uri()}')"
     subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     remount("ro")
     with pytest.raises(StoreError, match=rf"{mnt}.*(read-only|not writable).* make it writable"):

@@ -12,8 +12,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from attacks import loss_attack_auc
-from pipeline import pareto
 from pipeline.__main__ import run_stage
+from pipeline.analysis import pareto
 from pipeline.context import RunContext, build_model, load_data
 from pipeline.stages import teacher
 from training.loops import train

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import runs
 from pipeline.__main__ import run_stage
+from pipeline.tracking import runs
 
 pytestmark = pytest.mark.smoke
 

@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from pipeline import masking, tracking
+from pipeline.tracking import masking
+from pipeline.tracking import plumbing as tracking
 
 pytestmark = pytest.mark.smoke
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline import audit_scores
+from pipeline.analysis import audit_scores
 from pipeline.context import RunContext
 
 
@@ -66,7 +66,7 @@ def test_the_strongest_attack_interval_ignores_the_per_example_fields():
     """scores.npz's member / pool_index / n_references_in are not attacks: the hierarchical
     bootstrap of the strongest attack must not take a maximum over them (pool_index sorted by
     membership would be a perfect 'attack')."""
-    from pipeline.intervals import example_bootstrap
+    from pipeline.analysis.intervals import example_bootstrap
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.ones(50), np.zeros(50)].astype(int)

@@ -13,10 +13,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from attacks.metrics import roc_auc
-from pipeline import frontier, intervals, pareto, runs
 from pipeline.__main__ import run_stage
+from pipeline.analysis import frontier, intervals, pareto
 from pipeline.config import CompareConfig, FrontierConfig
 from pipeline.stages import compare
+from pipeline.tracking import runs
 
 SEEDS = (0, 1, 2, 3)
 

@@ -390,7 +390,7 @@ def test_new_options_at_their_defaults_leave_the_compress_spec_as_it_was():
 
 
 def test_report_labels_tell_defences_apart():
-    from pipeline.runs import run_label
+    from pipeline.tracking.runs import run_label
 
     base = {"method": "dst", "variant": "", "target_density": 0.05}
     assert run_label(pd.Series(base)) == "dst"

@@ -12,7 +12,8 @@ from conftest import CONF_DIR, make_cfg
 from omegaconf import OmegaConf
 
 from pipeline import compress_jobs as from_config
-from pipeline import runs, tracking
+from pipeline.tracking import plumbing as tracking
+from pipeline.tracking import runs
 from pipeline.validation import validate
 
 POINTS = sorted(p.stem for p in (Path(CONF_DIR) / "frontier").glob("*.yaml"))
@@ -52,8 +53,8 @@ def test_distillation_points_distil_from_the_dense_teacher_on_the_members():
 def test_frontier_members_are_the_baselines_not_the_defences(rows):
     """compare.frontier.methods' default picks the baselines among the points: distillation is a
     frontier point (it is `dst` with compress.distill), RelaxLoss on `dst` is a defence under test."""
+    from pipeline.analysis.frontier import frontier_runs
     from pipeline.config import FRONTIER_METHODS
-    from pipeline.frontier import frontier_runs
 
     frame = pd.DataFrame([{**r.to_dict(), "point": p, "dataset": "purchase_synth"} for p, r in rows.items()])
     members = set(frontier_runs(frame, "purchase_synth", 0.05, list(FRONTIER_METHODS))["point"])

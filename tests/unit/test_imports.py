@@ -56,6 +56,30 @@ def test_the_library_is_where_the_training_code_lives():
         assert not (ROOT / "pipeline" / gone).exists(), f"pipeline/{gone} is library code: it lives in training/"
 
 
+# pipeline/: the entry's layer (entry point, wiring, config, validation, run context) flat, and
+# one sub-package per room: stages, study, cache, tracking, analysis, datasets, export
+PIPELINE_ROOMS = {"stages", "study", "cache", "tracking", "analysis", "datasets", "export"}
+ENTRY_LAYER = {
+    "__main__", "flow", "config", "validation", "search_validation", "context", "compress_jobs",
+    "user_checks", "membership", "threads", "results",
+}
+
+
+def test_pipeline_is_the_entry_layer_and_its_rooms():
+    pipeline = ROOT / "pipeline"
+    rooms = {p.name for p in pipeline.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    flat = {p.stem for p in pipeline.glob("*.py")} - {"__init__"}
+    assert rooms == PIPELINE_ROOMS, f"pipeline/ sub-packages {sorted(rooms)}; declared {sorted(PIPELINE_ROOMS)}"
+    assert flat == ENTRY_LAYER, f"flat pipeline/ modules {sorted(flat)}: a new one belongs in a room or in ENTRY_LAYER"
+
+
+def test_the_analysis_reads_runs_and_never_drives_them():
+    """analysis/ turns tracked runs into tables and plots: it imports no stage, study or cache."""
+    for path in sorted((ROOT / "pipeline" / "analysis").glob("*.py")):
+        bad = {m for m in imported_modules(path) if m.startswith(("pipeline.stages", "pipeline.study", "pipeline.cache"))}
+        assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
 def test_the_checker_catches_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import numpy\nfrom omegaconf import DictConfig\nimport mlflow.tracking\n")
@@ -117,7 +141,7 @@ CONFIG_FRAMEWORKS = {"hydra", "omegaconf"}
 # (the MLflow setup from the config), the logged config.yaml, the search workers' config text and
 # the thread and worker counts the entry point resolves.
 CONFIG_EDGE = {
-    "__main__.py", "flow.py", "config.py", "validation.py", "context.py", "tracking.py", "masking.py",
+    "__main__.py", "flow.py", "config.py", "validation.py", "context.py", "tracking/plumbing.py", "tracking/masking.py",
     "compress_jobs.py", "study/workers.py", "threads.py", "search_validation.py",
 }
 # `_target_` strings resolved to the registered loaders (hydra.utils, no config object)
@@ -137,7 +161,7 @@ def _below_the_edge() -> list[Path]:
 def test_config_objects_stop_at_the_stage_boundary():
     below = _below_the_edge()
     rels = {p.relative_to(PIPELINE).as_posix() for p in below}
-    assert {"cache/store.py", "datasets/images.py", "stores.py", "runs.py"} <= rels
+    assert {"cache/store.py", "datasets/images.py", "tracking/stores.py", "tracking/runs.py", "analysis/frontier.py"} <= rels
     offenders = {str(p.relative_to(ROOT)): sorted(imported_roots(p) & CONFIG_FRAMEWORKS) for p in below}
     offenders = {f: bad for f, bad in offenders.items() if bad}
     assert not offenders, f"modules below the stages' entry functions import the config frameworks: {offenders}"
@@ -160,7 +184,7 @@ def _reads_root_seed(path: Path) -> bool:
 
 # where the root seed is still read from the config: the run context that carries it, the
 # declared fields of the data's and the audit's cache keys, and the tracked runs' seed tag
-READS_CFG_SEED = {"context.py", "stages/attack.py", "tracking.py"}
+READS_CFG_SEED = {"context.py", "stages/attack.py", "tracking/plumbing.py"}
 
 
 def test_only_the_context_and_cache_key_specs_read_the_root_seed_from_the_config():

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import frontier, runs
+from pipeline.analysis import frontier
 from pipeline.config import CompareConfig
 from pipeline.stages import compare, report
+from pipeline.tracking import runs
 
 
 def _run(reference: str | None, **metrics: float) -> pd.Series:

@@ -13,9 +13,10 @@ from conftest import make_cfg
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from pipeline import frontier, plots, runs
 from pipeline.__main__ import run_stage
+from pipeline.analysis import frontier, plots
 from pipeline.stages import report
+from pipeline.tracking import runs
 
 
 def log_fake_run(client, exp_id, tags, metrics, artifacts: dict[str, Path] | None = None, status="FINISHED"):

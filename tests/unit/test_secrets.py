@@ -9,8 +9,9 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import masking, tracking
 from pipeline.study import storage
+from pipeline.tracking import masking
+from pipeline.tracking import plumbing as tracking
 
 SECRET = "s3cr3t-Pw"
 

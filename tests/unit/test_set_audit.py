@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline import set_audit
+from pipeline.analysis import set_audit
 
 
 def versions(n_versions=4, n=600, noise=2.0, seed=0):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import mlflow
 from mlflow import MlflowClient
 
-from pipeline import tracking
 from pipeline.context import RunContext
+from pipeline.tracking import plumbing as tracking
 
 KIND = "mlflow.experimentKind"
 

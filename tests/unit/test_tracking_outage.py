@@ -9,7 +9,7 @@ import time
 import mlflow
 import pytest
 
-from pipeline import tracking
+from pipeline.tracking import plumbing as tracking
 
 
 @pytest.fixture

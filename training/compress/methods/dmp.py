@@ -63,7 +63,7 @@ class DMPLosses(Losses):
 class DMP(SparseTrainingMethod):
     name = "dmp"
     regrows = True
-    uses_reference_set = True  # report labels carry its settings and `ref=N` (pipeline.runs)
+    uses_reference_set = True  # report labels carry its settings and `ref=N` (pipeline.tracking.runs)
 
     def training_data(self, job: CompressJob) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference inputs and the teacher's soft labels on them (n_ref, C)."""

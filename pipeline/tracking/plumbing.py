@@ -15,8 +15,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.config import TrackingConfig
-from pipeline.masking import mask_logs, mask_secrets
-from pipeline.stores import (
+from pipeline.tracking.masking import mask_logs, mask_secrets
+from pipeline.tracking.stores import (
     StoreError,
     file_lock,
     make_store_folder,

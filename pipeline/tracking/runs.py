@@ -2,7 +2,7 @@
 
 Every stage run (`python -m pipeline stage=attack ...`) is one MLflow run tagged with
 `experiment_name`, `dataset`, `method`, `variant`, `density`, `seed` (see
-`pipeline.tracking.run_tags`). This module reads those runs back: one row per run,
+`pipeline.tracking.plumbing.run_tags`). This module reads those runs back: one row per run,
 metrics under their own names (`test_accuracy`, `audit_auc`, ...), the identifying
 tags as plain columns, the flattened config as `params.<key>` columns, and the
 target density (the `density` tag) as `target_density`, since the `density`

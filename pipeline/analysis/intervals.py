@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from attacks.metrics import fpr_key, weighted_metrics
-from pipeline.audit_scores import NPZ_FIELDS
+from pipeline.analysis.audit_scores import NPZ_FIELDS
 
 # audit_<attack>_<metric> (no attack: the strongest one), for the metrics scores can recompute
 AUDIT_METRIC = re.compile(r"^audit_(?:(?P<attack>.+)_)?(?P<key>auc|tpr_at_[0-9.]+pct_fpr)$")
