@@ -34,7 +34,6 @@ from pipeline.context import RunContext
 from pipeline.study import identity, mlflow_runs, storage, workers
 from pipeline.tracking import plumbing as tracking
 from pipeline.tracking.masking import config_yaml, mask_secrets
-from pipeline.validation import validate_search
 from training import interrupt, progress
 
 log = logging.getLogger(__name__)
@@ -87,8 +86,7 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     trial is a config (the run's, with the trial's parameters); `trial_work` makes its run context.
     """
     cfg = ctx.cfg
-    s = to_schema(SearchConfig, cfg.search)
-    validate_search(cfg, s)
+    s = to_schema(SearchConfig, cfg.search)  # checked by the entry point's validate (run_stage)
     shared = storage.open_study(
         s, ctx.seed, identity=study_identity(cfg, s), on_lost=mlflow_runs.close_lost_run
     )
