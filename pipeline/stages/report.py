@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from pipeline.analysis import audit_scores, set_audit
 from pipeline.analysis.frontier import frontier_curves
 from pipeline.analysis.plots import plot_tradeoff
+from pipeline.analysis.tables import finite, markdown_indexed
 from pipeline.config import ReportConfig, to_schema
 from pipeline.context import RunContext
 from pipeline.tracking import plumbing as tracking
@@ -167,28 +168,21 @@ def primary_ci(row: pd.Series, metric: str) -> tuple[float, float]:
     `audit_<attack>_auc_ci_low/_ci_high` (NaN when the run has no intervals).
     """
     low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
-    if _finite(low) and _finite(high):
+    if finite(low) and finite(high):
         return float(low), float(high)
     value = row.get(metric)
-    if not _finite(value):
+    if not finite(value):
         return math.nan, math.nan
     suffix = metric[len("audit_"):]
     for col in row.index:
         if not (isinstance(col, str) and col.startswith("audit_") and col.endswith("_" + suffix)):
             continue
-        if col == metric or not _finite(row[col]) or abs(float(row[col]) - float(value)) > 1e-12:
+        if col == metric or not finite(row[col]) or abs(float(row[col]) - float(value)) > 1e-12:
             continue
         lo, hi = row.get(f"{col}_ci_low"), row.get(f"{col}_ci_high")
-        if _finite(lo) and _finite(hi):
+        if finite(lo) and finite(hi):
             return float(lo), float(hi)
     return math.nan, math.nan
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -231,7 +225,7 @@ def cell(row: pd.Series, metric: str, kind: str) -> str:
 
 def ci_cell(row: pd.Series, metric: str) -> str:
     lo, hi = row.get(f"{metric}_ci_low_mean"), row.get(f"{metric}_ci_high_mean")
-    return f"[{lo:.3f}, {hi:.3f}]" if _finite(lo) and _finite(hi) else NA
+    return f"[{lo:.3f}, {hi:.3f}]" if finite(lo) and finite(hi) else NA
 
 
 def _columns(summary: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -296,16 +290,8 @@ def to_markdown(summary: pd.DataFrame, experiment_name: str) -> str:
     ]
     for dataset in summary["dataset"].unique():
         table = wide_table(summary, dataset)
-        lines += [f"## {dataset}", "", _md_table(table), ""]
+        lines += [f"## {dataset}", "", markdown_indexed(table), ""]
     return "\n".join(lines)
-
-
-def _md_table(table: pd.DataFrame) -> str:
-    header = [table.index.name or "", *table.columns]
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, row in table.iterrows():
-        out.append("| " + " | ".join([str(label), *(str(v) for v in row)]) + " |")
-    return "\n".join(out)
 
 
 def _tex(s: str) -> str:
@@ -335,9 +321,6 @@ def to_latex(summary: pd.DataFrame) -> str:
             parts.append(" & ".join([_tex(str(label)), *(_tex(str(v)) for v in row)]) + " \\\\")
         parts += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(parts)
-
-
-# ---------------------------------------------------------------- plots
 
 
 # ---------------------------------------------------------------- per-model audit report
@@ -385,7 +368,7 @@ def write_audit_report(run_id: str, tracking_uri: str, out_dir: Path, log_to_run
     if audit_csv is not None:
         table = pd.read_csv(audit_csv, index_col=0)
         table.index.name = "attack"
-        lines.append(_md_table(table.map(lambda v: NA if isinstance(v, float) and not math.isfinite(v)
+        lines.append(markdown_indexed(table.map(lambda v: NA if isinstance(v, float) and not math.isfinite(v)
                                          else (f"{v:.4f}" if isinstance(v, float) else str(v)))))
     else:
         lines.append("(this run has no `audit/audit.csv`: it was not an attack run)")

@@ -19,10 +19,8 @@ latest finished run per configuration and seed is kept, so no seed counts twice.
 
 from __future__ import annotations
 
-import ast
 import functools
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -32,19 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import STRATEGY_DEFENCE_FIELDS, CompressConfig
+from pipeline.analysis.tables import finite
+from pipeline.tracking.labels import as_float, epochs_of, logged_param, run_label
 
 log = logging.getLogger(__name__)
 
 ID_TAGS = ("stage", "experiment_name", "dataset", "method", "variant", "seed", "model", "git_commit",
            "study_name", "trial_number", "pareto_rank", "safecompress.study")
-# params that make two runs of one method different configurations (shown in the row label)
-LABEL_PARAMS = {
-    "params.compress.epochs": "ep",
-    "params.compress.dp.epsilon": "eps",
-    "params.compress.adversarial.lam": "adv_lam",
-}
-_DEFAULT = CompressConfig()  # settings at their defaults are left out of row labels
 # what identifies one configuration of one seed (duplicates of it are re-runs)
 CONFIG_KEYS = ("dataset", "label", "target_density", "seed")
 
@@ -91,7 +83,7 @@ def search_runs(
             for k, v in r.data.tags.items():
                 if k in ID_TAGS:
                     row[k] = v
-            row["target_density"] = _float(r.data.tags.get("density"))
+            row["target_density"] = as_float(r.data.tags.get("density"))
             for k, v in r.data.params.items():
                 row[f"params.{k}"] = v
             row.update({k: float(v) for k, v in r.data.metrics.items()})
@@ -100,161 +92,6 @@ def search_runs(
         if not token:
             break
     return pd.DataFrame(rows)
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def run_label(row: pd.Series) -> str:
-    """`method`, `method (variant)`, plus the params that distinguish configurations of one method
-    (what each method declares in `training.compress.METHODS`)."""
-    from training.compress import METHODS
-
-    label = str(row.get("method") or "?")
-    variant = row.get("variant")
-    if isinstance(variant, str) and variant:
-        label += f" ({variant})"
-    extras = []
-    method = METHODS.get(str(row.get("method")))
-    for col, short in LABEL_PARAMS.items():
-        v = _param(row, col.removeprefix("params."))
-        if v is None:
-            continue
-        if col != "params.compress.epochs" and (method is None or col.removeprefix("params.") not in method.label_params):
-            continue
-        if short == "adv_lam" and row.get("params.compress.adversarial.enabled") != "True":
-            continue
-        if short == "adv_lam" and v == str(_DEFAULT.adversarial.lam):  # the default is not worth a label
-            continue
-        extras.append(f"{short}={v}")
-    extras += _distill_extras(row)
-    if method is not None and method.differentially_private:
-        extras += _dp_extras(row)
-    extras += _defence_extras(row, method)
-    if method is not None and method.regrows:
-        extras += _schedule_extras(row)
-    if method is not None and method.selects_candidates:
-        extras += _selection_extras(row)
-    density = _float(row.get("target_density", row.get("density")))
-    if method is not None and not method.is_dense and density == 1.0:
-        extras.append("d=1")  # e.g. dst_adv at density 1.0 = dense + adversarial regularization
-    if extras:
-        label += " [" + ", ".join(extras) + "]"
-    return label
-
-
-def _param(row: pd.Series, key: str) -> str | None:
-    """A logged param (`params.<key>`) as its string, None when absent or null."""
-    v = row.get(f"params.{key}")
-    return v if isinstance(v, str) and v not in ("None", "null", "") else None
-
-
-def _dp_extras(row: pd.Series) -> list[str]:
-    """DP-SGD's learning rate and clipping when not the defaults, or `tuned` when chosen on
-    validation by the run itself (compress.dp.tune_*)."""
-    if any(_param(row, f"compress.dp.{k}") not in (None, "[]") for k in ("tune_lr", "tune_max_grad_norm")):
-        return ["tuned"]
-    out = []
-    for key, short, default in (("lr", "lr", _DEFAULT.dp.lr), ("max_grad_norm", "clip", _DEFAULT.dp.max_grad_norm)):
-        v = _param(row, f"compress.dp.{key}")
-        if v is not None and _float(v) != default:
-            out.append(f"{short}={v}")
-    return out
-
-
-def _distill_extras(row: pd.Series) -> list[str]:
-    """Knowledge distillation from the dense model (compress.distill): its temperature and weight."""
-    if _param(row, "compress.distill.enabled") != "True":
-        return []
-    return [f"kd_T={_param(row, 'compress.distill.temperature')}", f"kd_w={_param(row, 'compress.distill.weight')}"]
-
-
-def _defence_extras(row: pd.Series, method: Any) -> list[str]:
-    """RelaxLoss (any method) and DMP settings, and the reference data a defence used beyond the
-    members (`ref=N`): runs that differ in them are different configurations."""
-    def param(key: str) -> str | None:
-        return _param(row, f"compress.{key}")
-
-    extras = []
-    if param("relaxloss.enabled") == "True":
-        extras.append(f"relax={param('relaxloss.alpha')}")
-        if param("relaxloss.upper") not in (None, str(_DEFAULT.relaxloss.upper)):
-            extras.append(f"upper={param('relaxloss.upper')}")
-    if method is not None and method.uses_reference_set:
-        for key, short in (("temperature", "T"), ("member_weight", "w_mem"), ("low_entropy_fraction", "ref_frac")):
-            v = param(f"dmp.{key}")
-            if v is not None and _float(v) != getattr(_DEFAULT.dmp, key):
-                extras.append(f"{short}={v}")
-        size = _param(row, "dataset.reference_size")
-        if size is not None:
-            extras.append(f"ref={size}")
-    return extras
-
-
-def _schedule_extras(row: pd.Series) -> list[str]:
-    """Density schedule and regrowth settings that differ from the defaults (`CompressConfig`'s)."""
-    def param(key: str) -> str | None:
-        return _param(row, f"compress.{key}")
-
-    def short(v: str | None) -> str:
-        try:
-            return f"{float(v):.3g}" if v is not None else "?"
-        except ValueError:
-            return v
-
-    extras = []
-    kind = param("density_schedule.kind")
-    if kind and kind != _DEFAULT.density_schedule.kind:
-        extras.append(f"sched={kind}@{short(param('density_schedule.start'))}")
-    kind, start = param("regrowth.kind"), param("regrowth.start")
-    if (kind and kind != _DEFAULT.regrowth.kind) or (start and _float(start) != _DEFAULT.regrowth.start):
-        extras.append(f"regrow={kind or _DEFAULT.regrowth.kind}@{short(start)}")
-    return extras
-
-
-def _selection_extras(row: pd.Series) -> list[str]:
-    """SafeCompress selection settings that differ from the defaults (`CompressConfig`'s)."""
-    def param(key: str) -> str | None:
-        return _param(row, f"compress.{key}")
-
-    rule = param("selection.rule")
-    extras = []
-    if rule and rule != _DEFAULT.selection.rule:
-        extras.append(f"sel={rule}")
-    if rule == "weighted" and param("selection.lam"):
-        extras.append(f"sel_lam={param('selection.lam')}")
-    if rule == "lexicographic" and param("selection.delta") not in (None, str(_DEFAULT.selection.delta)):
-        extras.append(f"delta={param('selection.delta')}")
-    if param("selection.noise_floor") == "False":
-        extras.append("floor=off")
-    strategies = param("strategies")
-    if strategies and strategies.count("prune") > 1:
-        extras.append(f"pool={strategies.count('prune')}")
-    if strategies and _defence_pool(strategies):
-        extras.append("defences")  # candidates that differ in defence strength
-    return extras
-
-
-def _defence_pool(strategies: str) -> bool:
-    """Whether a logged `compress.strategies` sets a defence on some candidate."""
-    try:
-        parsed = ast.literal_eval(strategies)
-    except (ValueError, SyntaxError):
-        return any(k in strategies for k in STRATEGY_DEFENCE_FIELDS)
-    return any(
-        isinstance(s, dict) and any(s.get(k) is not None for k in STRATEGY_DEFENCE_FIELDS)
-        for s in parsed
-    )
-
-
-def epochs_of(row: pd.Series) -> float:
-    """Training epochs of a run: `compress.epochs` when set, else `train.epochs` (NaN if unknown)."""
-    v = _float(row.get("params.compress.epochs"))
-    return v if math.isfinite(v) else _float(row.get("params.train.epochs"))
 
 
 def load_runs(
@@ -412,17 +249,17 @@ def reference_kind(row: pd.Series, metric: str) -> str:
     m = _LEAK_METRIC.match(metric)
     if m is None:
         return ""
-    reference = _param(row, "attack.reference")
+    reference = logged_param(row, "attack.reference")
     if m.group("attack") is not None:
         return attack_reference_kind(m.group("attack"), reference)
-    primary = _param(row, "attack.primary") or "max"
+    primary = logged_param(row, "attack.primary") or "max"
     if primary != "max":
         return attack_reference_kind(primary, reference)
     prefix = m.group("prefix") + "_"
     names = [
         str(col)[len(prefix):-len("_auc")] for col, v in row.items()
         if isinstance(col, str) and col.startswith(prefix) and col.endswith("_auc") and col != prefix + "auc"
-        and _finite(v)
+        and finite(v)
     ]
     if not names:
         return "?"  # the run logged no attack's own numbers: nothing says which attacks made it
@@ -436,10 +273,3 @@ def kinds_of(frame: pd.DataFrame, metric: str) -> str:
         return ""
     ok = frame[pd.to_numeric(frame[metric], errors="coerce").notna()]
     return ", ".join(sorted({reference_kind(r, metric) for _, r in ok.iterrows()} - {""}))
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False

@@ -14,7 +14,7 @@ from mlflow.entities import Metric
 
 from attacks.metrics import roc_auc
 from pipeline.__main__ import run_stage
-from pipeline.analysis import frontier, intervals, pareto
+from pipeline.analysis import compare_tables, frontier, intervals, pareto
 from pipeline.config import CompareConfig, FrontierConfig
 from pipeline.stages import compare
 from pipeline.tracking import runs
@@ -178,7 +178,7 @@ def test_frontier_table_names_reference_data_and_keeps_defences_off_the_frontier
     assert not t.loc["dst [relax=1.0]", "on_frontier"]
     assert t.loc["dst [relax=1.0]", "excess_auc"] == pytest.approx(0.55 - 0.65)  # frontier there: AUC = acc
     assert t.loc["dmp [ref=5000]", "excess_auc"] == pytest.approx(0.62 - 0.65)
-    shown = compare.format_frontier(table).set_index("method")
+    shown = compare_tables.format_frontier(table).set_index("method")
     assert shown.loc["dmp [ref=5000]", "ref. data"] == "5,000"
     assert shown.loc["dst *", "ref. data"] == "0"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.analysis import frontier
+from pipeline.analysis import compare_tables, frontier
 from pipeline.config import CompareConfig
 from pipeline.stages import compare, report
 from pipeline.tracking import runs
@@ -80,7 +80,7 @@ def test_report_headers_name_the_kind_and_cells_do_when_runs_differ():
 
 
 def test_paired_rows_name_both_sides_kinds():
-    table = compare.format_paired(pd.DataFrame([
+    table = compare_tables.format_paired(pd.DataFrame([
         {"dataset": "p", "density": 0.05, "metric": "audit_auc", "n_pairs": 2, "mean_a": 0.7, "mean_b": 0.6,
          "diff": 0.1, "ci_low_seeds": 0.05, "ci_high_seeds": 0.15, "ci_low_examples": np.nan,
          "ci_high_examples": np.nan, "excludes_zero": True, "refs_a": "matched", "refs_b": "matched"},
@@ -110,7 +110,7 @@ def test_frontier_table_says_which_points_form_the_frontier_and_their_references
         "dst [ep=10]-1": True, "dst [ep=20]-1": True, "dst-1": True,
     }
     table, _ = compare.frontier_table(frame, CompareConfig(a="safecompress", n_bootstrap=200), tmp_path)
-    t = compare.format_frontier(table).set_index("method")
+    t = compare_tables.format_frontier(table).set_index("method")
     assert t.loc["dst [ep=20] *", "forms frontier"] == "1/2"
     assert t.loc["dst [ep=10] *", "forms frontier"] == "2/2"
     assert t.loc["safecompress (bmia)", "forms frontier"] == ""  # not a member
