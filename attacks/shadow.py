@@ -20,7 +20,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from attacks.inputs import AttackInputs, MissingInputError
-from attacks.nn import BlackBoxAttackModel, _seeded, blackbox_tensors, train_attack_model
+from attacks.nn import _seeded, blackbox_tensors, train_attack_model
+from attacks.nn_models import BlackBoxAttackModel
 from attacks.signals import Signals
 
 __all__ = ["ShadowAttack", "shadow_training_data"]

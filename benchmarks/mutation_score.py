@@ -71,7 +71,7 @@ GROUPS: dict[str, dict] = {
     },
     "attacks": {
         "files": ["attacks/base.py", "attacks/inputs.py", "attacks/lira.py", "attacks/metric_attacks.py",
-                  "attacks/mmia.py", "attacks/nn.py", "attacks/rmia.py", "attacks/shadow.py",
+                  "attacks/mmia.py", "attacks/nn.py", "attacks/nn_models.py", "attacks/rmia.py", "attacks/shadow.py",
                   "attacks/signals.py", "attacks/__init__.py"],
         "tests": ["tests/unit/test_attacks_base.py", "tests/unit/test_attacks_crosscheck.py",
                   "tests/unit/test_attacks_nn.py", "tests/unit/test_attacks_reference.py",
@@ -110,7 +110,7 @@ EQUIVALENT: dict[str, str] = {
     "sparse.export.x__to_numpy__mutmut_7": "copy=True: the same values in a fresh array",
     "sparse.export.x_read_export__mutmut_9": "unpack_from's offset defaults to 0",
     "training.selection.x_resolution__mutmut_2": "drop=None keeps the old index as an extra column nothing reads",
-    "attacks.nn.x_prediction_features__mutmut_3": "softmax probabilities never exceed 1: no upper clamp needed",
+    "attacks.nn_models.x_prediction_features__mutmut_3": "softmax probabilities never exceed 1: no upper clamp needed",
 }
 # survivors that are not equivalent but that this suite cannot kill (shown, still counted as survived)
 UNKILLABLE_HERE: dict[str, str] = {

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.nn import BlackBoxAttackModel, WhiteBoxAttackModel
+from attacks.nn_models import BlackBoxAttackModel, WhiteBoxAttackModel
 from training.loops import model_device
 
 ADVERSARY_KINDS = ("bmia", "wmia", "both")

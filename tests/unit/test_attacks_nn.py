@@ -7,12 +7,8 @@ import torch
 from attacks import AttackInputs, MissingInputError, Signals, make_attack
 from attacks.metrics import roc_auc
 from attacks.mmia import percentile_ranks
-from attacks.nn import (
-    BlackBoxAttackModel,
-    WhiteBoxAttackModel,
-    blackbox_tensors,
-    train_attack_model,
-)
+from attacks.nn import blackbox_tensors, train_attack_model
+from attacks.nn_models import BlackBoxAttackModel, WhiteBoxAttackModel
 
 
 def toy_signals(n, member, rng, n_classes=5, d=6, with_grads=False):
