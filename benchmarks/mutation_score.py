@@ -60,7 +60,7 @@ GROUPS: dict[str, dict] = {
                   "tests/unit/test_sparse_inference.py"],
     },
     "update": {
-        "files": ["sparse/update.py", "sparse/scores.py", "sparse/schedules.py", "sparse/__init__.py"],
+        "files": ["sparse/update.py", "sparse/resize.py", "sparse/scores.py", "sparse/schedules.py", "sparse/__init__.py"],
         "tests": ["tests/unit/test_sparse_update.py", "tests/unit/test_sparse_schedules.py",
                   "tests/unit/test_sparse_training.py", "tests/unit/test_sparse_imports.py"],
     },

@@ -27,6 +27,7 @@ from sparse.init import (
     uniform_densities,
 )
 from sparse.masks import MaskSet
+from sparse.resize import resize
 from sparse.schedules import DENSITY_SCHEDULES, REGROWTH_SCHEDULES, density_at, regrowth_ratio_at
 from sparse.scores import (
     GROW_CRITERIA,
@@ -39,7 +40,7 @@ from sparse.scores import (
     grow_scores,
     prune_scores,
 )
-from sparse.update import prune_and_grow, prune_and_grow_many, resize
+from sparse.update import prune_and_grow, prune_and_grow_many
 
 
 class SparseArray:

@@ -1,4 +1,4 @@
-"""Mask updates with exact counts: prune-and-grow at fixed density, and resize to a new density.
+"""Mask updates with exact counts: prune-and-grow at fixed density (resize: `sparse.resize`).
 
 One job: change which weights are active. ``prune_and_grow`` is the drop/regrow step of dynamic
 sparse training (SET, Mocanu et al. 2018; RigL, Evci et al. 2020; ITOP, Liu et al. 2021) used by
@@ -6,8 +6,7 @@ SafeCompress (Zhu et al., TSE 2024) at every mask update. Unlike the official IT
 regrowth, so density drifts), every layer drops and regrows exactly the same number of weights;
 a weight dropped in an update cannot be regrown in that same update; regrown weights start at zero
 with zeroed optimizer state; ties are broken by a permutation drawn from the given generator.
-``resize`` moves the mask to another global density (sparsity schedules, gradual magnitude
-pruning of Zhu & Gupta 2017).
+``sparse.resize.resize`` moves the mask to another global density with the same pieces.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparse.init import check_density, default_generator, layer_target_counts
+from sparse.init import default_generator
 from sparse.masks import MaskSet
 from sparse.scores import (
     LayerInputs,
@@ -354,72 +353,3 @@ def prune_and_grow_many(
         total = sum(v["n_dropped"] for v in layers.values())
         out.append({"n_dropped": total, "n_grown": total, "per_layer": layers})
     return out
-
-
-def resize(
-    model: nn.Module,
-    masks: MaskSet,
-    density: float,
-    prune: str = "magnitude",
-    grow: str = "random",
-    distribution: str = "erk",
-    generator: torch.Generator | None = None,
-    grads: Mapping[str, torch.Tensor] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    fired: Mapping[str, torch.Tensor] | None = None,
-    momenta: Mapping[str, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Move the masks to global ``density`` exactly (``round(density * n_total)`` active weights).
-
-    Per-layer targets come from ``distribution`` ("erk" | "uniform") at the new density; layers above
-    their target drop their lowest ``prune`` scores, layers below grow their highest ``grow`` scores
-    (zero-initialised, optimizer state zeroed). Returns the same stats shape as ``prune_and_grow``.
-    """
-    check_density(density)
-    check_criteria(prune, grow)
-    g = default_generator(generator)
-    shapes = masks.shapes()
-    targets = layer_target_counts(shapes, density, distribution)
-    current = masks.layer_n_active()
-    any_drop = any(current[k] > targets[k] for k in shapes)
-    any_grow = any(current[k] < targets[k] for k in shapes)
-    needs = criterion_needs(prune if any_drop else None, grow if any_grow else None)
-    inputs = _inputs(
-        masks,
-        model,
-        needs,
-        g,
-        grads,
-        optimizer,
-        fired,
-        momenta,
-        f"resize prune={prune!r}/grow={grow!r}",
-    )
-    params = dict(model.named_parameters())
-    per_layer: dict[str, dict[str, int]] = {}
-    for name, li in inputs.items():
-        m = li.mask
-        n_active, target = current[name], targets[name]
-        drop_idx = grow_idx = None
-        if n_active > target:
-            drop_idx = _select(
-                prune_scores(prune, li), m, n_active - target, g, lowest=True, layer=name
-            )
-        elif n_active < target:
-            if li.fired is not None:
-                li.fired = li.fired | m
-            grow_idx = _select(
-                grow_scores(grow, li), ~m, target - n_active, g, lowest=False, layer=name
-            )
-        _commit(masks, name, params[name], drop_idx, grow_idx, optimizer, fired)
-        per_layer[name] = {
-            "n_active": n_active,
-            "n_dropped": max(n_active - target, 0),
-            "n_grown": max(target - n_active, 0),
-        }
-    masks.apply(model)
-    return {
-        "n_dropped": sum(v["n_dropped"] for v in per_layer.values()),
-        "n_grown": sum(v["n_grown"] for v in per_layer.values()),
-        "per_layer": per_layer,
-    }
