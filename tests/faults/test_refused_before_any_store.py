@@ -1,5 +1,5 @@
 """Issue 26's value rules: everything checkable from the config is refused by the entry point's
-validation pass, before any Optuna study, MLflow run or cache entry exists (README "When
+validation pass, before any Optuna study, MLflow run or cache entry exists (docs/manual.md "When
 something breaks"); a study that fails once it runs ends its parent run FAILED with the error."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""README "Scaling out", SLURM: the Hydra submitit launcher against a real single-node SLURM.
+"""docs/scaling.md, SLURM: the Hydra submitit launcher against a real single-node SLURM.
 
 The test starts Debian's `slurm-wlm` daemons on this machine from a configuration in a temporary
 folder (munged with its own key and socket, slurmctld and slurmd on 127.0.0.1 and free ports; no
-file under /etc is read or written), runs the README's recipe shape (`-m
+file under /etc is read or written), runs that page's recipe shape (`-m
 hydra/launcher=submitit_slurm ... compress=dst,safecompress`) on the smoke experiment, checks that
 SLURM ran one job per combination and that each logged its MLflow run, and stops the daemons by
 their PIDs. Needs root (slurmd launches jobs) and `apt-get install slurm-wlm`; skipped otherwise.
