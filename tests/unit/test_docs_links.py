@@ -105,3 +105,16 @@ def test_the_checker_finds_a_broken_file_and_a_broken_anchor(tmp_path):
         "docs/b.md (no file docs/b.md)",
         "docs/a.md#three (no heading #three in a.md)",
     ]
+
+
+def test_internals_names_every_package_and_entry_module():
+    """docs/internals.md's layout names every sub-package of the code and every flat module of
+    pipeline/'s entry layer (a new one is documented where it is added)."""
+    text = (ROOT / "docs" / "internals.md").read_text()
+    names = set()
+    for top in ("pipeline", "training", "sparse", "attacks"):
+        assert f"{top}/" in text, f"docs/internals.md does not name {top}/"
+        names |= {f"{p.parent.name}/" for p in (ROOT / top).glob("*/__init__.py")}
+    names |= {p.stem for p in (ROOT / "pipeline").glob("*.py")} - {"__init__"}
+    missing = sorted(n for n in names if not re.search(rf"(?<![\w/]){re.escape(n)}(?!\w)", text))
+    assert not missing, f"docs/internals.md's Layout does not name {missing}: add each with its job"
