@@ -1,6 +1,7 @@
 """README.md and docs/ stay true to the tree: every relative link names a file that exists (and,
 with `#anchor`, a heading that exists in it), and the README names the two set-up commands, both
-of them Makefile targets (developers' guide: "a fresh clone plus two commands from README.md")."""
+of them Makefile targets (developers' guide: "a fresh clone plus two commands from README.md").
+The results pages under benchmarks/results/ link into docs/ and are checked the same way."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+RESULTS_PAGES = sorted((ROOT / "benchmarks" / "results").rglob("*.md"))
 
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -63,7 +65,11 @@ def test_there_are_pages_and_links_to_check():
     assert sum(len(links(p.read_text())) for p in PAGES) > 20
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+@pytest.mark.parametrize(
+    "page",
+    PAGES + RESULTS_PAGES,
+    ids=[p.relative_to(ROOT).as_posix() for p in PAGES + RESULTS_PAGES],
+)
 def test_every_relative_link_resolves(page):
     assert not broken_links(page), f"{page.relative_to(ROOT)}: broken links {broken_links(page)}"
 
@@ -118,3 +124,18 @@ def test_internals_names_every_package_and_entry_module():
     names |= {p.stem for p in (ROOT / "pipeline").glob("*.py")} - {"__init__"}
     missing = sorted(n for n in names if not re.search(rf"(?<![\w/]){re.escape(n)}(?!\w)", text))
     assert not missing, f"docs/internals.md's Layout does not name {missing}: add each with its job"
+
+
+FILE_NAMED = re.compile(
+    r"(?<![\w/.])((?:pipeline|training|sparse|attacks|tests|benchmarks|examples|conf)/[\w./-]*\.(?:py|yaml|md|json))\b"
+)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_every_file_the_page_names_exists(page):
+    """A module moved (pipeline/training.py -> training/loops.py) leaves no stale path behind,
+    in links, code spans or code blocks."""
+    named = set(FILE_NAMED.findall(page.read_text()))
+    assert not sorted(n for n in named if not (ROOT / n).exists()), (
+        f"{page.relative_to(ROOT)} names missing files: {sorted(n for n in named if not (ROOT / n).exists())}"
+    )
