@@ -55,7 +55,7 @@ def plain(node: Any) -> Any:
 
 
 # dataset keys that locate files rather than define the data: never part of a cache key (the
-# content of every file read is: `_load_data`)
+# content of every file read is: `LoadedData.load`)
 PATH_KEYS = ("data_dir", "path", "labels_path", "members_file", "non_members_file", "folder")
 
 
@@ -79,18 +79,14 @@ def data_key(cfg: DictConfig) -> str:
     return cache_key("data", DATA_VERSION, data_spec(cfg))
 
 
-def load_data(cfg: DictConfig) -> DataBundle:
+def load_data(cfg: DictConfig, loaded: LoadedData | None = None) -> DataBundle:
     """The data set and its splits; `key` hashes the data spec and the content of every file
-    the loader read (embedded sets: their generator parameters only)."""
+    the loader read (embedded sets: their generator parameters only). Served by `loaded` (the
+    process's `LOADED` unless given) while the files are unchanged."""
     dataset_info(str(cfg.dataset.name))  # an unknown name raises, naming the registered ones
     paths = {k: None if cfg.dataset[k] is None else str(cfg.dataset[k]) for k in PATH_KEYS if k in cfg.dataset}
     index = Path(str(cfg.paths.cache_dir)) / DATA_INDEX_FILE
-    return _load_data(canonical_json(data_spec(cfg)), canonical_json(paths), index)
-
-
-# (spec, paths) -> (bundle, the files read with their stat when read); a file changed since is read again
-_loaded: dict[tuple[str, str], tuple[DataBundle, dict[str, tuple[int, int, int]]]] = {}
-_MAX_LOADED = 8
+    return (LOADED if loaded is None else loaded).load(canonical_json(data_spec(cfg)), canonical_json(paths), index)
 
 
 def _stat_sig(path: str) -> tuple[int, int, int] | None:
@@ -101,48 +97,65 @@ def _stat_sig(path: str) -> tuple[int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _load_data(spec_json: str, paths_json: str, index: Path | None = None) -> DataBundle:
-    memo = _loaded.get((spec_json, paths_json))
-    if memo is not None and all(_stat_sig(p) == sig for p, sig in memo[1].items()):
-        return memo[0]
-    spec = json.loads(spec_json)
-    ds_cfg = {**spec["dataset"], **json.loads(paths_json)}
-    split = ds_cfg.pop("split")
-    n_canaries = int(ds_cfg.pop("canaries", 0) or 0)
-    target = ds_cfg.pop("_target_")
-    # the defender's reference split (`training.data`): a loader that generates its records takes
-    # `reference_size`; the others' come from pool records the split fractions leave unused
-    n_reference = int(ds_cfg.get("reference_size", 0) or 0)
-    if not _takes(target, "reference_size"):
-        ds_cfg.pop("reference_size", None)
-    with recording_reads() as files:
-        dataset = _call(target, ds_cfg)
-    sigs = {os.path.abspath(f): _stat_sig(str(f)) for f in files}
-    if dataset.membership is not None:  # the user said who their model's members are
-        splits = member_splits(dataset.membership, split, spec["seed"], n_audit=spec["n_audit"],
-                               n_reference=n_reference, name=dataset.name)
-    else:
-        splits = make_splits(
-            len(dataset), split, spec["seed"], n_audit=spec["n_audit"], n_reference=n_reference,
-            reserved=dataset.reference_rows,
-        )
-    dataset = standardise_on(dataset, splits.train)  # the members' statistics only
-    dataset, splits = plant_canaries(dataset, splits, n_canaries, spec["seed"])
-    hashes = data_file_hashes(files, index)
-    data_dir = ds_cfg.get("data_dir")
-    key_spec = dict(spec)
-    if hashes:  # by path relative to data_dir (else the files' common folder): moving it keeps the key
-        base = data_dir or _common_folder(list(hashes))
-        key_spec["files"] = {_relative(p, base): h for p, h in sorted(hashes.items())}
-    key = cache_key("data", DATA_VERSION, key_spec)
-    bundle = DataBundle(dataset, splits, key)
-    if memo is not None and memo[0].key != key:
-        log.info("data set %s: files changed since loaded in this process; data key %s -> %s",
-                 spec["dataset"].get("name"), memo[0].key, key)
-    if len(_loaded) >= _MAX_LOADED:
-        _loaded.pop(next(iter(_loaded)))
-    _loaded[(spec_json, paths_json)] = (bundle, {p: s for p, s in sigs.items() if s is not None})
-    return bundle
+class LoadedData:
+    """The data sets one process has loaded, by (data spec, file paths), each with the stat of every
+    file its loader read: a set is loaded once while its files are unchanged (a search's trials
+    and a flow's stages share one load; a file changed since is read again, and its key follows
+    the new content). The process has one, `LOADED`, that every `RunContext` carries unless
+    built with its own (`RunContext.build(cfg, loaded=LoadedData())`)."""
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[DataBundle, dict[str, tuple[int, int, int]]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self, spec_json: str, paths_json: str, index: Path | None = None) -> DataBundle:
+        memo = self._entries.get((spec_json, paths_json))
+        if memo is not None and all(_stat_sig(p) == sig for p, sig in memo[1].items()):
+            return memo[0]
+        spec = json.loads(spec_json)
+        ds_cfg = {**spec["dataset"], **json.loads(paths_json)}
+        split = ds_cfg.pop("split")
+        n_canaries = int(ds_cfg.pop("canaries", 0) or 0)
+        target = ds_cfg.pop("_target_")
+        # the defender's reference split (`training.data`): a loader that generates its records takes
+        # `reference_size`; the others' come from pool records the split fractions leave unused
+        n_reference = int(ds_cfg.get("reference_size", 0) or 0)
+        if not _takes(target, "reference_size"):
+            ds_cfg.pop("reference_size", None)
+        with recording_reads() as files:
+            dataset = _call(target, ds_cfg)
+        sigs = {os.path.abspath(f): _stat_sig(str(f)) for f in files}
+        if dataset.membership is not None:  # the user said who their model's members are
+            splits = member_splits(dataset.membership, split, spec["seed"], n_audit=spec["n_audit"],
+                                   n_reference=n_reference, name=dataset.name)
+        else:
+            splits = make_splits(
+                len(dataset), split, spec["seed"], n_audit=spec["n_audit"], n_reference=n_reference,
+                reserved=dataset.reference_rows,
+            )
+        dataset = standardise_on(dataset, splits.train)  # the members' statistics only
+        dataset, splits = plant_canaries(dataset, splits, n_canaries, spec["seed"])
+        hashes = data_file_hashes(files, index)
+        data_dir = ds_cfg.get("data_dir")
+        key_spec = dict(spec)
+        if hashes:  # by path relative to data_dir (else the files' common folder): moving it keeps the key
+            base = data_dir or _common_folder(list(hashes))
+            key_spec["files"] = {_relative(p, base): h for p, h in sorted(hashes.items())}
+        key = cache_key("data", DATA_VERSION, key_spec)
+        bundle = DataBundle(dataset, splits, key)
+        if memo is not None and memo[0].key != key:
+            log.info("data set %s: files changed since loaded in this process; data key %s -> %s",
+                     spec["dataset"].get("name"), memo[0].key, key)
+        if len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[(spec_json, paths_json)] = (bundle, {p: s for p, s in sigs.items() if s is not None})
+        return bundle
+
+
+LOADED = LoadedData()
 
 
 def _relative(path: str, data_dir: str | None) -> str:
@@ -226,9 +239,10 @@ class RunContext:
     tracking: TrackingConfig
     cache: Cache
     model: dict[str, Any]  # the model group: `_target_` and the constructor's arguments
+    loaded: LoadedData = LOADED  # the data sets this process loaded (`data` reads through it)
 
     @classmethod
-    def build(cls, cfg: DictConfig) -> RunContext:
+    def build(cls, cfg: DictConfig, loaded: LoadedData | None = None) -> RunContext:
         runtime = to_schema(RuntimeConfig, cfg.runtime)
         paths = to_schema(PathsConfig, cfg.paths)
         return cls(
@@ -240,13 +254,14 @@ class RunContext:
             tracking=to_schema(TrackingConfig, cfg.tracking),
             cache=Cache(Path(paths.cache_dir)),
             model=plain(cfg.model),
+            loaded=LOADED if loaded is None else loaded,
         )
 
     @property
     def data(self) -> DataBundle:
         """The data set and its splits (loaded on first use, then the same bundle for every stage
-        of this process while its files are unchanged)."""
-        return load_data(self.cfg)
+        of this process while its files are unchanged: `loaded`)."""
+        return load_data(self.cfg, self.loaded)
 
     @property
     def progress(self) -> bool:

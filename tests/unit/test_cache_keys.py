@@ -304,6 +304,18 @@ def test_data_key_is_the_loaded_datas_key(cfg_factory):
     assert context.data_key(cfg) == context.load_data(cfg).key
 
 
+def test_a_context_reads_its_data_through_the_loaded_sets_it_carries(cfg_factory):
+    cfg = cfg_factory("experiment=smoke")
+    own = context.LoadedData()
+    ctx = context.RunContext.build(cfg, loaded=own)
+    assert len(own) == 0
+    first = ctx.data
+    assert ctx.data is first and len(own) == 1  # loaded once, then served
+    other = context.RunContext.build(cfg, loaded=context.LoadedData()).data
+    assert other is not first and other.key == first.key  # another set of loads loads it again, equal
+    assert context.RunContext.build(cfg).loaded is context.LOADED  # the process's own by default
+
+
 def test_downstream_keys_change_with_each_upstream_key():
     cfg = composed("smoke")
     dense = shadows.dense_keys(cfg, "d")
