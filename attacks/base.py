@@ -120,7 +120,7 @@ def run_audit(
     for label, reg, params in specs:
         attack = make_attack(reg, **params)
         try:
-            require(label, inputs, tuple(getattr(attack, "requires", ())))
+            require(label, inputs, tuple(attack.requires))
             attack.fit(inputs)
             s = np.asarray(attack.score(inputs), dtype=np.float64)
         except MissingInputError as e:

@@ -157,10 +157,17 @@ class AttackInputs:
 
 @runtime_checkable
 class Attack(Protocol):
-    """fit on what the attacker knows, then score the audit points (n,), higher = member."""
+    """fit on what the attacker knows, then score the audit points (n,), higher = member.
+
+    What it declares (read by the audit and by config validation, never guessed): `requires`,
+    the `AttackInputs` fields it cannot run without; `wants`, the fields it uses when given;
+    `needs_grads`, whether the target's and the known points' signals need last-layer gradients.
+    """
 
     name: str
     requires: tuple[str, ...]
+    wants: tuple[str, ...]
+    needs_grads: bool
 
     def fit(self, inputs: AttackInputs) -> Attack: ...
 

@@ -144,6 +144,7 @@ def lira_online_scores(
 class _LiRA:
     requires: tuple[str, ...] = ("references",)
     wants: tuple[str, ...] = ("target_views", "reference_views")  # augmented queries, when the data has them
+    needs_grads = False
     name = "lira"
     _online = False
 

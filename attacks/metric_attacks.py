@@ -62,6 +62,8 @@ class SignalAttack:
     name = "signal"
     signal = "loss"
     requires: tuple[str, ...] = ()
+    wants: tuple[str, ...] = ()
+    needs_grads = False
 
     def __init__(self, per_class: bool = False):
         if not isinstance(per_class, bool):

@@ -51,6 +51,10 @@ def percentile_ranks(scores: np.ndarray) -> np.ndarray:
 
 class MMIA:
     name = "mmia"
+    # the union of its members' declarations, set per instance once the members are built
+    requires: tuple[str, ...] = ()
+    wants: tuple[str, ...] = ()
+    needs_grads = False
 
     def __init__(
         self,
@@ -77,12 +81,12 @@ class MMIA:
         self.members_ = [make_attack(reg, **params) for _, reg, params in specs]
         req: list[str] = []
         for m in self.members_:
-            req += [r for r in getattr(m, "requires", ()) if r not in req]
+            req += [r for r in m.requires if r not in req]
         if combine == "stack":
             req += [r for r in ("known_members", "known_nonmembers") if r not in req]
         self.requires: tuple[str, ...] = tuple(req)
-        self.wants: tuple[str, ...] = tuple(dict.fromkeys(w for m in self.members_ for w in getattr(m, "wants", ())))
-        self.needs_grads = any(getattr(m, "needs_grads", False) for m in self.members_)
+        self.wants: tuple[str, ...] = tuple(dict.fromkeys(w for m in self.members_ for w in m.wants))
+        self.needs_grads = any(m.needs_grads for m in self.members_)
         self.stacker_: Optional[Any] = None
 
     def fit(self, inputs: AttackInputs) -> MMIA:

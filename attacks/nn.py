@@ -238,6 +238,8 @@ class NNBlackBoxAttack:
 
     name = "nn_blackbox"
     requires: tuple[str, ...] = ("known_members", "known_nonmembers")
+    wants: tuple[str, ...] = ()
+    needs_grads = False
 
     def __init__(
         self,

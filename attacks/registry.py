@@ -42,10 +42,21 @@ ATTACKS: dict[str, type] = {
 }
 
 
+# what every attack class declares (`attacks.inputs.Attack`), beside `fit` and `score`
+DECLARED = ("requires", "wants", "needs_grads")
+
+
 def register(name: str, cls: type) -> type:
-    """Add an attack class to the registry; a taken name raises."""
+    """Add an attack class to the registry; a taken name, or a class that does not declare what it
+    needs (`DECLARED`) or lacks `fit`/`score`, raises."""
     if name in ATTACKS and ATTACKS[name] is not cls:
         raise ValueError(f"attack name {name!r} is already registered to {ATTACKS[name].__name__}")
+    missing = [a for a in (*DECLARED, "fit", "score") if not hasattr(cls, a)]
+    if missing:
+        raise ValueError(
+            f"attack {name!r} ({cls.__name__}) does not declare {missing}: an attack class sets "
+            "requires and wants (tuples of AttackInputs fields) and needs_grads (bool), and defines fit and score"
+        )
     ATTACKS[name] = cls
     return cls
 
@@ -108,8 +119,7 @@ REFERENCE_INPUTS = frozenset({"references", "reference_in", "population_referenc
 
 def needs_of(attack: Attack) -> tuple[frozenset[str], bool]:
     """The inputs one built attack requires or wants, and whether it needs last-layer gradients."""
-    fields = frozenset(getattr(attack, "requires", ())) | frozenset(getattr(attack, "wants", ()))
-    return fields, bool(getattr(attack, "needs_grads", False))
+    return frozenset(attack.requires) | frozenset(attack.wants), bool(attack.needs_grads)
 
 
 def needs(attacks: AttackSpec) -> tuple[frozenset[str], bool]:

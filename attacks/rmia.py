@@ -147,6 +147,7 @@ class RMIA:
     name = "rmia"
     requires: tuple[str, ...] = ("references",)
     wants: tuple[str, ...] = ("population_target", "population_references")  # its z points, when given
+    needs_grads = False
 
     def __init__(
         self,

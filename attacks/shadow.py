@@ -65,6 +65,7 @@ class ShadowAttack:
     name = "shadow"
     requires: tuple[str, ...] = ()
     wants: tuple[str, ...] = ("shadow_train",)  # else references with mixed reference_in
+    needs_grads = False
 
     def __init__(
         self,

@@ -138,3 +138,26 @@ def test_loss_attack_auc_is_one_for_a_memorizer_and_half_for_unseen():
     model = Memorizer(xm, ym)
     assert attacks.loss_attack_auc(model, xm, ym, xn, yn) == 1.0
     assert attacks.loss_attack_auc(Memorizer(torch.randn(5, 3), ym[:5]), xm, ym, xn, yn) == 0.5
+
+
+def test_every_registered_attack_declares_what_it_needs_and_a_class_that_does_not_is_refused():
+    from attacks import registry
+
+    for name in registry.ATTACKS:
+        attack = registry.make_attack(name)
+        assert isinstance(attack.requires, tuple) and isinstance(attack.wants, tuple), name
+        assert isinstance(attack.needs_grads, bool), name
+        assert set(attack.requires) | set(attack.wants) <= set(AttackInputs.__dataclass_fields__), name
+
+    class Undeclared:  # fit and score, but no `wants` / `needs_grads`
+        requires = ()
+
+        def fit(self, inputs):
+            return self
+
+        def score(self, inputs):
+            return inputs
+
+    with pytest.raises(ValueError, match=r"does not declare \['wants', 'needs_grads'\]"):
+        registry.register("undeclared", Undeclared)
+    assert "undeclared" not in registry.ATTACKS
