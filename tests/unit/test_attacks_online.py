@@ -17,7 +17,7 @@ def test_online_lira_beats_the_loss_attack_at_low_fpr_on_an_overfit_model():
     point's difficulty, which the loss threshold cannot."""
     from pipeline.config import TrainConfig
     from training.batched import train_grouped
-    from training.data import load_purchase_synth
+    from training.embedded import load_purchase_synth
     from training.models import MLP
 
     d = load_purchase_synth(n_samples=1000, n_features=200, n_classes=20)

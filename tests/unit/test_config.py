@@ -136,7 +136,7 @@ def test_the_root_schema_types_the_composed_config(cfg_factory):
     assert OmegaConf.get_type(cfg.compress) is CompressConfig
     assert isinstance(cfg.compress.density, float)  # dense.yaml's 1.0, typed
     # `_target_` groups keep their own keys (their constructors are their schemas)
-    assert cfg.dataset._target_ == "training.data.load_synthetic"
+    assert cfg.dataset._target_ == "training.embedded.load_synthetic"
 
 
 def test_each_group_mapping_replaces_the_schema_default_under_the_root_schema(cfg_factory):

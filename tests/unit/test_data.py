@@ -5,14 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import (
-    Dataset,
-    load_digits,
-    load_purchase_synth,
-    load_synthetic,
-    make_splits,
-    standardise_on,
-)
+from training.data import Dataset, make_splits, standardise_on
+from training.embedded import load_digits, load_purchase_synth, load_synthetic
 
 FRACTIONS = {"train": 0.3, "val": 0.15, "test": 0.15, "population": 0.4}
 

@@ -51,7 +51,7 @@ def test_a_target_that_is_not_the_names_loader_is_refused():
 
 def test_validation_refuses_a_mismatched_name_before_any_work(cfg_factory):
     cfg = cfg_factory("experiment=smoke", "stage=teacher", "dataset.name=digits")
-    with pytest.raises(ValueError, match=r"dataset 'digits' is loaded by training.data.load_digits"):
+    with pytest.raises(ValueError, match=r"dataset 'digits' is loaded by training.embedded.load_digits"):
         validate(cfg)
     cfg = cfg_factory("experiment=smoke", "stage=teacher", "dataset.name=mnist")
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
