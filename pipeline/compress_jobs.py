@@ -22,14 +22,11 @@ from pipeline.context import (
     model_spec,
     train_recipe,
 )
-from pipeline.validation import validate_compress
 from training.compress.method import CompressJob, compress_recipe, compress_spec
 
 
 def compress_config(cfg: DictConfig) -> CompressConfig:
-    c = to_schema(CompressConfig, cfg.compress)
-    validate_compress(c)
-    return c
+    return to_schema(CompressConfig, cfg.compress)  # checked by the entry point's validate (run_stage)
 
 
 def spec(cfg: DictConfig) -> dict[str, Any]:

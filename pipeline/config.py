@@ -3,8 +3,9 @@
 Hydra composes YAML into the root schema `RootConfig` (registered with Hydra's ConfigStore
 and named first in conf/config.yaml's defaults), so a misspelled key or a wrong type fails at
 composition with the key's name; at each stage boundary a group is read as its typed
-dataclass (`to_schema`). The value rules that types cannot express are checked up front by
-`pipeline.validation.validate`, so bad input is reported before a single epoch runs.
+dataclass (`to_schema`). A field's value rule (range, choices) is declared on it
+(`training.rules.checked`); `pipeline.validation.validate` checks them, and the rules that
+relate fields, up front, so bad input is reported before a single epoch runs.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from training.recipes import (  # noqa: F401  (the recipe schemas, re-exported b
     StrategyConfig,
     TrainConfig,
 )
+from training.rules import checked
 
 T = TypeVar("T")
 
@@ -50,10 +52,10 @@ REFERENCES = ("dense", "matched", "both")  # attack.reference / attack.search_re
 
 @dataclass
 class ShadowsConfig:
-    n_models: int = 8
-    member_fraction: float = 0.5  # each shadow trains on this fraction of `population`
-    recipe: str = "dense"  # dense: the teacher's recipe
-    pool: str = "population"  # population | with_candidates (SHADOW_POOLS)
+    n_models: int = checked(8, ge=0)
+    member_fraction: float = checked(0.5, gt=0, lt=1)  # each shadow trains on this fraction of `population`
+    recipe: str = checked("dense", choices=SHADOW_RECIPES)  # dense: the teacher's recipe
+    pool: str = checked("population", choices=SHADOW_POOLS)  # population | with_candidates
 
 
 @dataclass
@@ -61,10 +63,10 @@ class AttackConfig:
     audit: dict[str, Any] = field(default_factory=lambda: {"loss": {}, "lira_offline": {}})
     primary: str = "max"  # attack whose numbers become attack_*; "max" = strongest per metric
     n_audit: Optional[int] = None  # audit members = audit non-members; default: all of `test`
-    n_bootstrap: int = 0
+    n_bootstrap: int = checked(0, ge=100, also=(0,), why="(0: off)")
     n_population: int = 1000  # population points for RMIA's comparison and Shokri's attack training
-    reference: str = "matched"  # reference models of a final audit: dense | matched (compress recipe) | both
-    search_reference: str = "dense"  # ... of the audits inside a search's trials (speed)
+    reference: str = checked("matched", choices=REFERENCES)  # reference models of a final audit: dense | matched (compress recipe) | both
+    search_reference: str = checked("dense", choices=REFERENCES)  # ... of the audits inside a search's trials (speed)
 
 
 @dataclass
@@ -77,23 +79,33 @@ class SearchParam:
     choices: Optional[list[Any]] = None
 
 
-@dataclass
-class SearchConfig:
-    n_trials: int = 8
-    study_name: str = "default"
-    storage: str = "sqlite:///mlruns/optuna.db"
-    objectives: list[str] = field(default_factory=lambda: ["accuracy", "attack_auc"])
-    population_size: int = 4
-    space: list[SearchParam] = field(default_factory=list)
-    n_workers: Any = 1  # auto | worker processes on this machine (threads.resolve_workers)
-    heartbeat_interval: int = 5  # seconds; RDB storages only
-    grace_period: int = 30  # seconds without a heartbeat before a RUNNING trial is failed and retried
-    constraints: dict[str, float] = field(default_factory=dict)  # e.g. {accuracy_min: 0.9}
-    # resuming a study recorded with another config or data: refuse | new (a study of a derived name)
-    on_mismatch: str = "refuse"
+OBJECTIVE_DIRECTIONS = {
+    "accuracy": "maximize",
+    "attack_auc": "minimize",
+    "attack_tpr_at_0.1pct_fpr": "minimize",
+    "model_size_bytes": "minimize",
+    "density": "minimize",
+}
 
 
 SEARCH_ON_MISMATCH = ("refuse", "new")
+
+
+@dataclass
+class SearchConfig:
+    n_trials: int = checked(8, ge=1)
+    study_name: str = "default"
+    storage: str = "sqlite:///mlruns/optuna.db"
+    objectives: list[str] = checked(default_factory=lambda: ["accuracy", "attack_auc"], choices=tuple(OBJECTIVE_DIRECTIONS))
+    population_size: int = checked(4, ge=2)
+    space: list[SearchParam] = field(default_factory=list)
+    n_workers: Any = checked(1, ge=1, also=("auto",))  # auto | worker processes on this machine (threads.resolve_workers)
+    heartbeat_interval: int = checked(5, ge=1, why="(an interval or timeout)")  # seconds; RDB storages only
+    # seconds without a heartbeat before a RUNNING trial is failed and retried
+    grace_period: int = checked(30, ge=1, why="(an interval or timeout)")
+    constraints: dict[str, float] = field(default_factory=dict)  # e.g. {accuracy_min: 0.9}
+    # resuming a study recorded with another config or data: refuse | new (a study of a derived name)
+    on_mismatch: str = checked("refuse", choices=SEARCH_ON_MISMATCH)
 
 
 # the train-less frontier's members: "method" (its runs at the compared density or dense) or
@@ -171,20 +183,11 @@ CACHE_STAGES = ("teacher", "shadow", "shadow_matched", "compress", "attack")
 class CacheCommandConfig:
     """`stage=cache`: list, verify or clear the entries of `paths.cache_dir`."""
 
-    action: str = "list"  # list | verify | clear
-    stages: list[str] = field(default_factory=list)  # only these stages' entries; empty: all
+    action: str = checked("list", choices=CACHE_ACTIONS)  # list | verify | clear
+    stages: list[str] = checked(default_factory=list, choices=CACHE_STAGES)  # only these stages' entries; empty: all
     keys: list[str] = field(default_factory=list)  # only these keys (a prefix is enough)
     damaged: bool = False  # only damaged and moved-aside entries
     all: bool = False  # clear: every entry (a clear needs a selection)
-
-
-OBJECTIVE_DIRECTIONS = {
-    "accuracy": "maximize",
-    "attack_auc": "minimize",
-    "attack_tpr_at_0.1pct_fpr": "minimize",
-    "model_size_bytes": "minimize",
-    "density": "minimize",
-}
 
 
 def to_schema(schema: type[T], node: Any) -> T:
@@ -237,7 +240,7 @@ class TrackingConfig:
     artifact_dir: str = MISSING
     experiment: str = MISSING
     enabled: bool = True
-    call_timeout_s: float = 60.0  # seconds
+    call_timeout_s: float = checked(60.0, ge=1e-3, why="(an interval or timeout)")  # seconds
     # log each compress/attack run's and search trial's compressed model as an MLflow Model
     # (`pipeline.export.mlflow_model`); off for large sweeps (cost: README "Ship the model")
     log_models: bool = True

@@ -1,32 +1,35 @@
-"""The search's value rules: its space (keys exist, ranges make sense), objectives and constraints,
-checked by the validation pass (`pipeline.validation.validate`) and again by the search stage
-before any storage, run or trial exists."""
+"""The search's value rules: its space (keys exist, ranges make sense, every value a trial can
+draw passes the searched field's rules), objectives and constraints, checked by the entry
+point's validation pass (`pipeline.validation.validate`) before any storage, run or trial exists."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import OBJECTIVE_DIRECTIONS, SEARCH_ON_MISMATCH, SearchConfig, SearchParam
+from pipeline.config import OBJECTIVE_DIRECTIONS, RootConfig, SearchConfig, SearchParam
+from training.rules import find_rule
 
 _MISSING = object()
 
 
-def check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {list(valid)}")  # the one wording
-
-
 def _methods() -> dict[str, Any]:
-    from training.compress import METHODS  # the registry (it imports the validation pass)
+    from training.compress import METHODS  # the registry (it imports torch: read when checked)
 
     return METHODS
 
 
 def validate_search_group(search: SearchConfig) -> None:
-    """Objectives and constraints name known metrics, each objective once."""
-    check_choice("search.on_mismatch", search.on_mismatch, SEARCH_ON_MISMATCH)
+    """Constraints name known metrics, each objective once (objectives and `on_mismatch` have
+    their choices declared on `SearchConfig`); the grace period exceeds the heartbeat interval."""
+    if search.grace_period <= search.heartbeat_interval:
+        raise ValueError(
+            f"search.grace_period ({search.grace_period}) must exceed search.heartbeat_interval "
+            f"({search.heartbeat_interval})"
+        )
     for name in search.constraints:
         metric, _, bound = name.rpartition("_")
         if bound not in ("min", "max") or metric not in OBJECTIVE_DIRECTIONS:
@@ -34,11 +37,8 @@ def validate_search_group(search: SearchConfig) -> None:
                 f"unknown search constraint {name!r}; write <metric>_min or <metric>_max with a metric in "
                 f"{list(OBJECTIVE_DIRECTIONS)}"
             )
-    for name in search.objectives:
-        check_choice("search objective", name, tuple(OBJECTIVE_DIRECTIONS))
     if len(set(search.objectives)) != len(search.objectives):
         raise ValueError(f"search.objectives lists an objective twice: {list(search.objectives)}")
-
 
 
 def validate_space(cfg: DictConfig, space: list[SearchParam]) -> None:
@@ -72,13 +72,9 @@ def validate_space(cfg: DictConfig, space: list[SearchParam]) -> None:
 
 
 def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
-    """Space, objectives and constraints are checked before any storage, run or trial exists."""
-    validate_space(cfg, s.space)
-    validate_search_group(s)
-    if s.n_trials < 1 or s.n_workers < 1:
-        raise ValueError(
-            f"search.n_trials and search.n_workers must be >= 1, got {s.n_trials}, {s.n_workers}"
-        )
+    """The space (keys exist, ranges make sense, enough parameter sets, knobs that act under this
+    config), checked before any storage, run or trial exists."""
+    validate_space(cfg, s.space)  # the group's own rules: validate_search_group, for every stage
     n_sets = n_parameter_sets(s.space)
     if n_sets is not None and n_sets < s.n_trials:
         raise ValueError(
@@ -99,6 +95,33 @@ def validate_search(cfg: DictConfig, s: SearchConfig) -> None:
     if dmp_keys and str(cfg.compress.method) not in users:
         raise ValueError(f"search space keys {dmp_keys} only act under compress={' or '.join(users)} (a defence "
                          f"trained on a reference set), but every trial would use compress={cfg.compress.method}")
+
+
+def validate_search_values(cfg: DictConfig, space: list[SearchParam], relate: Callable[[DictConfig, str], None]) -> None:
+    """Every value a trial can draw is valid: each categorical choice and both ends of each numeric
+    range against the searched field's declared rule (`training.rules`), then set in the config
+    for `relate(trial_cfg, key)`, the rules that relate the field to others."""
+    defaults = RootConfig()
+    for p in space:
+        if p.type == "categorical":
+            values = list(p.choices or [])
+        elif p.type in ("float", "int") and p.low is not None and p.high is not None:
+            values = [p.low, p.high] if p.type == "float" else [int(p.low), int(p.high)]
+        else:
+            continue  # validate_space reports a malformed space entry
+        rule = find_rule(defaults, p.key)
+        for value in values:
+            try:
+                if rule is not None:
+                    rule.check(p.key, value)
+                trial = cfg.copy()
+                with open_dict(trial):
+                    OmegaConf.update(trial, p.key, value, merge=False)  # a typed config checks the type
+                relate(trial, p.key)
+            except (ValueError, OmegaConfBaseException) as err:
+                raise ValueError(
+                    f"search space {p.key}: the value {value!r} would fail every trial that draws it: {err}"
+                ) from err
 
 
 def n_parameter_sets(space: list[SearchParam]) -> int | None:

@@ -38,7 +38,7 @@ def _space(entry: str) -> str:
             _space("{key: compress.regrowth.start, type: uniform, low: 0.1, high: 0.5}"),
             "unknown type",
         ),
-        ("search.objectives=[accuracy, attack_aucc]", "unknown search objective 'attack_aucc'"),
+        ("search.objectives=[accuracy, attack_aucc]", "unknown search.objectives entry 'attack_aucc'; valid: \\['accuracy'"),
         ("+search.constraints={accuracy_atleast: 0.5}", "unknown search constraint"),
         ("search.storage=postgresql://nouser@127.0.0.1:1/x", "cannot open Optuna storage"),
         ("search.storage=sqlite:///{root}/a_file/optuna.db", "cannot open Optuna storage"),

@@ -344,16 +344,16 @@ def test_safecompress_candidates_that_differ_in_defence_probe_with_their_own_los
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"relaxloss": {"enabled": True, "alpha": 0.0}}, "alpha > 0"),
-        ({"relaxloss": {"upper": 1.5}}, r"upper in \(0, 1\]"),
+        ({"relaxloss": {"enabled": True, "alpha": 0.0}}, r"compress.relaxloss.alpha must be > 0, got 0.0"),
+        ({"relaxloss": {"upper": 1.5}}, r"compress.relaxloss.upper must be in \(0, 1\], got 1.5"),
         (
             {"method": "dpsgd", "relaxloss": {"enabled": True}},
             "compress=dpsgd does not train through it",
         ),
         ({"method": "dense", "relaxloss": {"enabled": True}}, "compress=dense"),
-        ({"method": "dmp", "dmp": {"member_weight": 1.0}}, r"member_weight in \[0, 1\)"),
-        ({"method": "dmp", "dmp": {"temperature": 0.0}}, "temperature > 0"),
-        ({"method": "dmp", "dmp": {"low_entropy_fraction": 0.0}}, "low_entropy_fraction"),
+        ({"method": "dmp", "dmp": {"member_weight": 1.0}}, r"compress.dmp.member_weight must be in \[0, 1\), got 1.0"),
+        ({"method": "dmp", "dmp": {"temperature": 0.0}}, r"compress.dmp.temperature must be > 0, got 0.0"),
+        ({"method": "dmp", "dmp": {"low_entropy_fraction": 0.0}}, r"compress.dmp.low_entropy_fraction must be in \(0, 1\], got 0.0"),
         ({"method": "dmp", "distill": {"enabled": True}}, "takes neither compress.distill.enabled"),
         ({"method": "dmp", "relaxloss": {"enabled": True}}, "member_weight=0 does not train on"),
         (
@@ -361,8 +361,8 @@ def test_safecompress_candidates_that_differ_in_defence_probe_with_their_own_los
             r"strategies\[0\] sets \['relaxloss_alpha'\]",
         ),
         ({"method": "dmp", "strategies": [{"distill_weight": 0.5}]}, "not compress=dmp"),
-        ({"strategies": [{"distill_weight": 1.5}]}, r"distill_weight must be in \[0, 1\]"),
-        ({"strategies": [{"relaxloss_alpha": -1.0}]}, "relaxloss_alpha must be >= 0"),
+        ({"strategies": [{"distill_weight": 1.5}]}, r"compress.strategies\[0\].distill_weight must be in \[0, 1\], got 1.5"),
+        ({"strategies": [{"relaxloss_alpha": -1.0}]}, r"compress.strategies\[0\].relaxloss_alpha must be >= 0 \(0: no RelaxLoss\), got -1.0"),
     ],
 )
 def test_bad_defence_settings_are_refused_with_what_is_allowed(change, message):
