@@ -103,18 +103,37 @@ def _specs(attacks: AttackSpec) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
-def check_specs(attacks: AttackSpec) -> None:
-    """Build every attack of `attacks` once, so unknown names, parameters and values raise now
-    (before any model is trained), each error naming the attack it came from."""
+def build_specs(attacks: AttackSpec) -> list[tuple[str, Attack]]:
+    """Every attack of `attacks` built once, by its label: unknown names, parameters and values
+    raise now (before any model is trained), each error naming the attack it came from."""
+    built = []
     for label, reg, params in _specs(attacks):
         try:
-            make_attack(reg, **params)
+            built.append((label, make_attack(reg, **params)))
         except (ValueError, TypeError) as err:
             raise ValueError(f"attack {label!r}: {err}") from err
+    return built
+
+
+def check_specs(attacks: AttackSpec) -> None:
+    """Raise now what `build_specs` would (the attacks themselves are not kept)."""
+    build_specs(attacks)
 
 
 # AttackInputs fields that come from reference (shadow) models
 REFERENCE_INPUTS = frozenset({"references", "reference_in", "population_references", "shadow_train"})
+
+
+def uses_references(attack: Attack) -> bool:
+    """Whether a built attack reads reference (shadow) models (it requires or wants one of
+    `REFERENCE_INPUTS`)."""
+    return bool(needs_of(attack)[0] & REFERENCE_INPUTS)
+
+
+def needs_in_references(attack: Attack) -> bool:
+    """Whether it needs references that trained on the audit points themselves (IN for some of
+    them: online attacks), i.e. requires `reference_in`."""
+    return "reference_in" in attack.requires
 
 
 def needs_of(attack: Attack) -> tuple[frozenset[str], bool]:

@@ -52,9 +52,6 @@ RULED_GROUPS: dict[str, type] = {
 }
 # stages that read the data set (and so check `attack.n_audit` against its splits first)
 DATA_STAGES = ("teacher", "shadows", "compress", "attack", "search")
-# audit attacks that need the reference (shadow) models; those that need IN references too
-REFERENCE_ATTACKS = ("lira_offline", "lira_online", "rmia", "shadow")
-ONLINE_ATTACKS = ("lira_online",)
 
 
 def validate(cfg: DictConfig, data: bool = False) -> None:
@@ -303,9 +300,14 @@ def validate_pool(shadows: ShadowsConfig) -> None:
 
 
 def validate_references(attack: AttackConfig, shadows: ShadowsConfig) -> None:
-    """Reference-model attacks (LiRA, RMIA, Shokri's shadow attack) need `shadows.n_models >= 1`."""
-    needing = [n for n, p in attack.audit.items() if (p or {}).get("attack", n) in REFERENCE_ATTACKS]
-    online = [n for n, p in attack.audit.items() if (p or {}).get("attack", n) in ONLINE_ATTACKS]
+    """Attacks that read reference models (LiRA, RMIA, Shokri's shadow attack: what each declares,
+    `attacks.registry.uses_references`) need `shadows.n_models >= 1`; online ones need references
+    that trained on the audit candidates."""
+    from attacks import registry
+
+    built = registry.build_specs(attack.audit)
+    needing = [n for n, a in built if registry.uses_references(a)]
+    online = [n for n, a in built if registry.needs_in_references(a)]
     if online and shadows.pool != "with_candidates":
         raise ValueError(
             f"attack.audit runs {online}, which need references that trained on the audit candidates; set "

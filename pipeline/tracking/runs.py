@@ -214,8 +214,7 @@ def _uses_references(attack: str) -> bool | None:
 
     if attack not in registry.ATTACKS:
         return None
-    fields, _ = registry.needs_of(registry.make_attack(attack))
-    return bool(fields & registry.REFERENCE_INPUTS)
+    return registry.uses_references(registry.make_attack(attack))
 
 
 def attack_reference_kind(attack: str, reference: str | None) -> str:

@@ -161,3 +161,21 @@ def test_every_registered_attack_declares_what_it_needs_and_a_class_that_does_no
     with pytest.raises(ValueError, match=r"does not declare \['wants', 'needs_grads'\]"):
         registry.register("undeclared", Undeclared)
     assert "undeclared" not in registry.ATTACKS
+
+
+def test_which_attacks_need_references_comes_from_what_they_declare():
+    """validation asks the registry (no hand list): an MMIA whose member is LiRA needs references
+    although its own name is none of LiRA's, and online LiRA needs references IN the audit points."""
+    from attacks import registry
+    from pipeline.config import AttackConfig, ShadowsConfig
+    from pipeline.validation import validate_references
+
+    assert {n for n in registry.ATTACKS if registry.uses_references(registry.make_attack(n))} == {
+        "lira_offline", "lira_online", "rmia", "shadow"}
+    assert {n for n in registry.ATTACKS if registry.needs_in_references(registry.make_attack(n))} == {"lira_online"}
+    none = ShadowsConfig(n_models=0)
+    validate_references(AttackConfig(audit={"loss": {}, "mmia": {}}), none)  # loss + NN members: no references
+    with pytest.raises(ValueError, match=r"shadows.n_models=0 but attack.audit runs \['mix'\]"):
+        validate_references(AttackConfig(audit={"mix": {"attack": "mmia", "members": ["loss", "lira_offline"]}}), none)
+    with pytest.raises(ValueError, match=r"runs \['lira_online'\], which need references that trained on the audit"):
+        validate_references(AttackConfig(audit={"lira_online": {}}), ShadowsConfig(n_models=4))
