@@ -53,7 +53,7 @@ def test_a_wheel_install_ships_the_config_tree(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("conf", "pipeline", "sparse", "attacks"):
+    for name in ("conf", "pipeline", "training", "sparse", "attacks"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(src)], cwd=src)

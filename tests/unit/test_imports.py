@@ -49,6 +49,10 @@ def test_library_packages_import_only_the_library_below_them(package):
 def test_the_library_is_where_the_training_code_lives():
     """The pure-torch modules moved out of pipeline/ (issue 28) stay out: no pipeline module of
     the same name reappears beside the orchestration."""
+    # every folder of the library is a regular package (an __init__.py): find_packages ships only those
+    for package in LIBRARY:
+        folders = [ROOT / package, *(d for d in (ROOT / package).rglob("*") if d.is_dir() and d.name != "__pycache__")]
+        assert not [d for d in folders if not (d / "__init__.py").exists()], f"{package}/: folders without __init__.py"
     library = {p.relative_to(ROOT / "training").as_posix() for p in (ROOT / "training").rglob("*.py")}
     assert {"loops.py", "models.py", "model_adapter.py", "recipes.py", "data.py", "formats.py",
             "compress/loop.py", "batched/grouped.py"} <= library
