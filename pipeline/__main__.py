@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import flow, threads
 from pipeline.context import RunContext
 from pipeline.datasets import datasets_help
+from pipeline.results import METRIC_NAMES
 from pipeline.tracking import plumbing as tracking
 from pipeline.tracking.masking import config_yaml
 from pipeline.validation import validate
@@ -175,8 +176,7 @@ def _print_written(text: str, files: Any) -> None:
 
 def _print_pareto(result: Any) -> None:
     table = result.pareto
-    cols = [c for c in ("trial", "accuracy", "attack_auc", "attack_tpr_at_0.1pct_fpr", "density",
-                        "model_size_bytes", "test_accuracy", "audit_auc") if c in table.columns]
+    cols = [c for c in ("trial", *METRIC_NAMES) if c in table.columns]
     print(f"\nPareto front of study {result.study_name!r} ({result.n_complete} complete trials):")
     print(table[cols].to_string(
         index=False, na_rep="n/a", float_format=lambda v: f"{v:.4f}",

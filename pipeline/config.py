@@ -16,6 +16,7 @@ from typing import Any, Optional, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 
+from pipeline.results import TRIAL_METRICS
 from training.recipes import (  # noqa: F401  (the recipe schemas, re-exported beside the rest)
     ADVERSARIAL_KINDS,
     DP_GRAD_SAMPLE_MODES,
@@ -79,13 +80,8 @@ class SearchParam:
     choices: Optional[list[Any]] = None
 
 
-OBJECTIVE_DIRECTIONS = {
-    "accuracy": "maximize",
-    "attack_auc": "minimize",
-    "attack_tpr_at_0.1pct_fpr": "minimize",
-    "model_size_bytes": "minimize",
-    "density": "minimize",
-}
+# what the search may optimise or constrain, and which way (declared with the trial metrics)
+OBJECTIVE_DIRECTIONS = {m.name: m.objective for m in TRIAL_METRICS if m.objective is not None}
 
 
 SEARCH_ON_MISMATCH = ("refuse", "new")

@@ -1,4 +1,5 @@
-"""What each stage returns: frozen records of a cache entry and its numbers.
+"""What each stage returns: frozen records of a cache entry and its numbers; and the numbers a
+search trial records (`TRIAL_METRICS`).
 
 Stages are peers that never import each other; a stage that needs another's output
 takes its result (one of these) as an argument, wired by `pipeline.flow`.
@@ -76,3 +77,31 @@ class AttackResult:
     path: Path  # audit.csv, select.csv, roc.png, scores.npz, metrics.json
     cache_hit: bool
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TrialMetric:
+    """A number every complete search trial records (from its compress and audit metrics): as a
+    user attr of its Optuna trial (so a run the tracking server missed is logged later from the
+    study), as a column of `trials.csv`, `pareto.csv` and the printed front, and, when
+    `summary`, among the metrics its MLflow run leads with (after the objectives; a backfilled
+    run logs these). `objective`: its direction when the search may optimise or constrain it."""
+
+    name: str
+    objective: Optional[str] = None  # "maximize" | "minimize"; None: never steers the search
+    summary: bool = True
+
+
+# The objectives are on validation data; test accuracy sits beside the audit's test numbers
+# (reported, never searched on).
+TRIAL_METRICS: tuple[TrialMetric, ...] = (
+    TrialMetric("accuracy", "maximize"),
+    TrialMetric("attack_auc", "minimize"),
+    TrialMetric("attack_tpr_at_0.1pct_fpr", "minimize"),
+    TrialMetric("model_size_bytes", "minimize"),
+    TrialMetric("density", "minimize"),
+    TrialMetric("test_accuracy"),
+    TrialMetric("audit_auc", summary=False),  # a live run has it from the audit's own metrics
+)
+METRIC_NAMES = tuple(m.name for m in TRIAL_METRICS)
+SUMMARY_METRICS = tuple(m.name for m in TRIAL_METRICS if m.summary)

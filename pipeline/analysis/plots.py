@@ -1,9 +1,10 @@
-"""Plots shared by stages: accuracy vs membership leakage, with the train-less frontier."""
+"""Plots shared by stages: accuracy vs membership leakage, with the train-less frontier; a study's trials."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -51,3 +52,48 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_study_trials(table: pd.DataFrame, path: Path) -> None:
+    """A study's trials (the search's `trials.csv` table): accuracy vs attack AUC per trial,
+    Pareto-optimal trials ringed in red and joined.
+
+    Points are coloured by model size when sizes differ (at a fixed density they differ by a
+    few bytes, and a colour bar over them only shows matplotlib's offset); otherwise the title
+    gives the one size.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sizes = table["model_size_bytes"].to_numpy(float)
+    finite = sizes[np.isfinite(sizes)]
+    varied = len(finite) > 1 and finite.max() - finite.min() > 0.01 * finite.max()
+    sc = ax.scatter(
+        table["attack_auc"],
+        table["accuracy"],
+        c=sizes if varied else "tab:blue",
+        cmap="viridis" if varied else None,
+        s=40,
+        edgecolors=np.where(table["pareto_rank"] == 0, "red", "none"),
+        linewidths=1.5,
+    )
+    front = table[table["pareto_rank"] == 0].sort_values("attack_auc")
+    if len(front) > 1:
+        ax.plot(front["attack_auc"], front["accuracy"], "r--", lw=1, label="Pareto front")
+    ax.scatter([], [], s=40, facecolors="none", edgecolors="red", linewidths=1.5, label="Pareto-optimal trial")
+    if varied:
+        fig.colorbar(sc, ax=ax, label="model size (bytes)", format=FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_title(f"{len(table)} trials", fontsize=10)
+    elif len(finite):
+        ax.set_title(f"{len(table)} trials, all of model size ≈ {np.median(finite):,.0f} bytes", fontsize=10)
+    ax.set_xlabel("attack AUC (val, lower is safer)")
+    ax.set_ylabel("accuracy (val)")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

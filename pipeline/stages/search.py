@@ -9,9 +9,10 @@ one nested run per trial; the Pareto front is printed, and logged to the parent
 as `pareto.csv` and `pareto.png`. The study lives in an Optuna RDB storage
 (default `sqlite:///mlruns/optuna.db`) and resumes where it stopped.
 
-This module holds the objective (one trial: compress + audit) and the Pareto outputs;
-storage, worker processes, heartbeats, retries and the MLflow run lifecycle live in
-`pipeline.study`.
+This module holds the study session (`StudySession`: what every trial of one process needs,
+built once) and the one trial's work (`run_trial`: compress + audit, recording the
+`pipeline.results.TRIAL_METRICS`); storage, worker processes, heartbeats, retries, the MLflow
+run lifecycle and the Pareto outputs (`front`) live in `pipeline.study`.
 """
 
 from __future__ import annotations
@@ -20,31 +21,24 @@ import dataclasses
 import functools
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.analysis.pareto import hypervolume, nondominated_ranks, normalised_objectives
-from pipeline.config import OBJECTIVE_DIRECTIONS, SearchConfig, SearchParam, to_schema
+from pipeline.config import SearchConfig, SearchParam, to_schema
 from pipeline.context import RunContext
-from pipeline.study import identity, mlflow_runs, storage, workers
+from pipeline.results import METRIC_NAMES, SUMMARY_METRICS
+from pipeline.study import front, identity, mlflow_runs, storage, workers
+from pipeline.study.storage import SharedStudy
 from pipeline.tracking import plumbing as tracking
 from pipeline.tracking.masking import config_yaml, mask_secrets
 from training import interrupt, progress
 
 log = logging.getLogger(__name__)
-
-TRACKED_METRICS = (
-    "accuracy",
-    "attack_auc",
-    "attack_tpr_at_0.1pct_fpr",
-    "model_size_bytes",
-    "density",
-)
 
 
 @dataclass(frozen=True)
@@ -55,6 +49,43 @@ class SearchResult:
     pareto: pd.DataFrame  # one row per Pareto-optimal trial
     parent_run_id: str | None
     pareto_csv: Path | None
+
+
+@dataclass(frozen=True)
+class StudySession:
+    """What one process's trials share, built once per process (`run`, `_worker_body`): the
+    study, its settings and tracking, and the teacher and shadows every trial audits against."""
+
+    ctx: RunContext  # the command's (a spawned worker's own)
+    search: SearchConfig  # `study_name`: the name the study was opened under
+    shared: SharedStudy  # the Optuna study and the storage it was opened on
+    link: tracking.TrackingLink  # this process's link to MLflow: paused while the server is down
+    experiment_id: str | None  # None: tracking off, or the server unreachable when it was set up
+    parent_run_id: str | None  # the study's MLflow parent run
+    trial_work: Any  # `pipeline.flow.Trial`: one trial's compress + audit
+    teacher: Any
+    shadows: Any
+
+    @property
+    def cfg(self) -> DictConfig:
+        return self.ctx.cfg
+
+    @property
+    def study(self):
+        return self.shared.study
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(self.search.objectives)
+
+    def reattached(self) -> StudySession:
+        """After the trials: when the server was down as the command started and answers now,
+        the session with the experiment and parent run made now (else this one)."""
+        if self.experiment_id is not None or not self.link.offline or not self.link.reconnect():
+            return self
+        exp_id = tracking.setup(self.ctx.tracking)
+        parent_id = mlflow_runs.ensure_parent(self.search, exp_id, self.shared)
+        return dataclasses.replace(self, experiment_id=exp_id, parent_run_id=parent_id)
 
 
 def suggest(trial, space: list[SearchParam]) -> dict[str, Any]:
@@ -106,34 +137,35 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
         workers.interrupt_all(procs)
         workers.join(procs)
         raise
+    session = StudySession(ctx, s, shared, tracking.LINK, exp_id, parent_id, trial_work, teacher, shadows)
     try:
         with progress.collapsed_warnings("this study's trials"):  # a per-trial warning once, counted
-            _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)
+            _work(session)
     except KeyboardInterrupt:
         # a terminal's Ctrl-C reaches them anyway; a `kill -INT` of this process does not
         workers.interrupt_all(procs)
         raise
     except Exception as err:  # e.g. trials failing in a row: the study's parent run says why
-        mlflow_runs.fail_parent(parent_id, err)
+        mlflow_runs.fail_parent(session.parent_run_id, err)
         raise
     finally:
         workers.join(procs)
-        if exp_id is None and tracking.offline() and tracking.reconnect():
-            exp_id = tracking.setup(ctx.tracking)  # the server was down when the command started
-            parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
+        session = session.reattached()  # the server was down when the command started
         run_ids: dict[int, str] = {}
-        if parent_id is not None:
+        if session.parent_run_id is not None:
             run_ids = mlflow_runs.reconcile_runs(
-                shared, s, exp_id, parent_id, lambda t: _log_stored_trial(cfg, t, teacher, shadows)
+                shared, s, session.experiment_id, session.parent_run_id,
+                functools.partial(_log_stored_trial, session),
             )
+    parent_id = session.parent_run_id
     workers.raise_if_failed(procs, parent_id)
     out_dir = Path(ctx.paths.output_dir) / "studies" / s.study_name
     with mlflow_runs.maybe_run(parent_id):
-        pareto, csv = _pareto(
+        pareto, csv = front.write_front(
             shared.study, s, out_dir, float(trial_work.dense_size_bytes(ctx, teacher)), run_ids,
             mlflow_runs.backfilled_runs(shared),
         )
-    if ctx.tracking.enabled and (parent_id is None or tracking.offline()):
+    if ctx.tracking.enabled and (parent_id is None or session.link.offline):
         log.warning(
             "MLflow tracking at %s could not be reached: the study's results are complete in its "
             "Optuna storage, but MLflow is missing some of them. Rerun the same command once the "
@@ -155,8 +187,9 @@ def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=
     s = dataclasses.replace(s, study_name=shared.study.study_name)
     exp_id = tracking.setup(ctx.tracking)
     teacher, shadows = trial_work.prepare(ctx, index, s.n_workers)
+    session = StudySession(ctx, s, shared, tracking.LINK, exp_id, parent_id, trial_work, teacher, shadows)
     with progress.collapsed_warnings(f"worker {index}'s trials"):
-        _work(cfg, s, shared, teacher, shadows, exp_id, parent_id, trial_work)
+        _work(session)
 
 
 def study_identity(cfg: DictConfig, s: SearchConfig) -> identity.StudyIdentity:
@@ -173,16 +206,125 @@ def study_identity(cfg: DictConfig, s: SearchConfig) -> identity.StudyIdentity:
     return identity.identity_of(plain, [p.key for p in s.space], data_key(cfg), PATH_KEYS)
 
 
-def _work(cfg, s: SearchConfig, shared, teacher, shadows, exp_id, parent_id, trial_work) -> None:
+def _work(session: StudySession) -> None:
     """The study's ask/run/tell loop with this stage's search space and objective."""
+    space = session.search.space
     workers.work(
-        shared,
-        s,
-        suggest=lambda trial: suggest(trial, s.space),
-        run_trial=lambda trial, params: _run_trial(
-            cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id, trial_work
-        ),
+        session.shared, session.search, suggest=lambda trial: suggest(trial, space),
+        run_trial=functools.partial(run_trial, session),
     )
+
+
+def _trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
+    trial_cfg = apply_params(cfg, params)
+    # trials audit against dense references (fast); a chosen model's final audit uses attack.reference
+    OmegaConf.update(trial_cfg, "attack.reference", str(cfg.attack.get("search_reference", "dense")), merge=False)
+    return trial_cfg
+
+
+def run_trial(session: StudySession, trial, params: dict[str, Any]) -> bool:
+    """One trial's work: compress + audit with `params` inside the trial's nested MLflow run,
+    then tell Optuna (the run ends only after Optuna was told). True when the trial completed.
+
+    Every number the run logs is also stored in the trial (user attrs, `TRIAL_METRICS`), so that
+    a trial whose tracking server was unreachable is logged later (`mlflow_runs.reconcile_runs`).
+    """
+    from optuna.trial import TrialState
+
+    t0 = time.perf_counter()
+    trial_cfg = _trial_config(session.cfg, params)
+    run = _start_run(session, trial)
+    told = False
+    try:
+        if run is not None:
+            trial.set_user_attr(mlflow_runs.RUN_ATTR, run.info.run_id)
+            _log_trial_inputs(session, trial_cfg, params)
+        elif trial.user_attrs.get(mlflow_runs.RUN_ATTR):  # a retry queued by an older version inherited it
+            trial.set_user_attr(mlflow_runs.RUN_ATTR, "")  # its own run comes from the backfill
+        try:
+            comp, att, values = _measure(session, trial_cfg)
+        except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the study goes on
+            log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err, exc_info=True)
+            tracking.set_tags({"error": f"{type(err).__name__}: {err}"[:4000]})
+            session.study.tell(trial, state=TrialState.FAIL)
+            told = True
+            mlflow_runs.end_run(run, "FAILED")
+            return False
+        wall = _record(session, trial, trial_cfg, comp.key, att.key, values, t0)
+        told = _tell_complete(session, trial, values, run)
+        if not told:
+            return False
+    except KeyboardInterrupt:
+        mlflow_runs.end_run(run, "FINISHED" if told else "KILLED")
+        raise
+    mlflow_runs.end_run(run, "FINISHED")
+    log.info(
+        "trial %d done in %.1f s [%d/%d complete]: %s | %s", trial.number, wall,
+        workers.counts(session.study)[0], session.search.n_trials,
+        " ".join(f"{o}={float(values[o]):.4f}" for o in session.objectives),
+        " ".join(f"{_short(k)}={_fmt(v)}" for k, v in params.items()),
+    )
+    return True
+
+
+def _start_run(session: StudySession, trial):
+    """The trial's nested MLflow run, or None (tracking off, or the server still unreachable)."""
+    if session.experiment_id is None or not session.link.usable():
+        return None
+    return mlflow_runs.start_trial_run(
+        session.experiment_id, session.parent_run_id, session.search.study_name, trial.number,
+        session.shared.trial_id(trial.number), workers.worker_name(),
+    )
+
+
+def _measure(session: StudySession, trial_cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """The trial's compress + audit: (compress result, attack result, their metrics); raises
+    when an objective is not finite."""
+    # the objectives lead the run's metrics (MLflow lists them in logging order)
+    with session.link.summary_first() as summary:
+        comp, att = session.trial_work(trial_cfg, session.teacher, session.shadows)
+        values = {**comp.metrics, **att.metrics}
+        summary.update({k: values[k] for k in (*session.objectives, *SUMMARY_METRICS) if k in values})
+    objective = {o: float(values[o]) for o in session.objectives}
+    if not all(math.isfinite(v) for v in objective.values()):
+        raise FloatingPointError(f"non-finite objective values {objective}")
+    return comp, att, values
+
+
+def _record(
+    session: StudySession, trial, trial_cfg: DictConfig, compress_key: str, attack_key: str,
+    values: dict[str, Any], t0: float,
+) -> float:
+    """Store what the trial measured in the Optuna trial (keys, `TRIAL_METRICS`, constraints, wall
+    time) and tag its run; returns the wall time."""
+    keys = {"compress_key": compress_key, "attack_key": attack_key}
+    for k, v in keys.items():
+        trial.set_user_attr(k, v)
+    for k in METRIC_NAMES:
+        if k in values:
+            trial.set_user_attr(k, float(values[k]))
+    for name, bound in session.search.constraints.items():
+        metric, _, kind = name.rpartition("_")
+        # feasible when <= 0
+        trial.set_constraint(
+            name, float(bound - values[metric]) if kind == "min" else float(values[metric] - bound)
+        )
+    wall = time.perf_counter() - t0
+    trial.set_user_attr("wall_s", wall)
+    _log_trial_outputs(trial_cfg, None, keys, wall)
+    return wall
+
+
+def _tell_complete(session: StudySession, trial, values: dict[str, Any], run) -> bool:
+    """Tell Optuna the trial is complete; False (its run then KILLED) when it cannot be."""
+    try:
+        interrupt.check()  # a Ctrl-C swallowed during the trial fails it rather than completing it
+        session.study.tell(trial, [float(values[o]) for o in session.objectives])
+        return True
+    except Exception as err:  # noqa: BLE001 - e.g. failed as stale by another worker meanwhile
+        log.warning("trial %d could not be told complete (%s); its run is marked KILLED", trial.number, err)
+        mlflow_runs.end_run(run, "KILLED")
+        return False
 
 
 def _short(key: str) -> str:
@@ -193,22 +335,15 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
-    trial_cfg = apply_params(cfg, params)
-    # trials audit against dense references (fast); a chosen model's final audit uses attack.reference
-    OmegaConf.update(trial_cfg, "attack.reference", str(cfg.attack.get("search_reference", "dense")), merge=False)
-    return trial_cfg
-
-
-def _log_trial_inputs(trial_cfg: DictConfig, params: dict[str, Any], teacher, shadows) -> None:
+def _log_trial_inputs(session: StudySession, trial_cfg: DictConfig, params: dict[str, Any]) -> None:
     """What a trial's run records before it trains (into the active run): the drawn params, and
     the reference models its audit used (what `compare.study` names beside each trial)."""
     tracking.log_params({**params, "attack.reference": str(trial_cfg.attack.reference)})
     tracking.set_tags(
         {
             "git_commit": tracking.git_commit(),
-            "teacher_key": teacher.key,
-            "shadow_keys": ",".join(shadows.keys),
+            "teacher_key": session.teacher.key,
+            "shadow_keys": ",".join(session.shadows.keys),
         }
     )
     tracking.log_text(config_yaml(trial_cfg), "config.yaml")
@@ -221,224 +356,14 @@ def _log_trial_outputs(
     metrics, when not logged already (a trial's own run logs them first, `summary_first`)."""
     tracking.set_tags({**keys, "stage": "search", **tracking.run_tags(trial_cfg)})
     if values is not None:
-        # the objectives are on validation data; test accuracy sits beside the audit's test numbers
-        tracking.log_metrics({k: values[k] for k in (*TRACKED_METRICS, "test_accuracy") if k in values})
+        tracking.log_metrics({k: values[k] for k in SUMMARY_METRICS if k in values})
     tracking.log_metrics({"trial_wall_s": wall})
 
 
-def _log_stored_trial(cfg: DictConfig, t, teacher, shadows) -> None:
+def _log_stored_trial(session: StudySession, t) -> None:
     """A complete trial's run, written afterwards from what the study stored (its worker lost
     the tracking server): params, final metrics, tags and config.yaml."""
-    trial_cfg = _trial_config(cfg, t.params)
-    _log_trial_inputs(trial_cfg, t.params, teacher, shadows)
+    trial_cfg = _trial_config(session.cfg, t.params)
+    _log_trial_inputs(session, trial_cfg, t.params)
     keys = {k: str(t.user_attrs[k]) for k in ("compress_key", "attack_key") if k in t.user_attrs}
     _log_trial_outputs(trial_cfg, t.user_attrs, keys, float(t.user_attrs.get("wall_s", math.nan)))
-
-
-def _run_trial(cfg, s, shared, trial, params, teacher, shadows, exp_id, parent_id, trial_work) -> bool:
-    """Run one trial inside its nested MLflow run; the run ends only after Optuna was told.
-
-    Every number the run logs is also stored in the trial (user attrs), so that a trial
-    whose tracking server was unreachable is logged later (`mlflow_runs.reconcile_runs`).
-    """
-    import time
-
-    from optuna.trial import TrialState
-
-    t0 = time.perf_counter()
-    trial_cfg = _trial_config(cfg, params)
-    study = shared.study
-    run = None
-    if exp_id is not None and (not tracking.offline() or tracking.reconnect()):
-        run = mlflow_runs.start_trial_run(
-            exp_id, parent_id, s.study_name, trial.number, shared.trial_id(trial.number),
-            workers.worker_name(),
-        )
-    told = False
-    try:
-        if run is not None:
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            _log_trial_inputs(trial_cfg, params, teacher, shadows)
-        elif trial.user_attrs.get("mlflow_run_id"):  # a retry queued by an older version inherited it
-            trial.set_user_attr("mlflow_run_id", "")  # its own run comes from the backfill
-        try:
-            # the objectives lead the run's metrics (MLflow lists them in logging order)
-            with tracking.summary_first() as summary:
-                comp, att = trial_work(trial_cfg, teacher, shadows)
-                values = {**comp.metrics, **att.metrics}
-                # the objectives are on validation data; test accuracy sits beside the audit's test numbers
-                for k in (*s.objectives, *TRACKED_METRICS, "test_accuracy"):
-                    if k in values:
-                        summary[k] = values[k]
-            objective = [float(values[o]) for o in s.objectives]
-            if not all(math.isfinite(v) for v in objective):
-                raise FloatingPointError(
-                    f"non-finite objective values {dict(zip(s.objectives, objective, strict=True))}"
-                )
-        except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the study goes on
-            log.warning(
-                "trial %d failed: %s: %s", trial.number, type(err).__name__, err, exc_info=True
-            )
-            tracking.set_tags({"error": f"{type(err).__name__}: {err}"[:4000]})
-            study.tell(trial, state=TrialState.FAIL)
-            told = True
-            mlflow_runs.end_run(run, "FAILED")
-            return False
-        keys = {"compress_key": comp.key, "attack_key": att.key}
-        for k, v in keys.items():
-            trial.set_user_attr(k, v)
-        for k in (*TRACKED_METRICS, "test_accuracy", "audit_auc"):
-            if k in values:
-                trial.set_user_attr(k, float(values[k]))
-        for name, bound in s.constraints.items():
-            metric, _, kind = name.rpartition("_")
-            # feasible when <= 0
-            trial.set_constraint(
-                name,
-                float(bound - values[metric]) if kind == "min" else float(values[metric] - bound),
-            )
-        wall = time.perf_counter() - t0
-        trial.set_user_attr("wall_s", wall)
-        _log_trial_outputs(trial_cfg, None, keys, wall)
-        try:
-            interrupt.check()  # a Ctrl-C swallowed during the trial fails it rather than completing it
-            study.tell(trial, objective)
-            told = True
-        except Exception as err:  # noqa: BLE001 - e.g. failed as stale by another worker meanwhile
-            log.warning(
-                "trial %d could not be told complete (%s); its run is marked KILLED",
-                trial.number,
-                err,
-            )
-            mlflow_runs.end_run(run, "KILLED")
-            return False
-    except KeyboardInterrupt:
-        mlflow_runs.end_run(run, "FINISHED" if told else "KILLED")
-        raise
-    mlflow_runs.end_run(run, "FINISHED")
-    complete = workers.counts(study)[0]
-    log.info(
-        "trial %d done in %.1f s [%d/%d complete]: %s | %s",
-        trial.number,
-        wall,
-        complete,
-        s.n_trials,
-        " ".join(f"{o}={v:.4f}" for o, v in zip(s.objectives, objective, strict=True)),
-        " ".join(f"{_short(k)}={_fmt(v)}" for k, v in params.items()),
-    )
-    return True
-
-
-def _pareto(
-    study, s: SearchConfig, out: Path, dense_bytes: float, run_ids: dict[int, str] | None = None,
-    backfilled: dict[int, str] | None = None,
-) -> tuple[pd.DataFrame, Path | None]:
-    """The Pareto table; a trial's run is the one reconciled now, else its own, else the backfill's."""
-    import mlflow
-    from optuna.trial import TrialState
-
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    rows = []
-    for t in done:
-        row = {"trial": t.number, **{o: v for o, v in zip(s.objectives, t.values, strict=True)}}
-        for k in (
-            "accuracy",
-            "attack_auc",
-            "attack_tpr_at_0.1pct_fpr",
-            "model_size_bytes",
-            "density",
-            "test_accuracy",
-            "audit_auc",
-        ):
-            row.setdefault(k, t.user_attrs.get(k, math.nan))
-        row.update(t.params)
-        row["mlflow_run_id"] = (
-            (run_ids or {}).get(t.number) or t.user_attrs.get(mlflow_runs.RUN_ATTR) or (backfilled or {}).get(t.number, "")
-        )
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table, None
-    feasible = np.array([all(v <= 0 for v in t.constraints.values()) for t in done])
-    table["feasible"] = feasible
-    ranks = nondominated_ranks(
-        table[list(s.objectives)].to_numpy(float),
-        [OBJECTIVE_DIRECTIONS[o] for o in s.objectives],
-        feasible,
-    )
-    table["pareto_rank"] = ranks
-    # Hypervolume of the feasible front after each completed trial (normalised objectives, reference 1).
-    norm = normalised_objectives(table, list(s.objectives), dense_bytes)
-    order = np.argsort(table["trial"].to_numpy())
-    for i in range(len(order)):
-        seen = order[: i + 1]
-        hv = hypervolume(norm[seen][feasible[seen]], np.ones(len(s.objectives)))
-        tracking.log_metrics({"hypervolume": hv}, step=i + 1)
-    client = mlflow.MlflowClient() if tracking.active() else None
-    if client is not None:
-        for run_id, rank in zip(table["mlflow_run_id"], ranks, strict=True):
-            if run_id:
-                tracking.call(client.set_tag, run_id, "pareto_rank", int(rank))
-    pareto = (
-        table[(table["pareto_rank"] == 0) & table["feasible"]]
-        .sort_values(s.objectives[0])
-        .reset_index(drop=True)
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    csv = out / "pareto.csv"
-    pareto.to_csv(csv, index=False)
-    table.to_csv(out / "trials.csv", index=False)
-    _plot(table, out / "pareto.png")
-    for f in ("pareto.csv", "trials.csv", "pareto.png"):
-        tracking.log_artifact(out / f)
-    n_dup = workers.n_duplicates(study)
-    if n_dup:
-        log.info("%d proposed trial(s) repeated an earlier trial's params and were not run", n_dup)
-    tracking.log_metrics(
-        {"n_pareto": float(len(pareto)), "n_trials_complete": float(len(table)), "n_duplicates": float(n_dup)}
-    )
-    return pareto, csv
-
-
-def _plot(table: pd.DataFrame, path: Path) -> None:
-    """Accuracy vs attack AUC per trial, Pareto-optimal trials ringed in red and joined.
-
-    Points are coloured by model size when sizes differ (at a fixed density they differ by a
-    few bytes, and a colour bar over them only shows matplotlib's offset); otherwise the title
-    gives the one size.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sizes = table["model_size_bytes"].to_numpy(float)
-    finite = sizes[np.isfinite(sizes)]
-    varied = len(finite) > 1 and finite.max() - finite.min() > 0.01 * finite.max()
-    sc = ax.scatter(
-        table["attack_auc"],
-        table["accuracy"],
-        c=sizes if varied else "tab:blue",
-        cmap="viridis" if varied else None,
-        s=40,
-        edgecolors=np.where(table["pareto_rank"] == 0, "red", "none"),
-        linewidths=1.5,
-    )
-    front = table[table["pareto_rank"] == 0].sort_values("attack_auc")
-    if len(front) > 1:
-        ax.plot(front["attack_auc"], front["accuracy"], "r--", lw=1, label="Pareto front")
-    ax.scatter([], [], s=40, facecolors="none", edgecolors="red", linewidths=1.5, label="Pareto-optimal trial")
-    if varied:
-        fig.colorbar(sc, ax=ax, label="model size (bytes)", format=FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.set_title(f"{len(table)} trials", fontsize=10)
-    elif len(finite):
-        ax.set_title(f"{len(table)} trials, all of model size ≈ {np.median(finite):,.0f} bytes", fontsize=10)
-    ax.set_xlabel("attack AUC (val, lower is safer)")
-    ax.set_ylabel("accuracy (val)")
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

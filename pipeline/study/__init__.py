@@ -3,8 +3,9 @@
 - `storage`: open the Optuna storage (RDB with heartbeats, or a journal file) and the study.
 - `mlflow_runs`: the MLflow parent run of a study and the nested run of each trial.
 - `workers`: the ask/run/tell loop, heartbeats, retrying a trial whose worker died or was
-  interrupted, and the extra worker processes of `search.n_workers`.
+  interrupted (`requeue`), and the extra worker processes of `search.n_workers`.
+- `front`: the study's outputs once its trials are done: trials.csv, the Pareto front, its plot.
 
-The search stage (`pipeline.stages.search`) keeps what a trial computes (the objective)
-and the Pareto outputs; this package knows nothing about compression.
+The search stage (`pipeline.stages.search`) keeps the study session and what a trial computes
+(the objective); this package knows nothing about compression.
 """

@@ -164,9 +164,7 @@ def duplicate_of(shared: SharedStudy, number: int, params: dict, wait_s: float) 
         for t in shared.study.get_trials(deepcopy=False, states=states):
             if t.number == number or (t.state == TrialState.RUNNING and t.number > number):
                 continue
-            other = t.params if t.state != TrialState.WAITING else (
-                t.system_attrs.get("fixed_params") or t.params
-            )
+            other = t.params if t.state != TrialState.WAITING else params_of(t)
             if other == params:
                 return t.number
             if t.state == TrialState.RUNNING and not set(params) <= set(other):
@@ -196,14 +194,38 @@ def is_surplus(shared: SharedStudy, trial, n_trials: int) -> bool:
     if earlier < n_trials:
         return False
     frozen = shared.frozen(trial.number)
-    fixed = frozen.system_attrs.get("fixed_params") or frozen.params  # queued, or a stale trial's retry
-    retry_of = frozen.user_attrs.get("retry_of", frozen.system_attrs.get("failed_trial"))
     trial.set_user_attr("surplus", True)
     study.tell(trial, state=TrialState.FAIL)
-    if fixed:
-        study.enqueue_trial(fixed, user_attrs={} if retry_of is None else {"retry_of": retry_of})
+    # not a failure of its own: it carries on the retry it was, if it was one
+    requeue(study, frozen, frozen.user_attrs.get("retry_of", frozen.system_attrs.get("failed_trial")))
     log.info("trial %d not run: %d trials are already complete or running", trial.number, earlier)
     return True
+
+
+def requeue(study, frozen, retry_of: int | None) -> dict | None:
+    """Queue the parameters of `frozen` (a trial being failed unfinished, `params_of`) as a new
+    trial; returns them (None: it had none to queue). The new trial names `retry_of` (user attr),
+    when given. The one way this module retries a trial (surplus, interrupted, left running)."""
+    params = params_of(frozen)
+    if params:
+        study.enqueue_trial(params, user_attrs={} if retry_of is None else {"retry_of": retry_of})
+    return params or None
+
+
+def params_of(frozen) -> dict:
+    """The parameters trial `frozen` runs (or ran): its `params` win over its `fixed_params`.
+
+    A requeued trial must re-run exactly the parameters the failed one ran, and those are its
+    `params`: drawn, or taken from its queue entry value for value (when Optuna suggests a key,
+    a stored param wins over a fixed one). Its `fixed_params` (system attr) are what it was
+    queued with, which may be fewer keys or other ones: a partial `enqueue_trial`, or a trial
+    that Optuna's heartbeat retry queued with the lost trial's params, keeping the lost trial's
+    older `fixed_params` beside them. Only a trial that has suggested nothing yet (a queued,
+    WAITING one; a surplus one, failed before it suggests) has no params: then its
+    `fixed_params` are what it would run. (The heartbeat retry, `storage._RetryAndCloseRun`,
+    queues `params` as well.)
+    """
+    return frozen.params or frozen.system_attrs.get("fixed_params") or {}
 
 
 def give_back(shared: SharedStudy, trial) -> None:
@@ -216,9 +238,7 @@ def give_back(shared: SharedStudy, trial) -> None:
     if frozen.state != TrialState.RUNNING:
         return  # told already (complete or failed): nothing to give back
     study.tell(trial, state=TrialState.FAIL)
-    params = frozen.params or frozen.system_attrs.get("fixed_params")
-    if params:
-        study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+    requeue(study, frozen, trial.number)
     log.warning("trial %d interrupted: failed, its params queued to be retried", trial.number)
     mlflow_runs.close_lost_run(frozen)
 
@@ -249,9 +269,7 @@ def recover_running_without_heartbeat(shared: SharedStudy) -> None:
             "trial %d was left running by an interrupted run: failing and retrying it", t.number
         )
         study.tell(t.number, state=TrialState.FAIL)
-        params = t.params or t.system_attrs.get("fixed_params")
-        if params:
-            study.enqueue_trial(params, user_attrs={"retry_of": t.number})
+        requeue(study, t, t.number)
         mlflow_runs.close_lost_run(t)
 
 

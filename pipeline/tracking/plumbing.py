@@ -89,7 +89,6 @@ DEFAULT_CALL_TIMEOUT_S = 60.0
 _HTTP_RETRIES = 2  # retries after the first attempt
 _HTTP_BACKOFF_FACTOR = 1  # urllib3: no sleep before the first retry, then 2 s (+ jitter)
 _HTTP_BACKOFF_JITTER = 0.5
-_outage: str | None = None  # why the server is taken as unreachable, None while it answers
 
 
 def bound_http_calls(call_timeout_s: float) -> None:
@@ -120,50 +119,115 @@ def is_outage(err: BaseException) -> bool:
     return type(err).__name__ in ("MlflowException", "RestException") and "API request to" in str(err)
 
 
+class TrackingLink:
+    """This process's link to the tracking server: the state its MLflow calls share, held in one
+    object that is handed to whoever steers by it (the search's study session) rather than read
+    from module globals.
+
+    `outage`: why the server is taken as unreachable (None while it answers); `held`: the metrics
+    a `summary_first` block holds back. The stages log through this module's functions, which use
+    the process's link, `LINK`; a spawned worker process has its own.
+    """
+
+    def __init__(self) -> None:
+        self.outage: str | None = None
+        self.held: _Held | None = None
+
+    @property
+    def offline(self) -> bool:
+        """True while tracking is paused because the server could not be reached."""
+        return self.outage is not None
+
+    def usable(self) -> bool:
+        """Whether a run can be tracked now: the server answers, or answers again (one bounded try)."""
+        return not self.offline or self.reconnect()
+
+    def call(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)`, or None without calling it while tracking is paused.
+
+        A call that fails because the server is unreachable pauses tracking (one warning)
+        and returns None; any other error is raised.
+        """
+        if self.outage is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            self.outage = mask_secrets(f"{type(err).__name__}: {err}")[:300]
+            log.warning(
+                "MLflow tracking is unreachable (%s): tracking paused in this process. The study goes "
+                "on and keeps every result in its Optuna storage; what MLflow missed is logged once "
+                "the server answers again (at the next trial, or by rerunning the same command).",
+                self.outage,
+            )
+            return None
+
+    def reconnect(self) -> bool:
+        """While paused, try the server once (a bounded call); True when tracking can go on."""
+        if self.outage is None:
+            return True
+        import mlflow
+
+        try:
+            mlflow.MlflowClient().search_experiments(max_results=1)
+        except Exception as err:  # noqa: BLE001 - still down (or broken): stay paused
+            log.debug("MLflow tracking still unreachable: %s", mask_secrets(str(err)))
+            return False
+        log.warning("MLflow tracking reachable again: tracking resumed")
+        self.outage = None
+        return True
+
+    @contextmanager
+    def summary_first(self) -> Iterator[dict[str, float]]:
+        """Hold back the metrics logged inside; at the end log the yielded dict's metrics first,
+        then the held ones, without logging a summary metric twice.
+
+        MLflow's UI lists a run's metrics in the order they were logged: a trial's objectives
+        should lead, not the training curves and candidate tables its stages log on the way.
+        Also on an error inside, so a failed run keeps what its stages logged.
+        """
+        outer, self.held = self.held, _Held()
+        held = self.held
+        try:
+            yield held.first
+        finally:
+            self.held = outer
+            log_metrics(held.first)
+            for metrics, step in held.calls:
+                log_metrics({k: v for k, v in metrics.items() if step is not None or k not in held.first}, step)
+
+
+class _Held:
+    """Metrics held back by `summary_first`; `first` is logged before them."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+        self.calls: list[tuple[dict[str, float], int | None]] = []
+
+
+LINK = TrackingLink()  # this process's
+
+
 def offline() -> bool:
-    """True while tracking is paused because the server could not be reached."""
-    return _outage is not None
+    """True while this process's tracking is paused (`LINK.offline`)."""
+    return LINK.offline
 
 
 def call(fn, *args, **kwargs):
-    """`fn(*args, **kwargs)`, or None without calling it while tracking is paused.
-
-    A call that fails because the server is unreachable pauses tracking (one warning)
-    and returns None; any other error is raised.
-    """
-    global _outage
-    if _outage is not None:
-        return None
-    try:
-        return fn(*args, **kwargs)
-    except Exception as err:
-        if not is_outage(err):
-            raise
-        _outage = mask_secrets(f"{type(err).__name__}: {err}")[:300]
-        log.warning(
-            "MLflow tracking is unreachable (%s): tracking paused in this process. The study goes "
-            "on and keeps every result in its Optuna storage; what MLflow missed is logged once "
-            "the server answers again (at the next trial, or by rerunning the same command).",
-            _outage,
-        )
-        return None
+    """`LINK.call`: `fn(*args, **kwargs)`, or None while tracking is paused (see `TrackingLink.call`)."""
+    return LINK.call(fn, *args, **kwargs)
 
 
 def reconnect() -> bool:
-    """While paused, try the server once (a bounded call); True when tracking can go on."""
-    global _outage
-    if _outage is None:
-        return True
-    import mlflow
+    """`LINK.reconnect()`: while paused, try the server once; True when tracking can go on."""
+    return LINK.reconnect()
 
-    try:
-        mlflow.MlflowClient().search_experiments(max_results=1)
-    except Exception as err:  # noqa: BLE001 - still down (or broken): stay paused
-        log.debug("MLflow tracking still unreachable: %s", mask_secrets(str(err)))
-        return False
-    log.warning("MLflow tracking reachable again: tracking resumed")
-    _outage = None
-    return True
+
+def summary_first():
+    """`LINK.summary_first()` (see `TrackingLink.summary_first`)."""
+    return LINK.summary_first()
 
 
 def _experiment_id(settings: TrackingConfig, uri: str) -> str:
@@ -230,42 +294,10 @@ def active() -> bool:
     return mlflow.active_run() is not None
 
 
-class _Held:
-    """Metrics held back by `summary_first`; `first` is logged before them."""
-
-    def __init__(self) -> None:
-        self.first: dict[str, float] = {}
-        self.calls: list[tuple[dict[str, float], int | None]] = []
-
-
-_held: _Held | None = None
-
-
-@contextmanager
-def summary_first() -> Iterator[dict[str, float]]:
-    """Hold back the metrics logged inside; at the end log the yielded dict's metrics first,
-    then the held ones, without logging a summary metric twice.
-
-    MLflow's UI lists a run's metrics in the order they were logged: a trial's objectives
-    should lead, not the training curves and candidate tables its stages log on the way.
-    Also on an error inside, so a failed run keeps what its stages logged.
-    """
-    global _held
-    outer, _held = _held, _Held()
-    held = _held
-    try:
-        yield held.first
-    finally:
-        _held = outer
-        log_metrics(held.first)
-        for metrics, step in held.calls:
-            log_metrics({k: v for k, v in metrics.items() if step is not None or k not in held.first}, step)
-
-
 def log_metrics(metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
     """Log finite numeric metrics to the active run (NaN values are skipped, not logged as 0)."""
-    if _held is not None:
-        _held.calls.append(({f"{prefix}{k}": v for k, v in metrics.items()}, step))
+    if LINK.held is not None:
+        LINK.held.calls.append(({f"{prefix}{k}": v for k, v in metrics.items()}, step))
         return
     if not active():
         return

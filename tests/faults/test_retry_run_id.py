@@ -18,7 +18,7 @@ from pipeline.tracking import plumbing as tracking
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "_outage", None)
+    monkeypatch.setattr(tracking.LINK, "outage", None)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     exp_id = mlflow.create_experiment("retry", artifact_location=str(tmp_path / "artifacts"))
     s = SearchConfig(
@@ -51,14 +51,14 @@ def test_a_retry_gets_its_own_run_even_while_tracking_is_paused(study, monkeypat
     assert len(waiting) == 1 and waiting[0].user_attrs == {"retry_of": 0}  # not the dead run's attrs
 
     # the retry runs while the tracking server is down: no run can start, none is inherited
-    monkeypatch.setattr(tracking, "_outage", "ConnectionError: server down")
+    monkeypatch.setattr(tracking.LINK, "outage", "ConnectionError: server down")
     retry = shared.study.ask()
     assert retry.params == lost.params and "mlflow_run_id" not in retry.user_attrs
     retry.set_user_attr("accuracy", 0.6)
     shared.study.tell(retry, [0.6, 0.55])
 
     # the server is back: the backfill gives the retry its own run and links it
-    monkeypatch.setattr(tracking, "_outage", None)
+    monkeypatch.setattr(tracking.LINK, "outage", None)
     done = mlflow_runs.reconcile_runs(
         shared, s, exp_id, parent_id,
         lambda t: tracking.log_metrics({"accuracy": t.values[0], "attack_auc": t.values[1]}),
@@ -74,15 +74,15 @@ def test_a_retry_gets_its_own_run_even_while_tracking_is_paused(study, monkeypat
 
 def test_a_later_read_of_the_study_finds_the_backfilled_run(study, monkeypatch, tmp_path):
     """The Pareto table of a later command (no reconcile this time) points at the backfill's run."""
-    from pipeline.stages import search
+    from pipeline.study import front
 
     s, shared, exp_id = study
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
-    monkeypatch.setattr(tracking, "_outage", "ConnectionError: server down")
+    monkeypatch.setattr(tracking.LINK, "outage", "ConnectionError: server down")
     trial = shared.study.ask()
     trial.suggest_float("compress.density", 0.1, 0.5)
     shared.study.tell(trial, [0.6, 0.55])
-    monkeypatch.setattr(tracking, "_outage", None)
+    monkeypatch.setattr(tracking.LINK, "outage", None)
     done = mlflow_runs.reconcile_runs(shared, s, exp_id, parent_id, lambda t: None)
-    table, _ = search._pareto(shared.study, s, tmp_path / "out", 1000.0, None, mlflow_runs.backfilled_runs(shared))
+    table, _ = front.write_front(shared.study, s, tmp_path / "out", 1000.0, None, mlflow_runs.backfilled_runs(shared))
     assert list(table["mlflow_run_id"]) == [done[trial.number]] and done[trial.number]

@@ -17,7 +17,7 @@ def fresh_tracking(monkeypatch):
     for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(tracking, "_outage", None)
+    monkeypatch.setattr(tracking.LINK, "outage", None)
     yield
     mlflow.set_tracking_uri(None)
 
