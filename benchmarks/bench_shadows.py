@@ -39,7 +39,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from pipeline.config import TrainConfig
 from training.batched import GroupedMLP, train_grouped
-from training.data import load_digits, make_splits
+from training.data import make_splits
+from training.embedded import load_digits
 from training.loops import (
     batch_indices,
     make_optimizer,

@@ -16,7 +16,7 @@ from pipeline.__main__ import run_stage
 from pipeline.config import TrainConfig
 from training.adversarial import Adversary
 from training.compress.steps import Losses, masked_step
-from training.data import load_synthetic
+from training.embedded import load_synthetic
 from training.loops import TrainState, make_optimizer, set_lr
 from training.models import MLP
 

@@ -158,7 +158,7 @@ def test_matched_references_and_canaries_are_audited(cfg_factory):
     assert set(data.splits.canaries[data.splits.canary_in]) <= set(data.splits.train)
     assert not set(data.splits.canaries) & set(data.splits.population)
     # canary labels were moved to another class
-    from training.data import load_synthetic
+    from training.embedded import load_synthetic
 
     raw = load_synthetic(n_samples=800, n_features=20, n_informative=10, n_classes=4)
     assert (raw.y[data.splits.canaries] != data.dataset.y[data.splits.canaries]).all()

@@ -19,7 +19,8 @@ from training.compress import CompressJob, compress_spec, train_compressed
 from training.compress.methods.dmp import DMPLosses, soft_labels
 from training.compress.relaxloss import flattened_targets, relaxed_loss, relaxloss_mode
 from training.compress.steps import Defences, Losses
-from training.data import load_purchase_synth, load_synthetic, make_splits, plant_canaries
+from training.data import make_splits, plant_canaries
+from training.embedded import load_purchase_synth, load_synthetic
 from training.loops import TrainState, make_optimizer
 from training.models import MLP
 
