@@ -238,7 +238,7 @@ class TrackingConfig:
     enabled: bool = True
     call_timeout_s: float = checked(60.0, ge=1e-3, why="(an interval or timeout)")  # seconds
     # log each compress/attack run's and search trial's compressed model as an MLflow Model
-    # (`pipeline.export.mlflow_model`); off for large sweeps (cost: README "Ship the model")
+    # (`pipeline.export.mlflow_model`); off for large sweeps (cost: docs/manual.md "Ship the compressed model")
     log_models: bool = True
 
 
