@@ -84,7 +84,8 @@ def excess_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows.append({
             "row": label + (" *" if member.any() else ""), "seeds": len(g),
             "test acc": f"{g['test_accuracy'].mean():.4f}", "audit AUC": f"{g['audit_auc'].mean():.4f}",
-            "excess AUC": f"{v.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]" if len(v) else "n/a",
+            "excess AUC": ("n/a" if not len(v) else f"{v.mean():+.4f} (1 seed)" if len(v) == 1
+                           else f"{v.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]"),
             "above range": int(ex["excess_auc"].isna().sum()),
             "forms frontier": f"{int(forming[front['label'] == label].sum())}/{len(g)}" if member.any() else "",
         })
@@ -113,7 +114,7 @@ def main() -> None:
     for k in ("AUC (max)", "loss", "test acc"):
         d = (a.loc[common, k] - b.loc[common, k]).to_numpy()
         lo, hi = boot(d)
-        print(f"DMP - distillation, {k}: {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] (paired, seeds {list(common)})")
+        print(f"DMP - distillation, {k}: {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] (paired, seeds {[int(s) for s in common]})")
     lo, hi = boot(a["AUC (max)"])
     print(f"goal audit AUC <= {GOAL}: DMP {a['AUC (max)'].mean():.4f} [{lo:.4f}, {hi:.4f}]; "
           f"seeds at or below: {int((a['AUC (max)'] <= GOAL).sum())}/{len(a)}")
