@@ -117,11 +117,7 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
     trial is a config (the run's, with the trial's parameters); `trial_work` makes its run context.
     """
     cfg = ctx.cfg
-    s = to_schema(SearchConfig, cfg.search)  # checked by the entry point's validate (run_stage)
-    shared = storage.open_study(
-        s, ctx.seed, identity=study_identity(cfg, s), on_lost=mlflow_runs.close_lost_run
-    )
-    s = dataclasses.replace(s, study_name=shared.study.study_name)  # search.on_mismatch=new may derive it
+    s, shared = _open_study(ctx, worker=0)
     workers.recover_running_without_heartbeat(shared)
     exp_id = tracking.setup(ctx.tracking)
     parent_id = mlflow_runs.ensure_parent(s, exp_id, shared)
@@ -180,16 +176,23 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
 def _worker_body(cfg: DictConfig, parent_id: str | None, index: int, trial_work=None) -> None:
     """What a spawned worker process runs (inside `workers.worker_main`): the same loop."""
     ctx = RunContext.build(cfg)  # a spawned worker's entry: its own run context
-    s = to_schema(SearchConfig, cfg.search)
-    shared = storage.open_study(
-        s, ctx.seed, worker=index, identity=study_identity(cfg, s), on_lost=mlflow_runs.close_lost_run
-    )
-    s = dataclasses.replace(s, study_name=shared.study.study_name)
+    s, shared = _open_study(ctx, worker=index)
     exp_id = tracking.setup(ctx.tracking)
     teacher, shadows = trial_work.prepare(ctx, index, s.n_workers)
     session = StudySession(ctx, s, shared, tracking.LINK, exp_id, parent_id, trial_work, teacher, shadows)
     with progress.collapsed_warnings(f"worker {index}'s trials"):
         _work(session)
+
+
+def _open_study(ctx: RunContext, worker: int) -> tuple[SearchConfig, SharedStudy]:
+    """The search settings (checked by the entry point's validate, `run_stage`) and the study they
+    name, opened by `worker` (0: the command's own process); the settings carry the name the study
+    was opened under (`search.on_mismatch=new` may derive it)."""
+    s = to_schema(SearchConfig, ctx.cfg.search)
+    shared = storage.open_study(
+        s, ctx.seed, worker=worker, identity=study_identity(ctx.cfg, s), on_lost=mlflow_runs.close_lost_run
+    )
+    return dataclasses.replace(s, study_name=shared.study.study_name), shared
 
 
 def study_identity(cfg: DictConfig, s: SearchConfig) -> identity.StudyIdentity:
