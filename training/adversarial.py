@@ -32,14 +32,16 @@ from torch import nn
 
 from attacks.nn_models import BlackBoxAttackModel, WhiteBoxAttackModel
 from training.loops import model_device
+from training.models import feature_model
 
 ADVERSARY_KINDS = ("bmia", "wmia", "both")
 
 
 def last_layer_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """(logits, probs, onehot, per-example loss, per-example head-weight gradients (n, C, d))."""
-    feats = model.features(x)  # (n, d)
-    logits = model.head(feats)  # (n, C)
+    net = feature_model(model)
+    feats = net.features(x)  # (n, d)
+    logits = net.head(feats)  # (n, C)
     probs = logits.softmax(1)
     onehot = F.one_hot(y, logits.shape[1]).float()
     loss = F.cross_entropy(logits, y, reduction="none")

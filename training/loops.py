@@ -23,6 +23,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +126,14 @@ def lr_factor(recipe: TrainConfig, step: int, total_steps: int) -> float:
     )
 
 
-def set_lr(optimizer: torch.optim.Optimizer, recipe: TrainConfig, step: int, total_steps: int) -> None:
+class HasParamGroups(Protocol):
+    """A torch optimizer, or anything else scheduled through its `param_groups` (`FusedSGD`)."""
+
+    param_groups: list[dict[str, Any]]
+
+
+def set_lr(optimizer: HasParamGroups, recipe: TrainConfig, step: int, total_steps: int) -> None:
+    """Set every param group's learning rate to the recipe's schedule at `step` of `total_steps`."""
     lr = recipe.lr * lr_factor(recipe, step, total_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -249,10 +257,10 @@ class TrainState:
         Tensors are overwritten where they are, so a parameter or optimizer-state tensor that is a
         view of a grouped tensor (`training.batched.GroupedCandidates`) stays one.
         """
-        for dst_t, src_t in zip(self.model.parameters(), src.model.parameters(), strict=True):
-            dst_t.copy_(src_t)
-        for dst_t, src_t in zip(self.model.buffers(), src.model.buffers(), strict=True):
-            dst_t.copy_(src_t)
+        for dst_p, src_p in zip(self.model.parameters(), src.model.parameters(), strict=True):
+            dst_p.copy_(src_p)
+        for dst_b, src_b in zip(self.model.buffers(), src.model.buffers(), strict=True):
+            dst_b.copy_(src_b)
         if self.masks is not None and src.masks is not None:
             for name, m in src.masks.masks.items():
                 self.masks.masks[name].copy_(m)

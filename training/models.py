@@ -9,9 +9,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 import torch
 from torch import nn
+
+
+class FeatureModel(Protocol):
+    """What every model here offers (see the module's docstring): `features(x)` and its `head`."""
+
+    @property
+    def head(self) -> nn.Module: ...
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def feature_model(model: nn.Module) -> FeatureModel:
+    """`model` as a `FeatureModel`; a clear error for a module without `features` and `head`
+    (a user's own module goes through `training.model_adapter.AdaptedModel` first)."""
+    if not callable(getattr(model, "features", None)) or not isinstance(getattr(model, "head", None), nn.Module):
+        raise TypeError(
+            f"{type(model).__name__} has no features(x) and head: the white-box signals need both; "
+            "wrap a model of your own with training.model_adapter (model.head names its last nn.Linear)"
+        )
+    return cast(FeatureModel, model)
 
 
 class MLP(nn.Module):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from training.loops import (
 from training.models import MLP
 from training.recipes import TrainConfig
 
-_ACTIVATIONS: dict[type[nn.Module], object] = {
+_ACTIVATIONS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
     nn.ReLU: F.relu,
     nn.Tanh: torch.tanh,
     nn.GELU: F.gelu,
@@ -58,12 +59,12 @@ class GroupedMLP(nn.Module):
     Weight i is stored as (K, in, out), the transpose of `nn.Linear.weight`.
     """
 
-    def __init__(self, models: Sequence[MLP]):
+    def __init__(self, models: Sequence[nn.Module]):
         super().__init__()
         if not can_batch(models):
             raise ValueError("GroupedMLP needs >= 1 MLPs of identical architecture")
         linears = [[m for m in model.modules() if isinstance(m, nn.Linear)] for model in models]
-        acts = [m for m in models[0].body if type(m) in _ACTIVATIONS]
+        acts = [m for m in cast(MLP, models[0]).body if type(m) in _ACTIVATIONS]  # can_batch: all are MLPs
         self.activation = _ACTIVATIONS[type(acts[0])] if acts else None
         self.weights = nn.ParameterList(
             # stored transposed, (K, in, out): a contiguous right operand is faster in bmm
@@ -102,7 +103,7 @@ class GroupedMLP(nn.Module):
 _ACT_FORWARD = {
     nn.ReLU: lambda z, out: torch.relu_(z),
     nn.Tanh: lambda z, out: torch.tanh_(z),
-    nn.GELU: lambda z, out: torch._C._nn.gelu(z, out=out),
+    nn.GELU: lambda z, out: torch._C._nn.gelu(z, out=out),  # type: ignore[call-arg]  # the out= kernel, not in the stubs
 }
 _ACT_BACKWARD = {
     nn.ReLU: lambda grad, z, h, out: torch.ops.aten.threshold_backward.grad_input(
@@ -150,7 +151,7 @@ class _GroupedTrainer:
         shapes.append((k, self.dims[-1], self.dims[-2]))
         n_params = sum(k * (d_in * d_out + d_out) for d_in, d_out in zip(self.dims, self.dims[1:]))
         like = linears[0][0].weight  # dtype and device of every buffer
-        self.tensor_kw = {"dtype": like.dtype, "device": like.device}
+        self.tensor_kw: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         self.flat = nn.Parameter(torch.empty(n_params, **self.tensor_kw))
         self.flat.grad = torch.zeros(n_params, **self.tensor_kw)
         self.weights, self.biases = self._views(self.flat.detach(), shapes)

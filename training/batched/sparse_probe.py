@@ -8,7 +8,7 @@ block-diagonal sparse matrix per layer, ~2x faster than the grouped dense step.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ class GroupedCandidates(Protocol):
 CSR_DENSITY = 0.15  # candidate layers sparser than this multiply as CSR (probe and tests)
 
 
-def activation_of(model: nn.Module) -> nn.Module | None | bool:
+def activation_of(model: nn.Module) -> nn.Module | None | Literal[False]:
     """The MLP's hidden activation module, None without one, False when `SparseProbe` lacks it."""
     acts = [m for m in model.modules() if type(m) in (nn.ReLU, nn.Tanh, nn.GELU)]
     others = [m for m in model.modules() if not isinstance(m, (nn.Linear, nn.Flatten, nn.Sequential))]

@@ -44,6 +44,13 @@ def strategy_name(prune: str, grow: str, s: StrategyConfig | None = None) -> str
     return name
 
 
+def _masks(state: TrainState) -> sparse.MaskSet:
+    """A candidate's masks: candidate selection updates sparse models only."""
+    if state.masks is None:
+        raise ValueError("candidate selection needs sparse candidates; this one is dense (no masks)")
+    return state.masks
+
+
 class CandidatePool:
     """The N candidates of every mask update, allocated once and overwritten by each `fork`.
 
@@ -100,7 +107,7 @@ class CandidateSelection:
         strategies = [strategy_name(s.prune, s.grow, s) for s in chosen]
         # equal to prune_and_grow on each candidate; candidates sharing a prune criterion share its ranking
         sparse.prune_and_grow_many(
-            [cand.model for cand in cands], [cand.masks for cand in cands], ratio, criteria,
+            [cand.model for cand in cands], [_masks(cand) for cand in cands], ratio, criteria,
             [generator(seed, "update", update, "candidate", i) for i in range(len(cands))],
             grads=grads, optimizers=[cand.optimizer for cand in cands],
         )

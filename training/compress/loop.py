@@ -34,6 +34,7 @@ from training.loops import (
     set_lr,
     steps_per_epoch,
 )
+from training.models import feature_model
 from training.progress import Progress
 from training.recipes import CompressConfig
 from training.seeds import derive_seed, generator
@@ -119,7 +120,7 @@ def _losses(method: SparseTrainingMethod, job: CompressJob, state: TrainState) -
         losses.distill_weight = c.distill.weight if c.distill.enabled else 0.0
     if method.adversarial(c):
         x, y = data.part("train")
-        feats = state.model.features(x[:1].to(model_device(state.model))).shape[1]
+        feats = feature_model(state.model).features(x[:1].to(model_device(state.model))).shape[1]
         rng = np.random.default_rng(derive_seed(seed, "adversary_reference"))
         ref = torch.from_numpy(np.sort(rng.permutation(data.splits.val)[: max(2, len(data.splits.val) // 2)]))
         losses.adversary = Adversary(

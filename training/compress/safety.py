@@ -40,7 +40,7 @@ class SafetyTest:
         n_hold = max(2, int(round(c.safety.holdout_fraction * n)))
         n_fit = max(2, n - n_hold)
 
-        def part(idx):
+        def part(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             t = torch.from_numpy(np.sort(idx))
             return data.dataset.x[t], data.dataset.y[t]
 
@@ -140,5 +140,5 @@ def concat_signals(parts: list[Signals]) -> Signals:
     return Signals(
         logits=np.concatenate([p.logits for p in parts]),
         labels=np.concatenate([p.labels for p in parts]),
-        grads=np.concatenate(grads) if all(g is not None for g in grads) else None,
+        grads=None if any(g is None for g in grads) else np.concatenate([g for g in grads if g is not None]),
     )

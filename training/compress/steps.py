@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ class Losses:
 
     def with_defence(self, s: StrategyConfig) -> Losses:
         """This loss with a strategy's defence overrides (itself when the strategy sets none)."""
-        changes = {}
+        changes: dict[str, Any] = {}  # field name -> value; `replace` checks the names
         if s.distill_weight is not None:
             changes["distill_weight"] = s.distill_weight
         if s.distill_temperature is not None:
@@ -125,6 +126,15 @@ def endless_batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[tor
         yield from batch_indices(n, batch_size, g)
 
 
+def _grad(params: dict[str, nn.Parameter], name: str) -> torch.Tensor:
+    """`name`'s gradient after backward; a masked layer the loss did not reach is an error, not a crash."""
+    g = params[name].grad
+    if g is None:
+        raise RuntimeError(f"masked parameter {name!r} got no gradient: the loss does not depend on it "
+                           "(is the layer used in forward?)")
+    return g
+
+
 def masked_step(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, losses: Losses, keep_grads: bool = False
 ) -> tuple[float, dict[str, torch.Tensor] | None]:
@@ -142,7 +152,7 @@ def masked_step(
     if masks is not None:
         if keep_grads:  # dense gradients, before masking: gradient-based growth reads them
             params = dict(model.named_parameters())
-            grads = {n: params[n].grad.detach().clone() for n in masks.masks}
+            grads = {n: _grad(params, n).detach().clone() for n in masks.masks}
         masks.apply_to_grads(model)
     opt.step()
     if masks is not None:
