@@ -15,6 +15,7 @@ from training.model_adapter import (
     AdaptedModel,
     check_adapter,
     dp_unsupported,
+    find_head,
     instantiate_model,
     resolve_class,
 )
@@ -127,3 +128,18 @@ def test_dp_sgd_names_the_modules_opacus_cannot_handle(user_module):
     bad = dp_unsupported(model.net)
     assert list(bad) == ["bn"] and "BatchNorm" in bad["bn"]
     assert dp_unsupported(instantiate_model({"_target_": f"{user_module}.ConvNet"}, [1, 6, 6], 3).net) == {}
+
+
+def test_feature_model_names_what_a_plain_module_lacks():
+    """The white-box paths read `features` and `head`: a bare nn.Sequential is refused by name,
+    an adapted one passes, and the adapted view's head(features(x)) is the module's output."""
+    from torch import nn as _nn
+
+    from training.models import feature_model
+
+    net = _nn.Sequential(_nn.Flatten(), _nn.Linear(4, 8), _nn.ReLU(), _nn.Linear(8, 3))
+    with pytest.raises(TypeError, match="Sequential has no features\\(x\\) and head.*model_adapter"):
+        feature_model(net)
+    adapted = feature_model(AdaptedModel(net, find_head(net, None, "net")))
+    x = torch.randn(5, 4)
+    assert torch.allclose(adapted.head(adapted.features(x)), net(x))
