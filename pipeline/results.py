@@ -84,8 +84,8 @@ class TrialMetric:
     """A number every complete search trial records (from its compress and audit metrics): as a
     user attr of its Optuna trial (so a run the tracking server missed is logged later from the
     study), as a column of `trials.csv`, `pareto.csv` and the printed front, and, when
-    `summary`, among the metrics its MLflow run leads with (after the objectives; a backfilled
-    run logs these). `objective`: its direction when the search may optimise or constrain it."""
+    `summary`, among the metrics its MLflow run leads with (after the objectives; a run backfilled
+    from the study logs every one of them). `objective`: its direction when the search may optimise or constrain it."""
 
     name: str
     objective: Optional[str] = None  # "maximize" | "minimize"; None: never steers the search

@@ -355,11 +355,12 @@ def _log_trial_inputs(session: StudySession, trial_cfg: DictConfig, params: dict
 def _log_trial_outputs(
     trial_cfg: DictConfig, values: dict[str, Any] | None, keys: dict[str, str], wall: float
 ) -> None:
-    """What a trial's run records once it is done (into the active run). `values`: its final
-    metrics, when not logged already (a trial's own run logs them first, `summary_first`)."""
+    """What a trial's run records once it is done (into the active run). `values`: the numbers the
+    study stored, for a run written afterwards — every `TRIAL_METRICS` entry, `audit_auc` included
+    (a trial's own run logs them itself: the summary first, `summary_first`, then the audit's)."""
     tracking.set_tags({**keys, "stage": "search", **tracking.run_tags(trial_cfg)})
     if values is not None:
-        tracking.log_metrics({k: values[k] for k in SUMMARY_METRICS if k in values})
+        tracking.log_metrics({k: values[k] for k in METRIC_NAMES if k in values})
     tracking.log_metrics({"trial_wall_s": wall})
 
 

@@ -10,6 +10,7 @@ FINISHED nested run with the objectives per complete trial, none left RUNNING).
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from servers import free_port, group_alive, start_mlflow_server, stop_group
+
+from pipeline.results import METRIC_NAMES
 
 pytestmark = pytest.mark.smoke
 
@@ -96,8 +99,14 @@ def test_a_study_outlives_its_tracking_server(tmp_path):
         assert "RUNNING" not in {r.info.status for r in children}
         finished = [r for r in children if r.info.status == "FINISHED"]
         assert sorted(int(r.data.tags["trial_number"]) for r in finished) == sorted(t.number for t in done)
+        stored = {t.number: t.user_attrs for t in done}
         for r in finished:
-            assert {"accuracy", "attack_auc"} <= set(r.data.metrics), r.data
+            attrs = stored[int(r.data.tags["trial_number"])]
+            numbers = {k: float(attrs[k]) for k in METRIC_NAMES if k in attrs and math.isfinite(float(attrs[k]))}
+            assert {"accuracy", "attack_auc", "audit_auc", "test_accuracy"} <= set(numbers), attrs
+            # live and backfilled runs alike hold every finite number the study stored (audit_auc
+            # included; NaN, e.g. a TPR at an FPR the few audit points cannot reach, is not logged)
+            assert {k: r.data.metrics.get(k) for k in numbers} == pytest.approx(numbers), r.data
             assert r.data.params, r.data
         assert any(r.data.tags.get("tracking_backfilled") == "true" for r in finished)
         artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
