@@ -18,7 +18,8 @@ audit point is IN for half the references (`ShadowsResult.reference_in`), which 
 needs. Shokri's attack reads the shadows on their own population points, RMIA compares
 against population points (and calibrates its offline a on them). On image data sets with a
 training augmentation, attacks that want augmented queries (LiRA) also get every model on
-the horizontally flipped audit points; tabular and text sets have none.
+transformed audit points (`attack.query_views`: the mirror, or the mirror and shifts;
+`attacks.views`); tabular and text sets have none.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from omegaconf import DictConfig
 import attacks
 from attacks import registry as attack_registry
 from attacks.signals import compute_signals
+from attacks.views import query_views
 from pipeline.analysis import audit_scores
 from pipeline.cache import cache_key
 from pipeline.compress_jobs import load_compressed
@@ -196,7 +198,7 @@ class _Context:
         self.seed = seed
         self.shadows = shadows
         wanted, self.with_grads = _needs(a)
-        # augmented queries (a horizontal flip) where the data set trains with augmentation on images
+        # augmented queries (`attack.query_views`) where the data set trains with augmentation on images
         x = data.dataset.x
         self.use_views = bool(
             refs and "target_views" in wanted and data.dataset.augment is not None and x.ndim == 4
@@ -227,18 +229,20 @@ class _Context:
             if "shadow_train" in wanted:
                 self.shadow_train = [(self._signals(r, pop[z]), self.population_in[k]) for k, r in enumerate(refs)]
 
-    def _signals(self, model, idx: np.ndarray, with_grads: bool = False, flip: bool = False):
+    def _signals(self, model, idx: np.ndarray, with_grads: bool = False, view=None):
         t = torch.from_numpy(np.asarray(idx))
         x = self.data.dataset.x[t]
-        return compute_signals(model, x.flip(-1) if flip else x, self.data.dataset.y[t], with_grads=with_grads)
+        return compute_signals(model, x if view is None else view(x), self.data.dataset.y[t], with_grads=with_grads)
 
     def _views(self, refs, idx: np.ndarray) -> dict:
-        """LiRA's augmented queries of the target and `refs` on the points `idx` (none without)."""
+        """LiRA's augmented queries (`attack.query_views`) of the target and `refs` on the points
+        `idx`; none where the data set does not train with augmentation on images."""
         if not self.use_views:
             return {}
+        views = [v for _, v in query_views(self.a.query_views, self.a.query_shift)]
         return {
-            "target_views": [self._signals(self.model, idx, flip=True)],
-            "reference_views": [[self._signals(r, idx, flip=True) for r in refs]],
+            "target_views": [self._signals(self.model, idx, view=v) for v in views],
+            "reference_views": [[self._signals(r, idx, view=v) for r in refs] for v in views],
         }
 
     def evaluate(self, name: str, members: np.ndarray | None, nonmembers: np.ndarray | None):

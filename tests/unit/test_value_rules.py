@@ -46,7 +46,7 @@ OLD_CHECKS = [
     ("compress.dmp.temperature", 0.0, None), ("compress.dmp.member_weight", 1.0, None),
     ("compress.dmp.low_entropy_fraction", 0.0, None),
     ("attack.reference", "mixed", None), ("attack.search_reference", "mixed", None),
-    ("attack.n_bootstrap", 50, None),
+    ("attack.n_bootstrap", 50, None), ("attack.query_views", "mirror", None), ("attack.query_shift", 0, None),
     ("search.n_trials", 0, None), ("search.n_workers", 0, None), ("search.population_size", 1, None),
     ("search.heartbeat_interval", 0, None), ("search.grace_period", 0, None),
     ("search.on_mismatch", "merge", None), ("search.objectives", ["accuracy", "speed"], None),
