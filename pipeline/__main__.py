@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import flow, threads
+from pipeline.config import as_dict
 from pipeline.context import RunContext
 from pipeline.datasets import datasets_help
 from pipeline.results import METRIC_NAMES
@@ -42,7 +43,7 @@ def _standalone(stage_name: str, fn: Callable[[RunContext], Any]) -> Callable[[R
 
         with mlflow.start_run(experiment_id=exp_id, run_name=stage_name):
             tracking.set_tags({"stage": stage_name, "git_commit": tracking.git_commit(), **tracking.run_tags(cfg)})
-            tracking.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+            tracking.log_params(tracking.flatten(as_dict(cfg)))
             mlflow.log_text(config_yaml(cfg), "config.yaml")
             with tracking.error_tagged():  # a FAILED run always says why
                 return fn(ctx)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, cast
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from attacks.views import QUERY_VIEWS
 from pipeline.results import TRIAL_METRICS
@@ -83,6 +83,18 @@ class SearchParam:
     high: Optional[float] = None
     log: bool = False
     choices: Optional[list[Any]] = None
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a float or int range (`validate_space` refuses a range without both)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"search space key {self.key!r}: {self.type} needs low and high")
+        return self.low, self.high
+
+    def choice_list(self) -> list[Any]:
+        """A categorical entry's choices (`validate_space` refuses an entry without any)."""
+        if not self.choices:
+            raise ValueError(f"search space key {self.key!r}: categorical needs a non-empty choices list")
+        return list(self.choices)
 
 
 # what the search may optimise or constrain, and which way (declared with the trial metrics)
@@ -191,11 +203,26 @@ class CacheCommandConfig:
     all: bool = False  # clear: every entry (a clear needs a selection)
 
 
+def as_dictconfig(node: Any, what: str = "the config") -> DictConfig:
+    """`node` (e.g. `OmegaConf.create`'s or `merge`'s result) as the mapping config it must be."""
+    if not isinstance(node, DictConfig):
+        raise TypeError(f"{what} must be a mapping of keys to values, got {type(node).__name__}")
+    return node
+
+
+def as_dict(node: Any, what: str = "the config") -> dict[str, Any]:
+    """A mapping config node as a plain dict, interpolations resolved (`OmegaConf.to_container`)."""
+    plain = OmegaConf.to_container(as_dictconfig(node, what), resolve=True)
+    if not isinstance(plain, dict):  # a DictConfig set to null
+        raise TypeError(f"{what} must be a mapping of keys to values, got {plain!r}")
+    return cast(dict[str, Any], plain)  # our configs' keys are strings (YAML and the schemas)
+
+
 def to_schema(schema: type[T], node: Any) -> T:
     """Merge a config node into its dataclass schema and return the typed object."""
     if OmegaConf.is_config(node):  # resolve interpolations against the full config first
         node = OmegaConf.to_container(node, resolve=True)
-    merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    merged = as_dictconfig(OmegaConf.merge(OmegaConf.structured(schema), node))
     if isinstance(node, dict):  # a mapping the config gives replaces the schema's default one
         for f in dataclasses.fields(schema):  # type: ignore[arg-type]
             factory = f.default_factory

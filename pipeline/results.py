@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -88,7 +88,7 @@ class TrialMetric:
     from the study logs every one of them). `objective`: its direction when the search may optimise or constrain it."""
 
     name: str
-    objective: Optional[str] = None  # "maximize" | "minimize"; None: never steers the search
+    objective: Optional[Literal["maximize", "minimize"]] = None  # None: never steers the search
     summary: bool = True
 
 

@@ -132,7 +132,8 @@ def n_parameter_sets(space: list[SearchParam]) -> int | None:
             if p.low != p.high:
                 return None
         elif p.type == "int":
-            n *= int(p.high) - int(p.low) + 1
+            low, high = p.bounds()
+            n *= int(high) - int(low) + 1
         else:
-            n *= len(set(map(str, p.choices)))
+            n *= len(set(map(str, p.choice_list())))
     return n

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,17 @@ NPZ_FIELDS = ("labels", "example_index", "member", "pool_index", "n_references_i
 COLUMNS = ("evaluation", "pool_index", "member", "n_references_in")
 
 
-def table(evaluations: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
-    """One row per example and evaluation; `evaluations[name]` holds `pool_index`, `member`,
-    `n_references_in` and `scores` ({attack: (n,) scores})."""
+class Evaluation(TypedDict):
+    """One evaluation's examples: (n,) arrays and {attack: (n,) scores}."""
+
+    pool_index: np.ndarray
+    member: np.ndarray
+    n_references_in: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+def table(evaluations: dict[str, Evaluation]) -> pd.DataFrame:
+    """One row per example and evaluation (`evaluations[name]`: its examples)."""
     frames = []
     for name, ev in evaluations.items():
         frame = pd.DataFrame({

@@ -79,8 +79,9 @@ def example_bootstrap(
         n1, n0 = int(ya.sum()), int((~ya).sum())
         w1 = rng.multinomial(n1, np.full(n1, 1.0 / n1), size=n_bootstrap).astype(float)
         w0 = rng.multinomial(n0, np.full(n0, 1.0 / n0), size=n_bootstrap).astype(float)
-        same = np.array_equal(sa.get("example_index"), sb.get("example_index")) and np.array_equal(
-            sa["labels"], sb["labels"])
+        ia, ib = sa.get("example_index"), sb.get("example_index")  # both None: files without the index
+        same_index = (ia is None and ib is None) or (ia is not None and ib is not None and np.array_equal(ia, ib))
+        same = same_index and np.array_equal(sa["labels"], sb["labels"])
         if same:
             v1, v0 = w1, w0
         else:

@@ -23,7 +23,8 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, dataset: str, frontier: pd.Da
     ok = frame.dropna(subset=[c for c in ("test_accuracy", "audit_auc") if c in frame])
     if {"test_accuracy", "audit_auc"} <= set(frame.columns):
         # tab20's colours, then a second marker: more than 10 methods never share a look
-        colours = plt.get_cmap("tab20").colors
+        cmap = plt.get_cmap("tab20")
+        colours = [cmap(i) for i in range(cmap.N)]
         for i, (label, g) in enumerate(ok.groupby("label")):
             agg = g.groupby("target_density")[["test_accuracy", "audit_auc"]].agg(["mean", "std"]).sort_index()
             ax.errorbar(
@@ -78,7 +79,7 @@ def plot_study_trials(table: pd.DataFrame, path: Path) -> None:
         c=sizes if varied else "tab:blue",
         cmap="viridis" if varied else None,
         s=40,
-        edgecolors=np.where(table["pareto_rank"] == 0, "red", "none"),
+        edgecolors=["red" if rank == 0 else "none" for rank in table["pareto_rank"]],
         linewidths=1.5,
     )
     front = table[table["pareto_rank"] == 0].sort_values("attack_auc")

@@ -46,9 +46,10 @@ def load_fashion_mnist(
     folders = [Path(folder)] if folder else [Path(DEBIAN_FOLDER), Path(data_dir), Path(data_dir) / "fashion-mnist"]
     xs, ys = [], []
     for part in PARTS:
-        found = {kind: _find(f"{part}-{kind}-idx{dim}-ubyte", folders) for kind, dim in (("images", 3), ("labels", 1))}
-        if None in found.values():
-            missing = [f"{part}-{k}-idx{d}-ubyte.gz" for k, d in (("images", 3), ("labels", 1)) if found[k] is None]
+        stems = {kind: f"{part}-{kind}-idx{dim}-ubyte" for kind, dim in (("images", 3), ("labels", 1))}
+        found = {kind: path for kind, stem in stems.items() if (path := _find(stem, folders)) is not None}
+        if len(found) < len(stems):
+            missing = [f"{stem}.gz" for kind, stem in stems.items() if kind not in found]
             raise FileNotFoundError(
                 f"Fashion-MNIST not found: no {missing} in {[str(f) for f in folders]}. Install Debian's package "
                 "(`apt-get install dataset-fashion-mnist`, which puts the IDX files in "

@@ -14,7 +14,7 @@ import io
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
 import numpy as np
 import torch
@@ -28,8 +28,19 @@ log = logging.getLogger(__name__)
 CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
+class _CifarSpec(TypedDict):
+    archive: str
+    folder: str
+    files: list[str]
+    label_key: bytes  # the labels' key in each pickled batch
+    n_classes: int
+    md5: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
 # name -> archive, extracted folder, files in the folder, label key, n_classes, MD5, mean, std
-_CIFAR = {
+_CIFAR: dict[str, _CifarSpec] = {
     "cifar10": {
         "archive": "cifar-10-python.tar.gz",
         "folder": "cifar-10-batches-py",
@@ -130,7 +141,7 @@ def load_cifar(
     root = Path(data_dir)
     archive = root / spec["archive"]
     folder = root / spec["folder"]
-    files: list[str] = spec["files"]
+    files = spec["files"]
     if archive.is_file():
         record_read(archive)
         check_md5(archive, expected_md5 or spec["md5"], verify_checksum)

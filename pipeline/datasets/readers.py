@@ -128,10 +128,10 @@ def read_image_folder(
         for f in files:
             record_read(f.resolve())
             try:
-                with Image.open(f) as img:
-                    img = img.convert("L" if channels == 1 else "RGB")
+                with Image.open(f) as src:
+                    img = src.convert("L" if channels == 1 else "RGB")
                     if size is not None:
-                        img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+                        img = img.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
                     elif first is None:
                         first = (f, img.size)
                     elif img.size != first[1]:

@@ -27,8 +27,8 @@ def validate_export(ec: ExportConfig, t: TrackingConfig) -> ExportConfig:
         raise ValueError(f"export.max_abs_diff must be > 0, got {ec.max_abs_diff}")
     if ec.opset not in OPSETS:
         raise ValueError(f"export.opset must be in [{OPSETS.start}, {OPSETS.stop - 1}], got {ec.opset}")
-    for key, v in (("export.run_id", ec.run_id), ("export.register", ec.register)):
-        if v is not None:  # (both are also names quoted into MLflow filters: pipeline.validation checks them)
+    for key, name in (("export.run_id", ec.run_id), ("export.register", ec.register)):
+        if name is not None:  # (both are also names quoted into MLflow filters: pipeline.validation checks them)
             if not t.enabled:
                 raise ValueError(f"{key} needs MLflow tracking; tracking.enabled is false")
     if ec.onnx:

@@ -127,17 +127,21 @@ def run(
     ref_keys, matched_keys = _reference_keys(a, dense_keys, all_matched)
     the_spec = {"attack": plain(cfg.attack), "seed": ctx.seed}
     k = key(cfg, compressed.key, dense_keys, all_matched)
+    # keys only come from given reference models (the missing ones are refused above)
+    ref_paths = shadows.model_paths if shadows is not None and ref_keys else []
+    matched_paths = matched.model_paths if matched is not None and matched_keys else []
 
     def build(out: Path) -> None:
         model = load_compressed(ctx, data, compressed.export_path)
-        refs = [load_model(ctx, data, p) for p in shadows.model_paths] if ref_keys else []
+        refs = [load_model(ctx, data, p) for p in ref_paths]
         signals = _Context(ctx.seed, a, data, model, refs, shadows if ref_keys else None)
         if matched_keys:
-            signals.matched_refs = [load_model(ctx, data, p) for p in matched.model_paths]
+            signals.matched_refs = [load_model(ctx, data, p) for p in matched_paths]
         metrics: dict[str, float] = {}
         all_scores: dict[str, np.ndarray] = {}
-        per_example: dict[str, dict] = {}
-        evaluations = [("select", data.splits.search_members, signals.val_eval), ("audit", data.splits.audit_members, None)]
+        per_example: dict[str, audit_scores.Evaluation] = {}
+        evaluations: list[tuple[str, np.ndarray | None, np.ndarray | None]] = [
+            ("select", data.splits.search_members, signals.val_eval), ("audit", data.splits.audit_members, None)]
         if len(data.splits.canaries):
             evaluations.append(("canary", None, None))
         show = ctx.progress
@@ -160,7 +164,8 @@ def run(
             all_scores[f"{name}/pool_index"] = idx
             all_scores[f"{name}/n_references_in"] = n_in
             per_example[name] = {"pool_index": idx, "member": labels, "n_references_in": n_in, "scores": audit.scores}
-        np.savez_compressed(out / "scores.npz", **all_scores)
+        # numpy's stub also matches the **arrays against its keyword allow_pickle: bool
+        np.savez_compressed(out / "scores.npz", **all_scores)  # type: ignore[arg-type]
         audit_scores.write(out, audit_scores.table(per_example))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
@@ -250,6 +255,8 @@ class _Context:
         s = self.data.splits
         if name == "canary":
             m_idx, n_idx = np.sort(s.canaries[s.canary_in]), np.sort(s.canaries[~s.canary_in])
+        elif members is None:
+            raise ValueError(f"audit evaluation {name!r} needs its members (only 'canary' has none)")
         else:
             pool = s.test if nonmembers is None else nonmembers
             rng = np.random.default_rng(derive_seed(self.seed, "audit", name))

@@ -273,7 +273,8 @@ def _check_epochs(front: pd.DataFrame, frame: pd.DataFrame, c: CompareConfig) ->
 
 def frontier_table(frame: pd.DataFrame, c: CompareConfig, out: Path) -> tuple[pd.DataFrame | None, list[Path]]:
     """Excess AUC of every method over the per-seed frontier, per (dataset, density < 1)."""
-    rows, plots = [], []
+    rows: list[dict[str, Any]] = []
+    plots: list[Path] = []
     if not {"test_accuracy", "audit_auc"} <= set(frame.columns):
         return None, plots
     groups = frame[frame["target_density"] < 1.0].groupby(["dataset", "target_density"])

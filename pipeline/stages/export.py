@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -32,7 +32,15 @@ import sparse
 from pipeline.analysis.frontier import frontier_auc, frontier_envelope, frontier_runs
 from pipeline.cache import check_entry_file
 from pipeline.compress_jobs import load_compressed
-from pipeline.config import CompareConfig, CompressConfig, ExportConfig, SearchConfig, to_schema
+from pipeline.config import (
+    CompareConfig,
+    CompressConfig,
+    ExportConfig,
+    SearchConfig,
+    as_dict,
+    as_dictconfig,
+    to_schema,
+)
 from pipeline.context import DataBundle, RunContext
 from pipeline.export import N_EXAMPLE, card, choice, mlflow_model
 from pipeline.export.checks import validate_export
@@ -133,8 +141,8 @@ def _write(ctx, ec, uri, source, src_ctx, data: DataBundle, root: Path, tmp: Pat
     tracking.set_tags({"export_source": source.label, "export_source_run_id": source.run_id or "",
                        "compress_key": source.compress_key or ""})
     version = None
-    if ec.register:
-        version = mlflow_model.register(uri, model_id, ec.register, _registry_tags(source, sizes, check, test_acc), text)
+    if ec.register:  # model_id is set: a registration without a logged MLflow Model is refused above
+        version = mlflow_model.register(uri, cast(str, model_id), ec.register, _registry_tags(source, sizes, check, test_acc), text)
     line = _summary_line(source, final, sizes, check, ec, version)
     if onnx_error:
         raise formats.OnnxExportError(f"{onnx_error}. The other formats were written to {final}", onnx_error)
@@ -144,7 +152,7 @@ def _write(ctx, ec, uri, source, src_ctx, data: DataBundle, root: Path, tmp: Pat
 def _trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     """A trial's config: the run's with the trial's parameters, audited with the search's references
     (as the search stage makes it; stages are peers, so its function is not imported)."""
-    trial_cfg = OmegaConf.create(config_yaml(cfg, masked=False))
+    trial_cfg = as_dictconfig(OmegaConf.create(config_yaml(cfg, masked=False)))
     for k, v in params.items():
         OmegaConf.update(trial_cfg, k, v, merge=False)
     OmegaConf.update(trial_cfg, "attack.reference", str(cfg.attack.get("search_reference", "dense")), merge=False)
@@ -153,9 +161,9 @@ def _trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
 
 def _source_config(cfg: DictConfig, text: str) -> DictConfig:
     """The config that made the model, with this command's paths, runtime and tracking."""
-    src = OmegaConf.create(text)
+    src = as_dictconfig(OmegaConf.create(text), "the model's logged config.yaml")
     for group in ("paths", "runtime", "tracking"):
-        src[group] = OmegaConf.to_container(cfg[group], resolve=True)
+        src[group] = as_dict(cfg[group], group)
     return src
 
 
@@ -298,13 +306,13 @@ def _facts(ctx, ec, source, src_ctx, data, sizes, check, onnx_error, test_acc, v
 
 
 def _model_line(src: DictConfig) -> str:
-    args = {k: v for k, v in OmegaConf.to_container(src.model, resolve=True).items() if k != "_target_"}
+    args = {k: v for k, v in as_dict(src.model, "model").items() if k != "_target_"}
     return f"{src.model.get('_target_')}({', '.join(f'{k}={v}' for k, v in args.items())})"
 
 
 def _registry_tags(source: choice.Source, sizes: dict[str, Any], check, test_acc: float) -> dict[str, Any]:
     m = source.metrics
-    tags = {k: f"{float(m[k]):.6g}" for k in ("density", "model_size_bytes", "audit_auc", "audit_tpr_at_1pct_fpr",
+    tags: dict[str, str] = {k: f"{float(m[k]):.6g}" for k in ("density", "model_size_bytes", "audit_auc", "audit_tpr_at_1pct_fpr",
                                               "audit_tpr_at_0.1pct_fpr", "attack_auc") if k in m}
     tags.update({"test_accuracy": f"{test_acc:.6g}", "source": source.label, "source_run_id": source.run_id or "",
                  "compress_key": source.compress_key or "", "onnx": "yes" if sizes.get("model.onnx") else "no"})

@@ -148,8 +148,9 @@ def write_set_audit(uri: str, pareto: pd.DataFrame, rc: ReportConfig, out: Path)
     missing = [a for a in wanted if a not in common]
     if missing:
         raise ValueError(f"report.set_attacks names {missing}, which not every Pareto version scored; scored: {common}")
-    use_fit = all(f is not None and "pool_index" in f for f in fit.values())
-    tables = [set_audit.set_audit(audit, fit if use_fit else None, a, seed=0) for a in wanted]
+    fitted = {name: f for name, f in fit.items() if f is not None and "pool_index" in f}
+    use_fit = len(fitted) == len(fit)
+    tables = [set_audit.set_audit(audit, fitted if use_fit else None, a, seed=0) for a in wanted]
     table = pd.concat(tables, ignore_index=True)
     paths = [out / "set_audit.md", out / "set_audit.csv"]
     paths[0].write_text(set_audit.to_markdown(table, f"Set audit of study {rc.study_name!r}: {len(audit)} Pareto versions"))

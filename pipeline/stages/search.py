@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import SearchConfig, SearchParam, to_schema
+from pipeline.config import SearchConfig, SearchParam, as_dict, as_dictconfig, to_schema
 from pipeline.context import RunContext
 from pipeline.results import METRIC_NAMES, SUMMARY_METRICS
 from pipeline.study import front, identity, mlflow_runs, storage, workers
@@ -92,16 +92,18 @@ def suggest(trial, space: list[SearchParam]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for p in space:
         if p.type == "float":
-            params[p.key] = trial.suggest_float(p.key, float(p.low), float(p.high), log=p.log)
+            low, high = p.bounds()
+            params[p.key] = trial.suggest_float(p.key, float(low), float(high), log=p.log)
         elif p.type == "int":
-            params[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+            low, high = p.bounds()
+            params[p.key] = trial.suggest_int(p.key, int(low), int(high), log=p.log)
         else:
-            params[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+            params[p.key] = trial.suggest_categorical(p.key, p.choice_list())
     return params
 
 
 def apply_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
-    trial_cfg = OmegaConf.create(config_yaml(cfg, masked=False))  # resolved, paths relocatable
+    trial_cfg = as_dictconfig(OmegaConf.create(config_yaml(cfg, masked=False)))  # resolved, paths relocatable
     for k, v in params.items():
         OmegaConf.update(trial_cfg, k, v, merge=False)
     return trial_cfg
@@ -148,7 +150,7 @@ def run(ctx: RunContext, trial_work) -> SearchResult:
         workers.join(procs)
         session = session.reattached()  # the server was down when the command started
         run_ids: dict[int, str] = {}
-        if session.parent_run_id is not None:
+        if session.parent_run_id is not None and session.experiment_id is not None:  # (a parent has an experiment)
             run_ids = mlflow_runs.reconcile_runs(
                 shared, s, session.experiment_id, session.parent_run_id,
                 functools.partial(_log_stored_trial, session),
@@ -201,7 +203,7 @@ def study_identity(cfg: DictConfig, s: SearchConfig) -> identity.StudyIdentity:
     from pipeline.context import PATH_KEYS, checkpoint_path, data_key, model_spec
     from training import checkpoints
 
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = as_dict(cfg)
     plain["model"] = model_spec(cfg)
     path = checkpoint_path(cfg)
     if path is not None:

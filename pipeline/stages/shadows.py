@@ -15,6 +15,7 @@ point is IN for exactly K/2 references and OUT for K/2, and raising K keeps the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -195,6 +196,9 @@ def run(ctx: RunContext, recipe: str | None = None, share: tuple[int, int] = (0,
             if cache.lookup("shadow", keys_all[k], {**specs[k], "data": data.key}) is None
         ]
 
+    def train_and_save(k: int, out: Path) -> None:
+        _save_one(data, _train(ctx, data, train_cfg, [k], rows_all, data_pool)[k], rows_all[k], out)
+
     t0 = time.perf_counter()
     todo = missing()
     built = 0
@@ -210,17 +214,14 @@ def run(ctx: RunContext, recipe: str | None = None, share: tuple[int, int] = (0,
             for k in mine:
                 cache.get_or_create(
                     "shadow", keys_all[k], {**specs[k], "data": data.key},
-                    lambda out, k=k, model=trained[k]: _save_one(data, model, rows_all[k], out),
+                    functools.partial(_save_one, data, trained[k], rows_all[k]),
                 )
             built += len(mine)
     keys, paths, rows, hits = [], [], [], -built
     for k in range(shadows.n_models):
         s, key, row = specs[k], keys_all[k], rows_all[k]
         entry = cache.get_or_create(  # built above, by another process, or (its builder died) here
-            "shadow", key, {**s, "data": data.key},
-            lambda out, k=k, row=row: _save_one(
-                data, _train(ctx, data, train_cfg, [k], rows_all, data_pool)[k], row, out
-            ),
+            "shadow", key, {**s, "data": data.key}, functools.partial(train_and_save, k),
         )
         hits += int(entry.hit)
         keys.append(key)

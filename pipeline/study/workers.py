@@ -21,7 +21,7 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import threads
-from pipeline.config import SearchConfig
+from pipeline.config import SearchConfig, as_dictconfig
 from pipeline.study import mlflow_runs
 from pipeline.study.storage import SharedStudy
 from pipeline.tracking.masking import config_yaml, mask_logs
@@ -344,7 +344,7 @@ def worker_main(
     """Entry point of a spawned worker: logging, threads and Ctrl-C handling around `body`."""
     logging.basicConfig(level=level, format=f"[worker {index}] %(levelname)s %(name)s: %(message)s")
     mask_logs()
-    cfg = OmegaConf.create(cfg_yaml)
+    cfg = as_dictconfig(OmegaConf.create(cfg_yaml), "a search worker's config")
     threads.configure(cfg)  # runtime.n_threads=auto: this worker's share of the cores
     try:
         with interrupt.guarded():

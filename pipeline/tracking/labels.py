@@ -120,8 +120,10 @@ def _schedule_extras(row: pd.Series) -> list[str]:
         return logged_param(row, f"compress.{key}")
 
     def short(v: str | None) -> str:
+        if v is None:
+            return "?"
         try:
-            return f"{float(v):.3g}" if v is not None else "?"
+            return f"{float(v):.3g}"
         except ValueError:
             return v
 

@@ -144,3 +144,30 @@ def test_each_group_mapping_replaces_the_schema_default_under_the_root_schema(cf
     assert list(cfg_factory("experiment=smoke").attack.audit) == ["loss", "lira_offline"]
     full = cfg_factory("experiment=smoke", "attack=full").attack.audit
     assert list(full)[:3] == ["loss", "lira_offline", "confidence"] and len(full) == 9
+
+
+def test_as_dict_and_as_dictconfig_accept_a_mapping_and_name_anything_else(cfg_factory):
+    from omegaconf import OmegaConf
+
+    from pipeline.config import as_dict, as_dictconfig
+
+    cfg = cfg_factory()
+    plain = as_dict(cfg)
+    assert isinstance(plain, dict) and plain["seed"] == cfg.seed and isinstance(plain["train"], dict)
+    assert as_dict(OmegaConf.create({"a": 1, "b": "${a}"})) == {"a": 1, "b": 1}  # resolved
+    assert as_dictconfig(cfg) is cfg
+    with pytest.raises(TypeError, match="a worker's config must be a mapping of keys to values, got ListConfig"):
+        as_dictconfig(OmegaConf.create("[1, 2]"), "a worker's config")
+    with pytest.raises(TypeError, match="model must be a mapping"):
+        as_dict(OmegaConf.create(["x"]), "model")
+
+
+def test_a_search_param_gives_its_bounds_and_choices_or_names_what_is_missing():
+    from pipeline.config import SearchParam
+
+    assert SearchParam("train.lr", "float", 0.01, 0.1).bounds() == (0.01, 0.1)
+    assert SearchParam("compress.selection.rule", "categorical", choices=["a", "b"]).choice_list() == ["a", "b"]
+    with pytest.raises(ValueError, match="'train.epochs': int needs low and high"):
+        SearchParam("train.epochs", "int", low=1).bounds()
+    with pytest.raises(ValueError, match="'x': categorical needs a non-empty choices list"):
+        SearchParam("x", "categorical", choices=[]).choice_list()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +42,10 @@ _ACTIVATIONS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def can_batch(models: Sequence[nn.Module]) -> bool:
+def can_batch(models: Sequence[nn.Module]) -> TypeGuard[Sequence[MLP]]:
     """Whether these models can be trained as one grouped MLP (CPU models only: the grouped
-    and sparse probe kernels are tuned for CPU GEMMs; on a GPU models train one by one)."""
+    and sparse probe kernels are tuned for CPU GEMMs; on a GPU models train one by one).
+    True only when every model is an `MLP`."""
     if not models or not all(type(m) is MLP for m in models):
         return False
     if any(p.device.type != "cpu" for m in models for p in m.parameters()):
