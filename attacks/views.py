@@ -2,7 +2,7 @@
 queried on transformed copies of each audit image, the transforms the training augmentation
 draws from, and LiRA scores every view with its own Gaussians (`attacks.lira`).
 
-`flip`: the horizontal mirror (one extra query). `flip_shift`: the mirror and the image shifted
+`none`: the image only (an ablation). `flip`: the horizontal mirror (one extra query). `flip_shift`: the mirror and the image shifted
 by `shift` pixels up, down, left and right (zero padding, as a padded random crop sees it),
 each also mirrored: nine extra queries. Every view is deterministic, so the target and the
 references see exactly the same inputs.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-QUERY_VIEWS = ("flip", "flip_shift")
+QUERY_VIEWS = ("none", "flip", "flip_shift")
 
 View = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,6 +40,8 @@ def query_views(kind: str, shift: int = 2) -> list[tuple[str, View]]:
         raise ValueError(f"unknown query views {kind!r}; valid: {list(QUERY_VIEWS)}")
     if shift < 1:
         raise ValueError(f"query shift must be >= 1 pixel, got {shift}")
+    if kind == "none":
+        return []
     views: list[tuple[str, View]] = [("flip", _mirror)]
     if kind == "flip_shift":
         for dy, dx in ((-shift, 0), (shift, 0), (0, -shift), (0, shift)):

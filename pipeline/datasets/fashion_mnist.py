@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.datasets.files import subsample
+from pipeline.datasets.images import augment_cifar
 from pipeline.datasets.readers import read_idx
 from pipeline.datasets.registry import register
 from training.data import Dataset
@@ -41,8 +42,11 @@ def load_fashion_mnist(
     data_dir: str = "./data",
     n_samples: Optional[int] = None,
     subsample_seed: int = 0,
+    augment: bool = False,
 ) -> Dataset:
-    """The pooled 70,000 images (or a fixed random subset of `n_samples`)."""
+    """The pooled 70,000 images (or a fixed random subset of `n_samples`). `augment=True` trains
+    with a random crop after padding by 4 and a horizontal flip (`augment_cifar`; the padding is
+    black, the images' background), and the audit's LiRA then queries augmented views too."""
     folders = [Path(folder)] if folder else [Path(DEBIAN_FOLDER), Path(data_dir), Path(data_dir) / "fashion-mnist"]
     xs, ys = [], []
     for part in PARTS:
@@ -69,4 +73,5 @@ def load_fashion_mnist(
     if y.min() < 0 or y.max() > 9:
         raise ValueError(f"Fashion-MNIST labels must be 0..9, found {int(y.min())}..{int(y.max())}")
     x, y = subsample(name, x, y, n_samples, subsample_seed)
-    return Dataset(name, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), 10)
+    return Dataset(name, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), 10,
+                   augment=augment_cifar if augment else None)

@@ -242,9 +242,9 @@ class _Context:
     def _views(self, refs, idx: np.ndarray) -> dict:
         """LiRA's augmented queries (`attack.query_views`) of the target and `refs` on the points
         `idx`; none where the data set does not train with augmentation on images."""
-        if not self.use_views:
+        views = [v for _, v in query_views(self.a.query_views, self.a.query_shift)] if self.use_views else []
+        if not views:
             return {}
-        views = [v for _, v in query_views(self.a.query_views, self.a.query_shift)]
         return {
             "target_views": [self._signals(self.model, idx, view=v) for v in views],
             "reference_views": [[self._signals(r, idx, view=v) for r in refs] for v in views],

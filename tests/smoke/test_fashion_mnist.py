@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import run_stage
-from pipeline.datasets import load_fashion_mnist
+from pipeline.datasets import augment_cifar, load_fashion_mnist
 from pipeline.datasets.fashion_mnist import DEBIAN_FOLDER
 
 HAVE_FILES = (Path(DEBIAN_FOLDER) / "train-images-idx3-ubyte.gz").is_file()
@@ -31,6 +31,7 @@ def test_a_subset_of_the_real_files_end_to_end(cfg_factory):
         pytest.skip(f"Fashion-MNIST is not installed in {DEBIAN_FOLDER} (apt-get install dataset-fashion-mnist)")
     ds = load_fashion_mnist(n_samples=1500)
     assert ds.x.shape == (1500, 1, 28, 28) and ds.n_classes == 10 and 0 <= float(ds.x.min()) < float(ds.x.max()) <= 1
+    assert ds.augment is None and load_fashion_mnist(n_samples=10, augment=True).augment is augment_cifar
     cfg = cfg_factory("experiment=smoke", "stage=attack", "dataset=fashion_mnist", "dataset.n_samples=1500",
                       "model=cnn", "model.channels=[4,8]", "model.hidden_size=32", "+model.pool=flatten",
                       "~model.hidden_sizes", "~dataset.n_features", "~dataset.n_informative", "~dataset.n_classes",

@@ -40,7 +40,8 @@ def test_flip_shift_is_nine_distinct_views_and_flip_is_the_mirror():
     assert all(o.shape == x.shape for o in outs)
     assert all(not torch.equal(a, b) for i, a in enumerate(outs) for b in outs[i + 1 :])
     assert torch.equal(dict(views)["flip+shift(2,0)"](x), shift_image(x.flip(-1), 2, 0))
-    with pytest.raises(ValueError, match=r"unknown query views 'crop'; valid: \['flip', 'flip_shift'\]"):
+    assert query_views("none") == []
+    with pytest.raises(ValueError, match=r"unknown query views 'crop'; valid: \['none', 'flip', 'flip_shift'\]"):
         query_views("crop")
 
 
@@ -50,7 +51,7 @@ def test_the_config_refuses_unknown_views_and_a_zero_shift():
         check_rules(AttackConfig(query_views="mirror"), "attack")
     with pytest.raises(ValueError, match="attack.query_shift"):
         check_rules(AttackConfig(query_shift=0), "attack")
-    assert QUERY_VIEWS == ("flip", "flip_shift")
+    assert QUERY_VIEWS == ("none", "flip", "flip_shift")
 
 
 @pytest.mark.parametrize("kind, n_views", [("flip", 1), ("flip_shift", 9)])
@@ -69,4 +70,6 @@ def test_the_audit_queries_target_and_references_on_the_same_views(kind, n_views
             assert np.allclose(tv.logits, nets[0](view(x[idx])).numpy(), atol=1e-6)
             assert np.allclose(rv[1].logits, nets[2](view(x[idx])).numpy(), atol=1e-6)
     ctx.use_views = False
+    assert ctx._views(nets[1:], idx) == {}
+    ctx.use_views, ctx.a = True, AttackConfig(query_views="none")
     assert ctx._views(nets[1:], idx) == {}
