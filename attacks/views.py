@@ -2,9 +2,9 @@
 queried on transformed copies of each audit image, the transforms the training augmentation
 draws from, and LiRA scores every view with its own Gaussians (`attacks.lira`).
 
-`none`: the image only (an ablation). `flip`: the horizontal mirror (one extra query). `flip_shift`: the mirror and the image shifted
-by `shift` pixels up, down, left and right (zero padding, as a padded random crop sees it),
-each also mirrored: nine extra queries. Every view is deterministic, so the target and the
+`none`: the image only (an ablation). `flip`: the horizontal mirror (one extra query).
+`flip_shift`: the mirror and the image shifted by `shift` pixels up, down, left and right (zero
+padding, as a padded random crop sees it), each also mirrored: nine extra queries. Every view is deterministic, so the target and the
 references see exactly the same inputs.
 """
 
