@@ -69,8 +69,8 @@ class AttackConfig:
     n_population: int = 1000  # population points for RMIA's comparison and Shokri's attack training
     reference: str = checked("matched", choices=REFERENCES)  # reference models of a final audit: dense | matched (compress recipe) | both
     search_reference: str = checked("dense", choices=REFERENCES)  # ... of the audits inside a search's trials (speed)
-    # LiRA's extra queries on image sets that train with augmentation (attacks.views): the mirror,
-    # or the mirror and shifts by query_shift pixels (9 extra queries)
+    # LiRA's extra queries on image sets that train with augmentation (attacks.views): none, the
+    # mirror, or the mirror and shifts by query_shift pixels (9 extra queries)
     query_views: str = checked("flip", choices=QUERY_VIEWS)
     query_shift: int = checked(2, ge=1)
 
